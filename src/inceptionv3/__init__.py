@@ -1,0 +1,22 @@
+"""Inception V3 in plain PyTorch: exact ports of every public checkpoint, with their preprocessing."""
+
+from .checkpoints import CheckpointError, fold_transform_input, read_checkpoint, save_canonical
+from .model import InceptionOutputs, InceptionV3, count_flops, count_parameters
+from .weights import (
+    ZOO,
+    WeightsDownloadError,
+    WeightsEntry,
+    download_weights,
+    get_entry,
+    get_model,
+    imagenet_classes,
+    list_models,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InceptionV3", "InceptionOutputs", "count_flops", "count_parameters",
+    "get_model", "list_models", "get_entry", "download_weights", "imagenet_classes", "ZOO", "WeightsEntry",
+    "read_checkpoint", "save_canonical", "fold_transform_input", "CheckpointError", "WeightsDownloadError",
+]
