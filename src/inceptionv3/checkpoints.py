@@ -248,6 +248,27 @@ def _layer_number(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+# Keras 3 ``.weights.h5`` files number layers by their position in ``model.layers`` (topological
+# order), not by creation order as layer names do. Entry k is the creation index of the k-th
+# Conv2D (and, identically, BatchNormalization) of keras.applications.InceptionV3 in that order.
+_KERAS3_TOPOLOGICAL_TO_CREATION = (
+    0, 1, 2, 3, 4, 8, 6, 9, 5, 7, 10, 11, 15, 13, 16, 12, 14, 17, 18, 22, 20, 23, 19, 21, 24, 25, 27, 28, 26, 29,
+    34, 35, 31, 36, 32, 37, 30, 33, 38, 39, 44, 45, 41, 46, 42, 47, 40, 43, 48, 49, 54, 55, 51, 56, 52, 57, 50, 53,
+    58, 59, 64, 65, 61, 66, 62, 67, 60, 63, 68, 69, 72, 73, 70, 74, 71, 75, 80, 77, 81, 78, 79, 82, 83, 76, 84, 89,
+    86, 90, 87, 88, 91, 92, 85, 93,
+)
+
+
+def _keras3_creation_name(name: str) -> str:
+    kind = re.fullmatch(r"(conv2d|batch_normalization)(_\d+)?", name)
+    if not kind:
+        return name
+    position = _layer_number(name)
+    if position >= len(_KERAS3_TOPOLOGICAL_TO_CREATION):
+        raise CheckpointError(f"layer {name}: more layers than Inception V3 has")
+    return f"{kind.group(1)}_{_KERAS3_TOPOLOGICAL_TO_CREATION[position]}"
+
+
 def _keras_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """{layer name: {weight role: array}} from any of the three Keras HDF5 layouts."""
     import h5py
@@ -270,7 +291,7 @@ def _keras_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
                     roles = ["kernel", "bias"]
                 else:
                     roles = ["kernel"]
-                layers[name] = dict(zip(roles, arrays))
+                layers[_keras3_creation_name(name)] = dict(zip(roles, arrays))
             return layers
         # Keras 2 weights files and legacy full-model files share the "layer_names" layout.
         root = handle["model_weights"] if "model_weights" in handle else handle
@@ -286,7 +307,10 @@ def _keras_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _from_keras(path: Path) -> Checkpoint:
-    layers = _keras_layers(path)
+    try:
+        layers = _keras_layers(path)
+    except (OSError, KeyError) as exc:
+        raise CheckpointError(f"{path}: not a readable Keras HDF5 file ({exc})") from None
     convs = sorted((n for n in layers if re.fullmatch(r"conv2d(_\d+)?", n)), key=_layer_number)
     bns = sorted((n for n in layers if re.fullmatch(r"batch_normalization(_\d+)?", n)), key=_layer_number)
     dense = [n for n in layers if "bias" in layers[n] and layers[n]["kernel"].ndim == 2]
@@ -301,11 +325,10 @@ def _from_keras(path: Path) -> Checkpoint:
         _tf_conv_bn(state, prefix, layers[conv]["kernel"], w["beta"], w["moving_mean"], w["moving_variance"],
                     w.get("gamma"))
     notes = ["mapped Keras layers by creation order (their names are auto-numbered)"]
-    if len(dense) == 1:
-        state["fc.weight"] = torch.from_numpy(np.ascontiguousarray(layers[dense[0]]["kernel"].T))
-        state["fc.bias"] = torch.from_numpy(layers[dense[0]]["bias"].copy())
-    else:
+    if len(dense) != 1:
         raise CheckpointError(f"{path}: expected one Dense classifier layer, found {len(dense)} (include_top=False?)")
+    state["fc.weight"] = torch.from_numpy(np.ascontiguousarray(layers[dense[0]]["kernel"].T))
+    state["fc.bias"] = torch.from_numpy(layers[dense[0]]["bias"].copy())
     state = _drop_background_class(state, notes)
     return Checkpoint(state, "keras", str(path), preprocess="keras", count_include_pad=False, notes=notes)
 

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real photos and realistic random weights.
+
+A fresh random Inception V3 saturates, so comparisons on it prove little. Here the BN running
+statistics are measured on real photos, which makes every layer's activations realistic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("INCEPTIONV3_SHARED_DATA", REPO.parent / "shared" / "data"))
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def photo_paths() -> list[Path]:
+    paths = sorted((SHARED_DATA / "images").glob("*.*"))
+    paths = [p for p in paths if p.suffix.lower() in (".jpg", ".png", ".bmp")]
+    if not paths:
+        raise FileNotFoundError(f"no real photos under {SHARED_DATA / 'images'}; set INCEPTIONV3_SHARED_DATA")
+    return paths
+
+
+def load_rgb01(path: Path, size: int = 299) -> np.ndarray:
+    """Square-crop and resize with Pillow only, independent of the package's preprocessing."""
+    image = Image.open(path).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def photos01() -> np.ndarray:
+    """Six real photos, N x H x W x 3 in [0, 1]."""
+    paths = photo_paths()
+    picks = [paths[i] for i in np.linspace(0, len(paths) - 1, 6).astype(int)]
+    return np.stack([load_rgb01(p) for p in picks])
+
+
+@pytest.fixture(scope="session")
+def imagenet_batch(photos01) -> torch.Tensor:
+    """The photos normalised with ImageNet mean/std, N x 3 x 299 x 299."""
+    return torch.from_numpy(((photos01 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2).copy())
+
+
+@pytest.fixture(scope="session")
+def inception_batch(photos01) -> torch.Tensor:
+    """The photos scaled to [-1, 1], as TensorFlow-trained weights expect."""
+    return torch.from_numpy((photos01 * 2 - 1).transpose(0, 3, 1, 2).copy())
+
+
+def calibrate(model: torch.nn.Module, batch: torch.Tensor, seed: int = 0, affine: bool = True) -> torch.nn.Module:
+    """Random affine BN parameters, then running statistics measured on ``batch``."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            if affine:
+                module.weight.data = torch.rand(module.num_features, generator=generator) + 0.5
+            module.bias.data = torch.randn(module.num_features, generator=generator) * 0.2
+            module.momentum = None  # cumulative average: the stats of exactly this batch
+            module.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(batch)
+    return model.eval()
+
+
+def max_abs_diff(a, b) -> float:
+    return float((torch.as_tensor(a) - torch.as_tensor(b)).abs().max())
