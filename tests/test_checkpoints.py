@@ -159,25 +159,25 @@ def keras_logits(model, batch):
 
 
 def write_keras2_weights_file(model, path):
-    """The layout of Keras 2's published inception_v3_weights_tf_dim_ordering_tf_kernels.h5."""
+    """The layout of Keras 2's published inception_v3_weights_tf_dim_ordering_tf_kernels.h5:
+    per-layer groups named from 1 (conv2d_1 ... conv2d_94), weight names like conv2d_1/kernel:0."""
+
+    def keras2_name(layer):
+        if type(layer).__name__ not in ("Conv2D", "BatchNormalization"):
+            return layer.name
+        base, _, tail = layer.name.rpartition("_")
+        return f"{base}_{int(tail) + 1}" if tail.isdigit() else f"{layer.name}_1"
+
     weighted = [layer for layer in model.layers if layer.weights]
-    counters: dict[str, int] = {}
     with h5py.File(path, "w") as handle:
-        names = []
         for layer in weighted:
-            kind = {"Conv2D": "conv2d", "BatchNormalization": "batch_normalization"}.get(type(layer).__name__)
-            if kind:  # Keras 2 numbered every layer from 1, in creation order
-                counters[kind] = counters.get(kind, 0) + 1
-            name = f"{kind}_{int(layer.name.rsplit('_', 1)[-1]) + 1 if layer.name[-1].isdigit() else 1}" if kind \
-                else layer.name
-            names.append(name)
+            name = keras2_name(layer)
             group = handle.create_group(name)
-            roles = [w.path.rsplit("/", 1)[-1] for w in layer.weights]
-            weight_names = [f"{name}/{role}:0" for role in roles]
+            weight_names = [f"{name}/{w.path.rsplit('/', 1)[-1]}:0" for w in layer.weights]
             group.attrs["weight_names"] = [w.encode() for w in weight_names]
-            for weight_name, value in zip(weight_names, layer.get_weights()):
+            for weight_name, value in zip(weight_names, layer.get_weights(), strict=True):
                 group.create_dataset(weight_name, data=value)
-        handle.attrs["layer_names"] = [n.encode() for n in names]
+        handle.attrs["layer_names"] = [keras2_name(layer).encode() for layer in weighted]
         handle.attrs["backend"] = b"tensorflow"
         handle.attrs["keras_version"] = b"2.1.5"
 
@@ -330,3 +330,62 @@ def test_tf_slim_needs_tensorflow_or_says_what_to_install(tmp_path):
     else:
         with pytest.raises(Exception):  # noqa: B017 - TensorFlow's own error for a corrupt index
             read_checkpoint(path)
+
+
+# --- TF-slim name mapping (the file itself needs TensorFlow; the mapping does not) -------------
+
+_SLIM_A = ["Branch_0/Conv2d_0a_1x1", "Branch_1/Conv2d_0a_1x1", "Branch_1/Conv2d_0b_5x5", "Branch_2/Conv2d_0a_1x1",
+           "Branch_2/Conv2d_0b_3x3", "Branch_2/Conv2d_0c_3x3", "Branch_3/Conv2d_0b_1x1"]
+_SLIM_C = ["Branch_0/Conv2d_0a_1x1", "Branch_1/Conv2d_0a_1x1", "Branch_1/Conv2d_0b_1x7", "Branch_1/Conv2d_0c_7x1",
+           "Branch_2/Conv2d_0a_1x1", "Branch_2/Conv2d_0b_7x1", "Branch_2/Conv2d_0c_1x7", "Branch_2/Conv2d_0d_7x1",
+           "Branch_2/Conv2d_0e_1x7", "Branch_3/Conv2d_0b_1x1"]
+_SLIM_E = ["Branch_0/Conv2d_0a_1x1", "Branch_1/Conv2d_0a_1x1", "Branch_1/Conv2d_0b_1x3", "Branch_1/Conv2d_0b_3x1",
+           "Branch_2/Conv2d_0a_1x1", "Branch_2/Conv2d_0b_3x3", "Branch_2/Conv2d_0c_1x3", "Branch_2/Conv2d_0d_3x1",
+           "Branch_3/Conv2d_0b_1x1"]
+# Scope names as tensorflow/models research/slim/nets/inception_v3.py creates them, in module order.
+SLIM_SCOPES = (
+    ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"]
+    + [f"Mixed_5b/{n}" for n in _SLIM_A]
+    + [f"Mixed_5c/{n}" for n in _SLIM_A[:2] + ["Branch_1/Conv_1_0c_5x5"] + _SLIM_A[3:]]
+    + [f"Mixed_5d/{n}" for n in _SLIM_A]
+    + [f"Mixed_6a/{n}" for n in ["Branch_0/Conv2d_1a_1x1", "Branch_1/Conv2d_0a_1x1", "Branch_1/Conv2d_0b_3x3",
+                                 "Branch_1/Conv2d_1a_1x1"]]
+    + [f"Mixed_6{b}/{n}" for b in "bcde" for n in _SLIM_C]
+    + [f"Mixed_7a/{n}" for n in ["Branch_0/Conv2d_0a_1x1", "Branch_0/Conv2d_1a_3x3", "Branch_1/Conv2d_0a_1x1",
+                                 "Branch_1/Conv2d_0b_1x7", "Branch_1/Conv2d_0c_7x1", "Branch_1/Conv2d_1a_3x3"]]
+    + [f"Mixed_7b/{n}" for n in _SLIM_E]
+    + [f"Mixed_7c/{n}" for n in _SLIM_E[:3] + ["Branch_1/Conv2d_0c_3x1"] + _SLIM_E[4:]]
+)
+
+
+def test_tf_slim_variables_map_onto_the_model(inception_batch):
+    from inceptionv3.checkpoints import tf_slim_to_state_dict
+
+    # Mixed_5c's Branch_1 is named Conv2d_0b_1x1 in slim (not 0a): fix the table's generic entry.
+    scopes = [s.replace("Mixed_5c/Branch_1/Conv2d_0a_1x1", "Mixed_5c/Branch_1/Conv2d_0b_1x1") for s in SLIM_SCOPES]
+    source = calibrate(InceptionV3(aux_logits=True, count_include_pad=False), inception_batch, seed=7, affine=False)
+    state = source.state_dict()
+    blocks = [n for n, m in source.named_modules() if hasattr(m, "conv") and hasattr(m, "bn")]
+    trunk = [b for b in blocks if not b.startswith("AuxLogits.")]
+    assert len(trunk) == len(scopes) == 94
+    variables = {}
+    pairs = list(zip(trunk, scopes, strict=True))
+    pairs += [("AuxLogits.conv0", "AuxLogits/Conv2d_1b_1x1"), ("AuxLogits.conv1", "AuxLogits/Conv2d_2a_5x5")]
+    for prefix, scope in pairs:
+        name = f"InceptionV3/{scope}"
+        variables[f"{name}/weights"] = state[f"{prefix}.conv.weight"].permute(2, 3, 1, 0).numpy()
+        for ours, theirs in (("bias", "beta"), ("running_mean", "moving_mean"), ("running_var", "moving_variance")):
+            variables[f"{name}/BatchNorm/{theirs}"] = state[f"{prefix}.bn.{ours}"].numpy()
+    for prefix, scope in (("fc", "Logits/Conv2d_1c_1x1"), ("AuxLogits.fc", "AuxLogits/Conv2d_2b_1x1")):
+        weight = torch.cat([torch.zeros(1, state[f"{prefix}.weight"].shape[1]), state[f"{prefix}.weight"]])
+        variables[f"InceptionV3/{scope}/weights"] = weight.T[None, None].numpy()
+        variables[f"InceptionV3/{scope}/biases"] = torch.cat([torch.zeros(1), state[f"{prefix}.bias"]]).numpy()
+    variables["global_step"] = np.array(0)
+
+    from inceptionv3.checkpoints import Checkpoint, _drop_background_class, build_model
+
+    notes: list[str] = []
+    converted = _drop_background_class(tf_slim_to_state_dict(variables), notes)
+    model = build_model(Checkpoint(converted, "tf-slim", count_include_pad=False), aux_logits=True)
+    assert len(notes) == 2
+    assert torch.equal(logits(model, inception_batch), logits(source, inception_batch))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +79,8 @@ def _torch_load(path: Path) -> Any:
             f"containers, which could run code ({str(exc).splitlines()[0]}). Re-save its state_dict "
             "or convert it from a trusted environment."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
+    except Exception as exc:  # torch.load raises many types on junk (struct.error, EOFError, ...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -291,7 +290,7 @@ def _keras_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
                     roles = ["kernel", "bias"]
                 else:
                     roles = ["kernel"]
-                layers[_keras3_creation_name(name)] = dict(zip(roles, arrays))
+                layers[_keras3_creation_name(name)] = dict(zip(roles, arrays, strict=True))
             return layers
         # Keras 2 weights files and legacy full-model files share the "layer_names" layout.
         root = handle["model_weights"] if "model_weights" in handle else handle
@@ -320,7 +319,7 @@ def _from_keras(path: Path) -> Checkpoint:
             f"{path}: found {len(convs)} conv and {len(bns)} batch-norm layers, Inception V3 has {len(blocks)}"
         )
     state: dict[str, Tensor] = {}
-    for prefix, conv, bn in zip(blocks, convs, bns):
+    for prefix, conv, bn in zip(blocks, convs, bns, strict=True):
         w = layers[bn]
         _tf_conv_bn(state, prefix, layers[conv]["kernel"], w["beta"], w["moving_mean"], w["moving_variance"],
                     w.get("gamma"))
@@ -355,7 +354,7 @@ def tf_slim_to_state_dict(variables: Mapping[str, np.ndarray]) -> dict[str, Tens
     blocks = [b for b in _conv_blocks(with_aux=has_aux) if not b.startswith("AuxLogits.")]
     if len(conv_names) != len(blocks):
         raise CheckpointError(f"found {len(conv_names)} TF-slim conv layers, Inception V3 has {len(blocks)}")
-    pairs = list(zip(blocks, conv_names))
+    pairs = list(zip(blocks, conv_names, strict=True))
     if has_aux:
         pairs += [("AuxLogits.conv0", aux_names[0]), ("AuxLogits.conv1", aux_names[1])]
     state: dict[str, Tensor] = {}
@@ -415,7 +414,9 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
     detected = source or detect_source(tensors, metadata)
     if detected == CANONICAL_FORMAT:
         if metadata.get("format") != CANONICAL_FORMAT:
-            raise CheckpointError(f"{path}: source='inceptionv3' needs a safetensors file written by `inceptionv3 convert`")
+            raise CheckpointError(
+                f"{path}: source='inceptionv3' needs a safetensors file written by `inceptionv3 convert`"
+            )
         return _from_canonical(tensors, metadata, str(path))
     if detected == "mmpretrain":
         return _from_mmpretrain(tensors, meta, str(path))

@@ -10,7 +10,7 @@ are constructor options rather than subclasses:
   conv when a checkpoint is loaded (see :func:`inceptionv3.checkpoints.fold_transform_input`).
 """
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -267,7 +267,7 @@ class InceptionV3(nn.Module):
             return x
         return self.fc(self.dropout(x))
 
-    def forward(self, x: Tensor) -> Union[Tensor, InceptionOutputs]:
+    def forward(self, x: Tensor) -> Tensor | InceptionOutputs:
         if self.training and self.AuxLogits is not None:
             if not torch.jit.is_tracing():
                 self._check_input(x)

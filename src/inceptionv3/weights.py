@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import socket
 import sys
 import time
 import urllib.error
@@ -375,7 +374,7 @@ def download_weights(
             except ValueError as exc:  # hash mismatch
                 tried.append(f"{url}: {exc}")
                 break
-            except (urllib.error.URLError, OSError, socket.timeout) as exc:
+            except (TimeoutError, urllib.error.URLError, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 tried.append(f"{url}: attempt {attempt + 1}/{retries} failed ({reason})")
             if attempt + 1 < retries:

@@ -1,0 +1,244 @@
+"""The zoo entries and the download, against a real HTTP server on 127.0.0.1 started here."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+from inceptionv3 import InceptionV3, count_flops, count_parameters, get_model, list_models
+from inceptionv3.weights import ZOO, WeightFile, WeightsDownloadError, WeightsEntry, download_weights, imagenet_classes
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Behaviour by first path segment: good, missing, truncated, stall, flaky (fails once)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        mode, name = self.path.strip("/").split("/", 1)
+        body = self.server.files.get(name)
+        self.server.requests.append(self.path)
+        if mode == "missing" or body is None:
+            self.send_error(404)
+            return
+        if mode == "stall":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:100])
+            self.wfile.flush()
+            time.sleep(3)
+            return
+        if mode == "truncated" or (mode == "flaky" and self.server.requests.count(self.path) == 1):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    httpd = Server(("127.0.0.1", 0), Handler)
+    httpd.files, httpd.requests = {}, []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("INCEPTIONV3_OFFLINE", raising=False)
+    monkeypatch.delenv("INCEPTIONV3_MIRROR", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def mmpretrain_file_bytes(tmp_path_factory) -> bytes:
+    """A small-but-real checkpoint in mmpretrain's exact layout, serialised as torch.save does."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "ckpt.pth"
+    state = {f"backbone.{k}": v for k, v in InceptionV3().state_dict().items()}
+    torch.save({"state_dict": state, "meta": {"dataset_meta": {"classes": list(imagenet_classes())}}}, path)
+    return path.read_bytes()
+
+
+def hosted(server, body: bytes, stem: str = "inception-v3_3rdparty_8xb32_in1k") -> str:
+    """Serve ``body`` under a torch.hub-style name carrying its own sha256 prefix."""
+    name = f"{stem}-{hashlib.sha256(body).hexdigest()[:8]}.pth"
+    server.files[name] = body
+    return name
+
+
+def entry_for(*files: WeightFile) -> WeightsEntry:
+    return WeightsEntry("test-entry", files, ZOO["inception-v3_3rdparty_8xb32_in1k"].preprocess, (), "test", ())
+
+
+def url(server, mode: str, name: str) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}/{mode}/{name}"
+
+
+def test_good_file_is_downloaded_verified_and_cached(server, mmpretrain_file_bytes, isolated_cache):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    path, chosen = download_weights(entry, progress=False)
+    assert path == isolated_cache / name and path.read_bytes() == mmpretrain_file_bytes
+    assert chosen.source == "mmpretrain"
+    assert not list(isolated_cache.glob("*.partial"))
+    download_weights(entry, progress=False)  # second call: served from the cache
+    assert len(server.requests) == 1
+
+
+def test_404_falls_back_to_the_next_url(server, mmpretrain_file_bytes):
+    name = hosted(server, mmpretrain_file_bytes)
+    digest = f"sha256:{name[-12:-4]}"
+    entry = entry_for(
+        WeightFile(url(server, "missing", name), "mmpretrain", digest),
+        WeightFile(url(server, "good", name), "torchvision", digest, transform_input=True),
+    )
+    path, chosen = download_weights(entry, progress=False, retries=3)
+    assert chosen.transform_input and path.read_bytes() == mmpretrain_file_bytes
+    assert sum("/missing/" in r for r in server.requests) == 1  # a 404 is not retried
+
+
+def test_truncated_body_is_never_used(server, mmpretrain_file_bytes, isolated_cache):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "truncated", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    with pytest.raises(WeightsDownloadError, match="truncated|IncompleteRead|failed") as info:
+        download_weights(entry, progress=False, retries=2)
+    assert "attempt 2/2" in str(info.value)
+    assert not any(isolated_cache.iterdir())
+
+
+def test_wrong_hash_is_rejected_and_not_cached(server, mmpretrain_file_bytes, isolated_cache):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", "sha256:00000000"))
+    with pytest.raises(WeightsDownloadError, match="hash mismatch"):
+        download_weights(entry, progress=False)
+    assert not any(isolated_cache.iterdir())
+
+
+def test_stalled_server_hits_the_timeout(server, mmpretrain_file_bytes):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "stall", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match="timed out"):
+        download_weights(entry, progress=False, retries=1, timeout=0.5)
+    assert time.monotonic() - start < 2.5
+
+
+def test_interrupted_download_is_retried(server, mmpretrain_file_bytes):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "flaky", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    path, _ = download_weights(entry, progress=False, retries=3)
+    assert path.read_bytes() == mmpretrain_file_bytes
+    assert server.requests.count(f"/flaky/{name}") == 2
+
+
+def test_corrupted_cache_entry_is_replaced(server, mmpretrain_file_bytes, isolated_cache):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    path, _ = download_weights(entry, progress=False)
+    path.write_bytes(b"bit rot")
+    path, _ = download_weights(entry, progress=False)
+    assert path.read_bytes() == mmpretrain_file_bytes and len(server.requests) == 2
+
+
+def test_mirror_keeps_the_file_name(server, mmpretrain_file_bytes, monkeypatch):
+    name = hosted(server, mmpretrain_file_bytes)
+    monkeypatch.setenv("INCEPTIONV3_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/good/")
+    entry = entry_for(WeightFile(f"https://download.example.invalid/some/dir/{name}", "mmpretrain",
+                                 f"sha256:{name[-12:-4]}"))
+    path, _ = download_weights(entry, progress=False)
+    assert path.read_bytes() == mmpretrain_file_bytes and server.requests == [f"/good/{name}"]
+
+
+def test_offline_mode_uses_only_the_cache(server, mmpretrain_file_bytes, monkeypatch):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    monkeypatch.setenv("INCEPTIONV3_OFFLINE", "1")
+    with pytest.raises(WeightsDownloadError, match="INCEPTIONV3_OFFLINE"):
+        download_weights(entry, progress=False)
+    assert server.requests == []
+    monkeypatch.delenv("INCEPTIONV3_OFFLINE")
+    download_weights(entry, progress=False)
+    monkeypatch.setenv("INCEPTIONV3_OFFLINE", "1")
+    assert download_weights(entry, progress=False)[0].is_file()
+
+
+def test_failure_message_names_urls_cache_and_the_weights_alternative(server, isolated_cache, monkeypatch):
+    monkeypatch.setenv("INCEPTIONV3_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/missing")
+    with pytest.raises(WeightsDownloadError) as info:
+        get_model("inception-v3_3rdparty_8xb32_in1k")
+    message = str(info.value)
+    assert "inception-v3_3rdparty_8xb32_in1k_20220615-dcd4d910.pth: HTTP 404" in message
+    assert "inception_v3_google-0cc3c7bd.pth: HTTP 404" in message
+    assert str(isolated_cache) in message and "--weights PATH" in message
+
+
+def test_zoo_name_downloads_through_the_mirror_and_loads(server, mmpretrain_file_bytes, monkeypatch):
+    """The real zoo entry end to end; the served file is ours, so only its hash check must fail."""
+    server.files["inception-v3_3rdparty_8xb32_in1k_20220615-dcd4d910.pth"] = mmpretrain_file_bytes
+    monkeypatch.setenv("INCEPTIONV3_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/good")
+    with pytest.raises(WeightsDownloadError, match="hash mismatch: expected sha256:dcd4d910"):
+        get_model("inception-v3_3rdparty_8xb32_in1k")
+
+
+def test_zoo_entries_carry_published_facts():
+    assert list_models() == sorted(ZOO) and len(ZOO) >= 7
+    assert list_models("*tf*") == ["inception_v3.tf_adv_in1k", "inception_v3.tf_in1k", "inception_v3.tf_slim_in1k"]
+    model = InceptionV3()
+    for entry in ZOO.values():
+        assert entry.params == count_parameters(model)
+        assert entry.macs == count_flops(model)
+        assert entry.flops_mmpretrain == count_flops(model, convention="mmpretrain")
+        assert entry.metrics and entry.license and entry.origin and entry.preprocess.crop == 299
+        for weight_file in entry.files:
+            assert weight_file.url.startswith(("https://", "http://"))
+    mm = ZOO["inception-v3_3rdparty_8xb32_in1k"]
+    assert (mm.metrics[0].top1, mm.metrics[0].top5) == (77.57, 93.58)
+    assert [f.source for f in mm.files] == ["mmpretrain", "torchvision"] and mm.files[1].transform_input
+    assert ZOO["inception_v3.tv_in1k"].metrics[0].top1 == 77.294
+
+
+def test_class_names_are_the_shared_imagenet_list():
+    rows = (SHARED_DATA / "imagenet" / "classes.tsv").read_text().splitlines()[1:]
+    assert imagenet_classes() == tuple(row.split("\t")[2] for row in rows)
+    assert imagenet_classes()[0] == "tench, Tinca tinca"
+
+
+def test_entry_without_published_hash_is_not_downloaded(server):
+    entry = entry_for(WeightFile(url(server, "good", "x.tar.gz"), "tf-slim", None))
+    with pytest.raises(WeightsDownloadError, match="no published hash"):
+        download_weights(entry, progress=False)
+    assert server.requests == []
+
+
+def test_cached_file_shows_in_the_entry(isolated_cache, mmpretrain_file_bytes):
+    entry = ZOO["inception_v3.tv_in1k"]
+    assert entry.cached_file() is None
+    isolated_cache.mkdir(parents=True)
+    (isolated_cache / "inception_v3_google-0cc3c7bd.pth").write_bytes(mmpretrain_file_bytes)
+    assert entry.cached_file() == isolated_cache / "inception_v3_google-0cc3c7bd.pth"
+    assert isinstance(Path(entry.cached_file()), Path)
