@@ -7,6 +7,7 @@ statistics are measured on real photos, which makes every layer's activations re
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,22 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("INCEPTIONV3_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _find_shared_data() -> Path:
+    """``$INCEPTIONV3_SHARED_DATA``, else ``../shared/data`` beside this checkout or beside the
+    local repository it was cloned from (a scratch clone in /tmp still finds the data)."""
+    if os.environ.get("INCEPTIONV3_SHARED_DATA"):
+        return Path(os.environ["INCEPTIONV3_SHARED_DATA"])
+    candidates = [REPO.parent / "shared" / "data"]
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared" / "data")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+SHARED_DATA = _find_shared_data()
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
