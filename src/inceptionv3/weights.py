@@ -273,14 +273,6 @@ def file_hash_matches(path: Path, expected: str) -> bool:
     return hasher.hexdigest().startswith(digest)
 
 
-def sha256_of(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def _verified_marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
