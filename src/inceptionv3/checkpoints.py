@@ -41,6 +41,11 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def count_include_pad_for(source: str) -> bool:
+    """The average-pool padding convention of a checkpoint source (True unless TensorFlow-trained)."""
+    return _COUNT_INCLUDE_PAD.get(source, True)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
@@ -223,7 +228,8 @@ def _from_canonical(tensors: dict[str, Tensor], metadata: Mapping[str, str], pat
 
 def _conv_blocks(with_aux: bool) -> list[str]:
     """BasicConv2d prefixes in creation order, which is also Keras' and TF-slim's creation order."""
-    model = InceptionV3(aux_logits=with_aux, init_weights=False)
+    with torch.device("meta"):  # names only: no memory for the 27M parameters
+        model = InceptionV3(aux_logits=with_aux, init_weights=False)
     return [name for name, module in model.named_modules() if hasattr(module, "conv") and hasattr(module, "bn")]
 
 
@@ -329,7 +335,9 @@ def _from_keras(path: Path) -> Checkpoint:
     state["fc.weight"] = torch.from_numpy(np.ascontiguousarray(layers[dense[0]]["kernel"].T))
     state["fc.bias"] = torch.from_numpy(layers[dense[0]]["bias"].copy())
     state = _drop_background_class(state, notes)
-    return Checkpoint(state, "keras", str(path), preprocess="keras", count_include_pad=False, notes=notes)
+    return Checkpoint(
+        state, "keras", str(path), preprocess="keras", count_include_pad=count_include_pad_for("keras"), notes=notes
+    )
 
 
 # --- TF-slim --------------------------------------------------------------------------------
@@ -385,7 +393,10 @@ def _from_tf_slim(path: Path) -> Checkpoint:
     variables = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
     notes: list[str] = []
     state = _drop_background_class(tf_slim_to_state_dict(variables), notes)
-    return Checkpoint(state, "tf-slim", str(path), preprocess="tf-slim", count_include_pad=False, notes=notes)
+    return Checkpoint(
+        state, "tf-slim", str(path), preprocess="tf-slim", count_include_pad=count_include_pad_for("tf-slim"),
+        notes=notes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

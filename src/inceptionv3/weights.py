@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import torch
 
-from .checkpoints import Checkpoint, CheckpointError, build_model, read_checkpoint
+from .checkpoints import Checkpoint, CheckpointError, build_model, count_include_pad_for, read_checkpoint
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
 
@@ -457,7 +457,7 @@ def get_model(
         assert entry is not None
         model = InceptionV3(
             num_classes=num_classes or entry.num_classes, aux_logits=aux_logits, dropout=dropout,
-            count_include_pad=entry.source not in ("keras", "tf-slim"),
+            count_include_pad=count_include_pad_for(entry.source),
         )
     head_changed = checkpoint is not None and num_classes is not None and num_classes != checkpoint.num_classes
     model.weights_info = WeightsInfo(
