@@ -1,7 +1,10 @@
 """Inception V3 in plain PyTorch: exact ports of every public checkpoint, with their preprocessing."""
 
 from .checkpoints import CheckpointError, fold_transform_input, read_checkpoint, save_canonical
+from .decode import ImageLoadError, load_image
+from .inference import Classifier, Prediction, PredictionError, inference_model
 from .model import InceptionOutputs, InceptionV3, count_flops, count_parameters
+from .preprocess import PRESETS, Preprocess
 from .weights import (
     ZOO,
     WeightsDownloadError,
@@ -19,4 +22,6 @@ __all__ = [
     "InceptionV3", "InceptionOutputs", "count_flops", "count_parameters",
     "get_model", "list_models", "get_entry", "download_weights", "imagenet_classes", "ZOO", "WeightsEntry",
     "read_checkpoint", "save_canonical", "fold_transform_input", "CheckpointError", "WeightsDownloadError",
+    "inference_model", "Classifier", "Prediction", "PredictionError", "ImageLoadError", "load_image",
+    "Preprocess", "PRESETS",
 ]

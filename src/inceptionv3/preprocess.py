@@ -1,25 +1,55 @@
-"""Preprocessing presets: how each weights source resized, cropped and normalised its inputs.
+"""Preprocessing presets: how each weights source decoded, resized, cropped and normalised its inputs.
 
-A preset travels with its weights (``WeightsEntry.preprocess``), so that a model is never fed
-inputs prepared for another source, the silent accuracy loss users hit most often.
+A preset travels with its weights (``WeightsEntry.preprocess``, ``model.weights_info.preprocess``), so that
+a model is never fed inputs prepared for another source, the silent accuracy loss users hit most often.
+Each preset reproduces its source's own arithmetic, down to the rounding of sizes and crop offsets and
+the order of the float operations, so that the tensors match the reference pipelines bit for bit.
+
+A preset is callable like a torchvision transform: ``preset(image)`` gives a normalised 3 x crop x crop tensor.
+For batches, the work splits into :meth:`Preprocess.load` (decode and crop to uint8, run in worker
+threads) and :meth:`Preprocess.normalize` (one vectorised step on the whole batch).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-INCEPTION_MEAN = (127.5, 127.5, 127.5)
-INCEPTION_STD = (127.5, 127.5, 127.5)
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .decode import MAX_IMAGE_PIXELS, ImageInput, load_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
+
+#: The resolution Inception V3 was trained at; smaller crops cost ImageNet accuracy.
+NATIVE_CROP = 299
+
+#: Beyond this aspect ratio only the centre of the long edge is resized, so that a 1 x 10,000 strip does not
+#: become a 342 x 3,420,000 image. Photos never get near it, so their results stay bit-exact.
+MAX_ASPECT = 16
+
+_CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+_PIL_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """One evaluation pipeline. Mean and std are on the 0-255 scale, in RGB order.
+    """One evaluation pipeline, on RGB pixels: ``(pixel / scale - mean) / std`` after resizing and cropping.
 
-    ``order='resize_crop'`` resizes the short edge to ``resize`` then centre-crops ``crop``;
-    ``order='crop_resize'`` (TF-slim) centre-crops ``crop_fraction`` of the image, then resizes to ``crop``.
+    ``order='resize_crop'`` resizes the short edge to ``resize`` (the long edge truncated to an int, as
+    mmpretrain's ``ResizeEdge`` and torchvision's ``Resize`` do), then centre-crops ``crop`` with the offset
+    rounded half to even (Python's ``round``, as both do). ``order='crop_resize'`` (TF-slim) centre-crops
+    ``crop_fraction`` of each side, then resizes to ``crop`` x ``crop``.
+
+    ``backend='cv2'`` decodes with OpenCV and resizes with ``cv2.resize`` (no antialiasing);
+    ``backend='pil'`` decodes and resizes with Pillow (antialiased), as torchvision and timm do on PIL images.
     """
 
     name: str
@@ -29,46 +59,148 @@ class Preprocess:
     backend: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    scale: float = 1.0
     order: str = "resize_crop"
     crop_fraction: float = 0.875
     source_note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _CV2_INTERPOLATION:
+            raise ValueError(f"interpolation must be one of {sorted(_CV2_INTERPOLATION)}, got {self.interpolation!r}")
+        if self.backend not in ("cv2", "pil"):
+            raise ValueError(f"backend must be 'cv2' or 'pil', got {self.backend!r}")
+        if self.order not in ("resize_crop", "crop_resize"):
+            raise ValueError(f"order must be 'resize_crop' or 'crop_resize', got {self.order!r}")
+        if self.crop < 1 or (self.order == "resize_crop" and self.resize < self.crop):
+            raise ValueError(
+                f"preset {self.name!r}: need 1 <= crop <= resize, got crop {self.crop}, resize {self.resize}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
 
     def describe(self) -> str:
         if self.order == "crop_resize":
             steps = f"centre crop {self.crop_fraction:g} -> {self.interpolation} resize to {self.crop}"
         else:
             steps = f"{self.interpolation} short-edge resize to {self.resize} -> centre crop {self.crop}"
-        return f"{self.name}: {steps} ({self.backend}), mean {list(self.mean)}, std {list(self.std)}, RGB"
+        scaled = f"x / {self.scale:g}, " if self.scale != 1.0 else ""
+        return f"{self.name}: {steps} ({self.backend}), RGB, {scaled}mean {list(self.mean)}, std {list(self.std)}"
+
+    def with_crop(self, crop: int) -> Preprocess:
+        """The same pipeline at another crop size, keeping the resize-to-crop ratio (342/299 -> 256/224)."""
+        resize = self.resize if self.order == "crop_resize" else int(crop * self.resize / self.crop)
+        name = self.name if crop == self.crop else f"{self.name}@{crop}"
+        return dataclasses.replace(self, name=name, crop=crop, resize=max(resize, crop))
+
+    # Geometry: pure functions of the image size, so that tests can pin the reference libraries' rounding.
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after the short-edge resize of ``order='resize_crop'``."""
+        if width < height:
+            return int(self.resize * height / width), self.resize
+        if height < width:
+            return self.resize, int(self.resize * width / height)
+        return self.resize, self.resize
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the crop, on the resized image (``resize_crop``) or the original."""
+        if self.order == "crop_resize":
+            top = int((height - height * self.crop_fraction) / 2)
+            left = int((width - width * self.crop_fraction) / 2)
+            return top, left, height - 2 * top, width - 2 * left
+        crop_h, crop_w = min(self.crop, height), min(self.crop, width)
+        return int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0)), crop_h, crop_w
+
+    # Pixels.
+
+    def _resize(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+        if rgb.shape[0] == height and rgb.shape[1] == width:
+            return rgb
+        if self.backend == "cv2":
+            return cv2.resize(rgb, (width, height), interpolation=_CV2_INTERPOLATION[self.interpolation])
+        resized = Image.fromarray(rgb).resize((width, height), _PIL_INTERPOLATION[self.interpolation])
+        return np.asarray(resized)
+
+    def crop_image(self, rgb: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 RGB -> crop x crop x 3 uint8 RGB."""
+        if self.order == "crop_resize":
+            top, left, h, w = self.crop_box(*rgb.shape[:2])
+            return self._resize(np.ascontiguousarray(rgb[top:top + h, left:left + w]), self.crop, self.crop)
+        height, width = rgb.shape[:2]
+        if max(height, width) > MAX_ASPECT * min(height, width):
+            keep = MAX_ASPECT * min(height, width)
+            if height > width:
+                rgb = rgb[(height - keep) // 2:(height - keep) // 2 + keep]
+            else:
+                rgb = rgb[:, (width - keep) // 2:(width - keep) // 2 + keep]
+        resized = self._resize(np.ascontiguousarray(rgb), *self.resized_size(*rgb.shape[:2]))
+        top, left, h, w = self.crop_box(*resized.shape[:2])
+        return np.ascontiguousarray(resized[top:top + h, left:left + w])
+
+    def load(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+        """Decode any supported input with this preset's decoder and crop it: a crop x crop x 3 uint8 array."""
+        return self.crop_image(load_image(item, decoder=self.backend, name=name, max_pixels=max_pixels))
+
+    def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """N x H x W x 3 uint8 -> N x 3 x H x W float32, with the source's own order of float operations."""
+        batch = torch.as_tensor(crops).permute(0, 3, 1, 2).float()
+        if self.scale != 1.0:
+            batch = batch / self.scale
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((batch - mean) / std).contiguous()
+
+    def __call__(self, item: ImageInput) -> torch.Tensor:
+        """One input -> a normalised 3 x crop x crop tensor, like ``weights.transforms()(image)`` in torchvision."""
+        return self.normalize(self.load(item)[None])[0]
+
+
+_warned_crops: set[tuple[str, int]] = set()
+
+
+def warn_if_small_crop(preprocess: Preprocess, num_classes: int) -> None:
+    """Warn once per preset and size: a 224 crop on 299-trained ImageNet weights quietly loses accuracy."""
+    key = (preprocess.name, preprocess.crop)
+    if num_classes in (1000, 1001) and preprocess.crop < NATIVE_CROP and key not in _warned_crops:
+        _warned_crops.add(key)
+        warnings.warn(
+            f"crop {preprocess.crop} is smaller than the {NATIVE_CROP} x {NATIVE_CROP} these ImageNet weights were "
+            f"trained and evaluated at; expect lower accuracy (use crop {NATIVE_CROP} to match published numbers)",
+            UserWarning, stacklevel=3)
 
 
 PRESETS: dict[str, Preprocess] = {
     p.name: p
     for p in (
         Preprocess(
-            "mmpretrain", 342, 299, "bilinear", "cv2", IMAGENET_MEAN, IMAGENET_STD,
-            source_note="mmpretrain inception-v3_8xb32_in1k test_pipeline: ResizeEdge(342, short), CenterCrop(299)",
+            "mmpretrain", 342, 299, "bilinear", "cv2", IMAGENET_MEAN_255, IMAGENET_STD_255,
+            source_note="mmpretrain inception-v3_8xb32_in1k test_pipeline: LoadImageFromFile (cv2), "
+            "ResizeEdge(342, short), CenterCrop(299); ClsDataPreprocessor to_rgb, mean/std on 0-255",
         ),
         Preprocess(
-            "torchvision", 342, 299, "bilinear", "pil", IMAGENET_MEAN, IMAGENET_STD,
-            source_note="torchvision Inception_V3_Weights.IMAGENET1K_V1: ImageClassification(crop 299, resize 342)",
+            "torchvision", 342, 299, "bilinear", "pil", IMAGENET_MEAN, IMAGENET_STD, scale=255.0,
+            source_note="torchvision Inception_V3_Weights.IMAGENET1K_V1: ImageClassification(crop 299, resize 342), "
+            "with transform_input folded into the weights",
         ),
         Preprocess(
             # timm resolves crop_pct 0.875 at 299 to a short edge of floor(299 / 0.875) = 341.
-            "timm-inception", 341, 299, "bicubic", "pil", INCEPTION_MEAN, INCEPTION_STD,
+            "timm-inception", 341, 299, "bicubic", "pil", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), scale=255.0,
             source_note="timm inception_v3 pretrained cfg: crop_pct 0.875, bicubic, mean/std 0.5",
         ),
         Preprocess(
-            "timm-imagenet", 341, 299, "bicubic", "pil", IMAGENET_MEAN, IMAGENET_STD,
+            "timm-imagenet", 341, 299, "bicubic", "pil", IMAGENET_MEAN, IMAGENET_STD, scale=255.0,
             source_note="timm inception_v3.gluon_in1k: crop_pct 0.875, bicubic, ImageNet mean/std",
         ),
         Preprocess(
-            "keras", 299, 299, "bilinear", "pil", INCEPTION_MEAN, INCEPTION_STD, order="crop_resize",
+            "keras", 299, 299, "bilinear", "cv2", (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), scale=127.5,
+            order="crop_resize",
             source_note="keras.applications.inception_v3.preprocess_input (mode 'tf': x / 127.5 - 1); "
-            "crop as in the TF-slim evaluation the weights come from",
+            "centre crop 0.875 as in the TF-slim evaluation the weights come from",
         ),
         Preprocess(
-            "tf-slim", 299, 299, "bilinear", "pil", INCEPTION_MEAN, INCEPTION_STD, order="crop_resize",
-            source_note="TF-slim inception_preprocessing (eval): central_crop(0.875), bilinear resize, [-1, 1]",
+            "tf-slim", 299, 299, "bilinear", "cv2", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), scale=255.0,
+            order="crop_resize",
+            source_note="TF-slim inception_preprocessing (eval): central_crop(0.875) with tf.image's integer "
+            "offsets, bilinear resize without antialiasing, (x / 255 - 0.5) * 2",
         ),
     )
 }

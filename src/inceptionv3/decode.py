@@ -1,0 +1,190 @@
+"""Turn whatever a user hands us (a path, bytes, a PIL image, a BGR array) into 8-bit RGB, or a typed error.
+
+Two decoders, picked by the weights' preset, because decoders disagree by a grey level or two on JPEG and
+those differences reach the logits:
+
+- ``cv2``: ``cv2.imdecode(IMREAD_COLOR)``, exactly what mmcv's ``LoadImageFromFile`` does for mmpretrain;
+- ``pil``: Pillow, as torchvision and timm read images.
+
+Both give the same answer for the odd cases, and the tests hold them to it:
+
+- grayscale and palette images become three equal or looked-up channels;
+- **alpha is dropped**: RGBA, LA and transparent palette images keep their colour channels as stored, the same
+  as mmpretrain (cv2) and torchvision (``convert('RGB')``). Nothing is composited onto a background;
+- 16-bit images keep their high byte (``value >> 8``), as cv2 does;
+- CMYK JPEGs are converted to RGB;
+- EXIF orientation is applied;
+- only the first frame of a GIF (or of a multi-page TIFF) is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Pillow's own hard limit: twice its warning threshold. A larger image is refused before it is decoded.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+
+#: Extensions searched for in folders, in any letter case.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+
+DECODERS = ("cv2", "pil")
+
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
+
+
+class ImageLoadError(ValueError):
+    """An input that cannot become an image. ``source`` names it (a path, or ``<bytes #3>``), ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def describe_input(item: object, index: int | None = None) -> str:
+    """A name for an input in messages and result rows: the path itself, or its kind and position."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    kind = {bytes: "bytes", bytearray: "bytes", memoryview: "bytes", np.ndarray: "array"}.get(type(item))
+    if kind is None:
+        kind = "PIL image" if isinstance(item, Image.Image) else type(item).__name__
+    return f"<{kind}>" if index is None else f"<{kind} #{index}>"
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The file's bytes, or an ``ImageLoadError`` that says which of the usual things went wrong."""
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        reason = "no such file" if not os.path.islink(name) else "broken symlink"
+        raise ImageLoadError(name, reason) from None
+    except IsADirectoryError:
+        raise ImageLoadError(name, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageLoadError(name, "permission denied") from None
+    except OSError as exc:
+        reason = "symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise ImageLoadError(name, reason) from None
+    if not data:
+        raise ImageLoadError(name, "empty file (0 bytes)")
+    return data
+
+
+def _probe(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Read only the header, so that a decompression bomb is refused before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(name, f"refused as a possible decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not a recognised image format (JPEG, PNG, BMP, WebP, TIFF or GIF)") from None
+    except Exception as exc:  # Pillow raises many types on malformed headers
+        raise ImageLoadError(name, f"corrupt image header ({exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(
+            name, f"refused as a possible decompression bomb: {width} x {height} pixels exceeds the limit of "
+            f"{max_pixels:,} (max_pixels)")
+    if width == 0 or height == 0:
+        raise ImageLoadError(name, f"image has no pixels ({width} x {height})")
+    return image
+
+
+def pil_to_rgb(image: Image.Image, name: str = "<PIL image>") -> np.ndarray:
+    """8-bit RGB from any Pillow mode, with EXIF orientation applied. See the module docstring for the rules."""
+    try:
+        image.seek(0)
+    except (AttributeError, EOFError, ValueError):
+        pass
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block should not cost the picture
+        pass
+    try:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            # Pillow's own I -> RGB conversion clips at 255 instead of scaling: keep the high byte, as cv2 does.
+            values = np.asarray(image, dtype=np.int64)
+            shift = 8 if values.max(initial=0) <= 0xFFFF else 24
+            gray = np.clip(values >> shift, 0, 255).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        if image.mode == "F":
+            values = np.asarray(image, dtype=np.float32)
+            scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
+            gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        return np.asarray(image.convert("RGB"))
+    except OSError as exc:
+        raise ImageLoadError(name, f"cannot decode ({exc})") from None
+
+
+def decode_bytes(data: bytes, name: str = "<bytes>", decoder: str = "cv2",
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode an encoded image to an H x W x 3 uint8 RGB array."""
+    if not data:
+        raise ImageLoadError(name, "empty input (0 bytes)")
+    probe = _probe(data, name, max_pixels)
+    if decoder == "cv2":
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            return np.ascontiguousarray(bgr[:, :, ::-1])
+        # cv2 says nothing about why; let Pillow decode it, which either works or names the problem.
+    elif decoder != "pil":
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    try:
+        probe.load()
+    except Exception as exc:  # truncated and corrupt files surface here under several types
+        reason = str(exc) or type(exc).__name__
+        raise ImageLoadError(name, f"corrupt or truncated image data ({reason})") from None
+    return pil_to_rgb(probe, name)
+
+
+def bgr_array_to_rgb(array: np.ndarray, name: str = "<array>") -> np.ndarray:
+    """An OpenCV-style array (BGR, as mmpretrain reads arrays) to RGB. Gray (H x W) and BGRA are accepted."""
+    if array.dtype != np.uint8:
+        raise ImageLoadError(name, f"array must be uint8 (0-255, BGR), got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageLoadError(name, f"array must be H x W, H x W x 3 (BGR) or H x W x 4 (BGRA), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageLoadError(name, f"array has no pixels (shape {array.shape})")
+    if array.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+    return np.ascontiguousarray(array[:, :, 2::-1])
+
+
+def load_image(item: ImageInput, decoder: str = "cv2", name: str | None = None,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Any supported input to H x W x 3 uint8 RGB. NumPy arrays are read as **BGR**, as mmpretrain reads them."""
+    name = name or describe_input(item)
+    if isinstance(item, (str, os.PathLike)):
+        return decode_bytes(read_file(item), name, decoder, max_pixels)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(item), name, decoder, max_pixels)
+    if isinstance(item, np.ndarray):
+        return bgr_array_to_rgb(item, name)
+    if isinstance(item, Image.Image):
+        return pil_to_rgb(item, name)
+    raise ImageLoadError(
+        name, f"unsupported input type {type(item).__name__}: pass a path, bytes, a PIL image or a uint8 BGR array")
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder``, recursively, matched by extension in any case, in sorted order."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        found.extend(Path(root) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return found

@@ -1,0 +1,279 @@
+"""Classify images: ``inference_model`` for mmpretrain's one-call API, ``Classifier`` for loops and streams.
+
+``inference_model`` returns mmpretrain's dicts (``pred_scores``, ``pred_label``, ``pred_score``,
+``pred_class``), but keeps the loaded model between calls: users call it in a loop, and rebuilding the
+model each time is what makes mmpretrain's version slow.
+
+``Classifier.predict`` streams: worker threads decode and crop the next images while the model runs on
+the current batch (OpenCV, Pillow and PyTorch all release the GIL), and a bad input becomes a
+``Prediction`` with ``error`` set instead of stopping the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .decode import MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input
+from .preprocess import PRESETS, Preprocess, warn_if_small_crop
+from .weights import get_model, imagenet_classes
+
+logger = logging.getLogger("inceptionv3")
+
+DEFAULT_MODEL = "inception-v3_3rdparty_8xb32_in1k"
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or the best available one: CUDA, then Apple MPS, then the CPU. Logged, so it is
+    never a surprise which one ran."""
+    if device is not None:
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine")
+        if chosen.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device={str(device)!r}: Apple MPS is not available on this machine")
+        logger.info("device %s (requested)", chosen)
+        return chosen
+    if torch.cuda.is_available():
+        chosen, why = torch.device("cuda"), torch.cuda.get_device_name(0)
+    elif torch.backends.mps.is_available():
+        chosen, why = torch.device("mps"), "Apple MPS"
+    else:
+        chosen, why = torch.device("cpu"), f"no CUDA or MPS; {torch.get_num_threads()} threads"
+    logger.info("device %s (%s)", chosen, why)
+    return chosen
+
+
+@dataclass
+class Prediction:
+    """One input's result. On failure ``error`` holds the reason and the score fields are ``None``."""
+
+    index: int
+    source: str
+    scores: np.ndarray | None = None
+    label: int | None = None
+    score: float | None = None
+    class_name: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def topk(self, k: int, class_names: Sequence[str] | None = None) -> list[tuple[int, str | None, float]]:
+        """The k best (label, class name, score), best first; ties keep the lower label first."""
+        if self.scores is None:
+            return []
+        order = np.argsort(-self.scores, kind="stable")[:k]
+        return [(int(i), class_names[i] if class_names else None, float(self.scores[i])) for i in order]
+
+    def to_dict(self) -> dict:
+        """mmpretrain's result dict: the same keys and types (``pred_class`` only when class names are known)."""
+        if self.error is not None:
+            raise ImageLoadError(self.source, self.error)
+        result = {"pred_scores": self.scores, "pred_label": self.label, "pred_score": self.score}
+        if self.class_name is not None:
+            result["pred_class"] = self.class_name
+        return result
+
+
+class PredictionError(ImageLoadError):
+    """Some inputs of a list failed. ``results`` keeps every other result (``None`` where an input failed),
+    so that one bad file never costs the rest of the batch."""
+
+    def __init__(self, failures: list[Prediction], results: list[dict | None]):
+        listed = "; ".join(f"{p.source}: {p.error}" for p in failures[:5])
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        ValueError.__init__(self, f"{len(failures)} of {len(results)} inputs failed: {listed}{more}")
+        self.source, self.reason = failures[0].source, failures[0].error
+        self.failures = failures
+        self.results = results
+
+
+class Classifier:
+    """A model with its preprocessing and class names, loaded once and reused.
+
+    ``model`` is a zoo name, a checkpoint path or an ``nn.Module`` (one from ``get_model`` carries its
+    preset; any other gets the torchvision preset unless ``preprocess`` is given). ``crop_size`` rescales
+    the preset (with a warning below 299 on ImageNet weights). NumPy arrays are read as **BGR**, as in
+    mmpretrain; PIL images and files as what they are.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | nn.Module = DEFAULT_MODEL,
+        pretrained: bool | str | os.PathLike = True,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        workers: int | None = None,
+        preprocess: Preprocess | str | None = None,
+        crop_size: int | None = None,
+        class_names: Sequence[str] | None = None,
+        max_pixels: int = MAX_IMAGE_PIXELS,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model if isinstance(model, nn.Module) else get_model(model, pretrained)
+        info = getattr(self.model, "weights_info", None)
+        if isinstance(preprocess, str):
+            if preprocess not in PRESETS:
+                raise ValueError(f"preprocess={preprocess!r}: choose one of {', '.join(PRESETS)}")
+            preprocess = PRESETS[preprocess]
+        self.preprocess = preprocess or (info.preprocess if info else PRESETS["torchvision"])
+        if crop_size is not None:
+            self.preprocess = self.preprocess.with_crop(crop_size)
+        num_classes = self.model.num_classes if hasattr(self.model, "num_classes") else None
+        if class_names is None and info is not None:
+            class_names = info.class_names
+        if class_names is None and num_classes == 1000:
+            class_names = imagenet_classes()
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
+        self.class_names = tuple(class_names) if class_names is not None else None
+        warn_if_small_crop(self.preprocess, num_classes or 0)
+        self.device = select_device(device)
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
+        self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+        self.max_pixels = max_pixels
+
+    def __repr__(self) -> str:
+        info = getattr(self.model, "weights_info", None)
+        name = (info.name or info.path) if info else type(self.model).__name__
+        return f"Classifier({name!r}, device={str(self.device)!r}, preprocess={self.preprocess.name!r})"
+
+    @torch.inference_mode()
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax scores for a normalised N x 3 x H x W batch, on the CPU, float32."""
+        logits = self.model(batch.to(self.device, non_blocking=True))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def _load(self, item: ImageInput, name: str) -> np.ndarray:
+        return self.preprocess.load(item, name=name, max_pixels=self.max_pixels)
+
+    def predict(self, inputs: Iterable[ImageInput], batch_size: int | None = None) -> Iterator[Prediction]:
+        """One ``Prediction`` per input, in input order, as soon as its batch is done.
+
+        Inputs are consumed lazily (an endless generator works) and at most a few batches are decoded ahead.
+        """
+        batch_size = batch_size or self.batch_size
+        window = 2 * batch_size + self.workers
+        items = enumerate(inputs)
+        pending: deque[tuple[int, str, Future]] = deque()
+        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="inceptionv3-decode") as pool:
+
+            def refill() -> None:
+                while len(pending) < window:
+                    try:
+                        index, item = next(items)
+                    except StopIteration:
+                        return
+                    name = describe_input(item, index)
+                    pending.append((index, name, pool.submit(self._load, item, name)))
+
+            refill()
+            while pending:
+                chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                refill()  # keep the workers busy while the model runs on this chunk
+                yield from self._run_chunk(chunk)
+                refill()
+
+    def _run_chunk(self, chunk: list[tuple[int, str, Future]]) -> list[Prediction]:
+        results: list[Prediction] = []
+        crops: list[np.ndarray] = []
+        for index, name, future in chunk:
+            try:
+                crops.append(future.result())
+                results.append(Prediction(index, name))
+            except ImageLoadError as exc:
+                results.append(Prediction(index, name, error=exc.reason))
+            except Exception as exc:  # a decoder bug must not cost the rest of the batch either
+                results.append(Prediction(index, name, error=f"{type(exc).__name__}: {exc}"))
+        if crops:
+            scores = self.scores(self.preprocess.normalize(np.stack(crops))).numpy()
+            for prediction, row in zip((p for p in results if p.ok), scores, strict=True):
+                label = int(row.argmax())
+                prediction.scores, prediction.label, prediction.score = row, label, float(row[label])
+                prediction.class_name = self.class_names[label] if self.class_names else None
+        return results
+
+    def __call__(self, inputs: ImageInput | list[ImageInput] | tuple, batch_size: int | None = None,
+                 topk: int | None = None) -> dict | list[dict]:
+        """mmpretrain-style dicts: one input gives one dict, a list gives a list in the same order.
+
+        With ``topk``, each dict also holds ``topk``: ``[(label, class name, score), ...]``, best first.
+        A bad input raises ``ImageLoadError`` naming it; in a list, ``PredictionError`` keeps the other results.
+        """
+        single = not isinstance(inputs, (list, tuple))
+        predictions = list(self.predict([inputs] if single else inputs, batch_size))
+        results = [self._as_dict(p, topk) if p.ok else None for p in predictions]
+        failures = [p for p in predictions if not p.ok]
+        if single and failures:
+            raise ImageLoadError(describe_input(inputs), failures[0].error)
+        if failures:
+            raise PredictionError(failures, results)
+        return results[0] if single else results
+
+    def _as_dict(self, prediction: Prediction, topk: int | None) -> dict:
+        result = prediction.to_dict()
+        if topk:
+            result["topk"] = prediction.topk(topk, self.class_names)
+        return result
+
+
+_CACHE: OrderedDict[tuple, Classifier] = OrderedDict()
+_CACHE_SIZE = 4
+
+
+def _file_identity(value: object) -> object:
+    """A path's identity includes its size and mtime, so that a rewritten checkpoint is reloaded."""
+    if isinstance(value, (str, os.PathLike)) and Path(value).is_file():
+        stat = Path(value).stat()
+        return str(Path(value).resolve()), stat.st_size, stat.st_mtime_ns
+    return value if isinstance(value, (bool, str)) else os.fspath(value)
+
+
+def cached_classifier(model: str | os.PathLike, pretrained: bool | str | os.PathLike = True,
+                      device: str | torch.device | None = None) -> Classifier:
+    """The ``Classifier`` for these weights and device, built on first use and kept (the last few)."""
+    key = (_file_identity(model), _file_identity(pretrained), str(device))
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    classifier = Classifier(model, pretrained, device=device)
+    _CACHE[key] = classifier
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return classifier
+
+
+def inference_model(
+    model: str | os.PathLike | nn.Module,
+    inputs: ImageInput | list[ImageInput],
+    *,
+    pretrained: bool | str | os.PathLike = True,
+    device: str | torch.device | None = None,
+    batch_size: int = 16,
+    topk: int | None = None,
+) -> dict | list[dict]:
+    """Classify one input (a dict) or a list (a list of dicts), like ``mmpretrain.inference_model``.
+
+    ``model`` is a zoo name, a checkpoint path or a model; ``pretrained=PATH`` loads a local file into a
+    named model. Loaded models are cached by model, weights and device, so calling this in a loop costs
+    one forward pass per call, not a reload.
+    """
+    if isinstance(model, nn.Module):
+        classifier = Classifier(model, device=device or next(model.parameters()).device)
+    else:
+        classifier = cached_classifier(model, pretrained, device)
+    return classifier(inputs, batch_size=batch_size, topk=topk)
