@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
+import json
+import logging
 import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from .checkpoints import SOURCES, CheckpointError, read_checkpoint, save_canonical
@@ -78,6 +84,140 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# predict
+
+_GLOB_CHARS = set("*?[")
+
+
+def expand_inputs(arguments: list[str], stdin=None) -> Iterator[tuple[str, str | None]]:
+    """(path, problem) pairs in the order given: files as they are, folders searched recursively, globs
+    expanded (sorted), ``-`` read from stdin one path per line. A problem (a folder with no images, a glob
+    that matches nothing) becomes a failed row instead of silently vanishing."""
+    from .decode import IMAGE_EXTENSIONS, find_images
+
+    for argument in arguments:
+        if argument == "-":
+            for line in stdin or sys.stdin:
+                if line.strip():
+                    yield from expand_inputs([line.rstrip("\r\n")])
+            continue
+        path = Path(argument)
+        if path.is_dir():
+            found = find_images(path)
+            if not found:
+                yield argument, f"folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
+            yield from ((str(f), None) for f in found)
+        elif not path.exists() and _GLOB_CHARS & set(argument):
+            matches = sorted(glob.glob(argument, recursive=True))
+            if not matches:
+                yield argument, "no files match this pattern"
+            for match in matches:
+                yield from expand_inputs([match]) if Path(match).is_dir() else [(match, None)]
+        else:
+            yield argument, None
+
+
+class _Rows:
+    """Writes result rows as they arrive, in text, CSV or JSONL, so that a long run can be followed."""
+
+    def __init__(self, stream, fmt: str, topk: int):
+        self.stream, self.fmt, self.topk = stream, fmt, topk
+        if fmt == "csv":
+            self.writer = csv.writer(stream)
+            header = ["path", "pred_label", "pred_class", "pred_score"]
+            for rank in range(1, topk + 1):
+                header += [f"top{rank}_label", f"top{rank}_class", f"top{rank}_score"]
+            self.writer.writerow(header + ["error"])
+
+    def write(self, path: str, top: list[tuple[int, str | None, float]], error: str | None) -> None:
+        best = top[0] if top else (None, None, None)
+        if self.fmt == "jsonl":
+            record = {"path": path, "pred_label": best[0], "pred_class": best[1], "pred_score": best[2],
+                      "topk": [{"label": label, "class": name, "score": score} for label, name, score in top],
+                      "error": error or ""}
+            self.stream.write(json.dumps(record) + "\n")
+        elif self.fmt == "csv":
+            row = [path, *("" if v is None else v for v in best)]
+            for rank in range(self.topk):
+                row += list(top[rank]) if rank < len(top) else ["", "", ""]
+            self.writer.writerow(row + [error or ""])
+        elif error:
+            self.stream.write(f"{path}\n  error: {error}\n")
+        else:
+            lines = "".join(f"  {rank + 1}. {score:.4f}  {name or 'class'} ({label})\n"
+                            for rank, (label, name, score) in enumerate(top))
+            self.stream.write(f"{path}\n{lines}")
+        self.stream.flush()
+
+
+def _unique_png(folder: Path, source: str, used: set[str]) -> Path:
+    stem = Path(source).stem or "image"
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}_{n}"
+    used.add(name)
+    return folder / f"{name}.png"
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .decode import load_image
+    from .inference import Classifier
+    from .visualize import save_topk
+
+    model = args.model or args.weights
+    pretrained = args.weights if (args.model and args.weights) else True
+    classifier = Classifier(model, pretrained, device=args.device, batch_size=args.batch_size,
+                            workers=args.workers, crop_size=args.crop_size)
+    print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}",
+          file=sys.stderr)
+
+    entries = list(expand_inputs(args.inputs))
+    problems = {i: problem for i, (_, problem) in enumerate(entries) if problem}
+    fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() if args.output else "text")
+    if fmt not in ("text", "csv", "jsonl"):
+        raise ValueError(f"--output {args.output}: use a .csv or .jsonl file name, or --format")
+    stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    rows = _Rows(stream, fmt, args.topk)
+    failures: Counter[str] = Counter()
+    failed_paths: list[str] = []
+    used_names: set[str] = set()
+    progress = tqdm(total=len(entries), unit="img", file=sys.stderr, dynamic_ncols=True,
+                    disable=None if len(entries) > args.batch_size and not args.quiet else True)
+    try:
+        readable = (path for i, (path, _) in enumerate(entries) if i not in problems)
+        predictions = iter(classifier.predict(readable))
+        for path, problem in entries:
+            if problem:
+                top, error = [], problem
+            else:
+                prediction = next(predictions)
+                top, error = prediction.topk(args.topk, classifier.class_names), prediction.error
+            rows.write(path, top, error)
+            progress.update(1)
+            if error:
+                failures[error.split(" (")[0]] += 1
+                failed_paths.append(path)
+            elif args.save_vis:
+                save_topk(_unique_png(Path(args.save_vis), path, used_names), load_image(path), top,
+                          title=f"{Path(path).name} | {model}")
+    finally:
+        progress.close()
+        if stream is not sys.stdout:
+            stream.close()
+
+    ok = len(entries) - len(failed_paths)
+    summary = f"{ok} ok, {len(failed_paths)} failed"
+    if failures:
+        summary += ": " + "; ".join(f"{count} x {reason}" for reason, count in failures.most_common())
+        summary += "\n  failed: " + ", ".join(failed_paths[:10]) + (" ..." if len(failed_paths) > 10 else "")
+    print(summary + (f" (results in {args.output})" if args.output else ""), file=sys.stderr)
+    return 1 if failed_paths and not args.allow_failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
 
@@ -106,6 +246,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", choices=sorted(PRESETS), help="preset to record (default: the source's)")
     p.add_argument("--drop-aux", action="store_true", help="leave out the auxiliary head")
     p.set_defaults(func=_cmd_convert)
+
+    p = commands.add_parser("predict", help="classify image files, folders, globs or paths from stdin")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder (recursive), glob, or - for stdin")
+    p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
+    p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--workers", type=int, help="decoding threads (default: up to 4)")
+    p.add_argument("--crop-size", type=int, help="override the preset's crop (warns below 299 on ImageNet weights)")
+    p.add_argument("--output", help="results file: .csv or .jsonl (default: text on stdout)")
+    p.add_argument("--format", choices=("text", "csv", "jsonl"), help="output format (default: from --output)")
+    p.add_argument("--save-vis", metavar="DIR", help="write one PNG per image: the image and its top-k bars")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs failed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -113,9 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     from .weights import WeightsDownloadError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "model", None) is None and getattr(args, "weights", None) is None and args.command == "predict":
+        from .inference import DEFAULT_MODEL
+
+        args.model = DEFAULT_MODEL
+    if args.command == "predict" and (args.topk < 1 or args.batch_size < 1):
+        print("inceptionv3 predict: error: --topk and --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CheckpointError, WeightsDownloadError, KeyError) as exc:
+    except (CheckpointError, WeightsDownloadError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"inceptionv3 {args.command}: error: {message}", file=sys.stderr)
         return 2
