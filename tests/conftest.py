@@ -91,3 +91,20 @@ def calibrate(model: torch.nn.Module, batch: torch.Tensor, seed: int = 0, affine
 
 def max_abs_diff(a, b) -> float:
     return float((torch.as_tensor(a) - torch.as_tensor(b)).abs().max())
+
+
+@pytest.fixture(scope="session")
+def trained_like_checkpoint(tmp_path_factory, imagenet_batch) -> Path:
+    """An mmpretrain-layout checkpoint whose predictions differ from photo to photo: calibrated BN and a
+    head scaled so that the softmax is neither flat nor one-hot. Class names come from classes.tsv."""
+    from inceptionv3 import InceptionV3
+
+    torch.manual_seed(0)
+    model = calibrate(InceptionV3(), imagenet_batch)
+    model.fc.weight.data *= 20
+    classes = [line.split("\t")[2] for line in (SHARED_DATA / "imagenet" / "classes.tsv").read_text().splitlines()
+               if line and not line.startswith("index")]
+    path = tmp_path_factory.mktemp("weights") / "mmpretrain_layout.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
+                "meta": {"dataset_meta": {"classes": classes}}}, path)
+    return path
