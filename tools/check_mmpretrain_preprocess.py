@@ -19,7 +19,8 @@ from inceptionv3 import InceptionV3, inference_model
 from inceptionv3.preprocess import MAX_ASPECT, PRESETS
 
 SHAPES = [(300, 300), (299, 500), (500, 299), (343, 1000), (1000, 343), (75, 100), (2000, 75), (481, 641),
-          (600, 800), (341, 512), (929, 512), (1, 1), (5, 3000)]
+          (600, 800), (341, 512), (929, 512), (1, 1), (5, 3000), (343, 512), (418, 512), (600, 512), (384, 512),
+          (300, 451), (400, 600)]
 
 
 def locate(crop: np.ndarray, resized: np.ndarray) -> list[tuple[int, int]]:

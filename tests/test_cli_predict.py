@@ -1,0 +1,127 @@
+"""``inceptionv3 predict``: inputs of every kind, rows in order and parsed back, failures kept, pictures, demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, photo_paths
+from PIL import Image
+
+from inceptionv3 import inference_model
+from inceptionv3.cli import main
+
+
+@pytest.fixture
+def image_tree(tmp_path) -> tuple[Path, list[str]]:
+    """Real photos in nested folders with mixed-case extensions, a broken file and a non-image to ignore.
+    Returns the folder and the order in which predict must report it (sorted, depth first)."""
+    photos = photo_paths()
+    root = tmp_path / "photos"
+    layout = {"a/cat.BMP": photos[1], "a/sub/parrot.Jpg": photos[5], "b/chelsea.png": photos[19]}
+    for relative, source in layout.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, root / relative)
+    (root / "b" / "broken.jpeg").write_bytes(b"\xff\xd8\xff this is not a whole jpeg")
+    (root / "b" / "notes.txt").write_text("not an image")
+    order = [str(root / p) for p in ("a/cat.BMP", "a/sub/parrot.Jpg", "b/broken.jpeg", "b/chelsea.png")]
+    return root, order
+
+
+def test_csv_rows_come_back_in_input_order_with_errors_kept(trained_like_checkpoint, image_tree, tmp_path,
+                                                            monkeypatch, capsys):
+    root, folder_order = image_tree
+    single = str(photo_paths()[0])
+    from_stdin = [str(photo_paths()[2]), str(tmp_path / "missing.jpg")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(from_stdin) + "\n\n"))
+    pattern = str(Path(photo_paths()[0]).parent / "felix_31*.jpg")
+    globbed = sorted(str(p) for p in Path(photo_paths()[0]).parent.glob("felix_31*.jpg"))
+    out = tmp_path / "results.csv"
+    argv = ["predict", single, str(root), "-", pattern, str(tmp_path / "nothing*.png"),
+            "--weights", str(trained_like_checkpoint), "--topk", "3", "--batch-size", "3", "--output", str(out)]
+    assert main(argv) == 1
+    rows = list(csv.DictReader(out.open()))
+    expected_order = [single, *folder_order, *from_stdin, *globbed, str(tmp_path / "nothing*.png")]
+    assert [r["path"] for r in rows] == expected_order
+    assert list(rows[0]) == ["path", "pred_label", "pred_class", "pred_score", "top1_label", "top1_class",
+                             "top1_score", "top2_label", "top2_class", "top2_score", "top3_label", "top3_class",
+                             "top3_score", "error"]
+    errors = {r["path"]: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {folder_order[2], from_stdin[1], str(tmp_path / "nothing*.png")}
+    assert "corrupt or truncated" in errors[folder_order[2]] or "not a recognised" in errors[folder_order[2]]
+    assert errors[from_stdin[1]] == "no such file" and errors[str(tmp_path / "nothing*.png")].startswith("no files")
+    ok_rows = [r for r in rows if not r["error"]]
+    reference = inference_model(trained_like_checkpoint, [r["path"] for r in ok_rows])
+    for row, result in zip(ok_rows, reference, strict=True):
+        assert int(row["pred_label"]) == result["pred_label"] == int(row["top1_label"])
+        assert row["pred_class"] == result["pred_class"]
+        assert abs(float(row["pred_score"]) - result["pred_score"]) < 1e-4  # batch 3 vs 16: oneDNN ulps
+        assert float(row["top1_score"]) >= float(row["top2_score"]) >= float(row["top3_score"])
+    summary = capsys.readouterr().err
+    assert f"{len(ok_rows)} ok, 3 failed" in summary and "no such file" in summary
+    assert main([*argv, "--allow-failures"]) == 0
+
+
+def test_jsonl_objects_and_the_pictures(trained_like_checkpoint, image_tree, tmp_path):
+    root, order = image_tree
+    out, vis = tmp_path / "results.jsonl", tmp_path / "vis"
+    assert main(["predict", str(root), "--weights", str(trained_like_checkpoint), "--output", str(out),
+                 "--save-vis", str(vis), "--allow-failures"]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in records] == order
+    for record in records:
+        assert set(record) == {"path", "pred_label", "pred_class", "pred_score", "topk", "error"}
+        if record["error"]:
+            assert record["pred_label"] is None and record["topk"] == []
+            continue
+        assert len(record["topk"]) == 5 and record["topk"][0]["label"] == record["pred_label"]
+        assert record["topk"][0]["class"] == record["pred_class"]
+        scores = [t["score"] for t in record["topk"]]
+        assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+    pictures = sorted(p.name for p in vis.iterdir())
+    assert pictures == ["cat.png", "chelsea.png", "parrot.png"]
+    for name in pictures:
+        with Image.open(vis / name) as picture:
+            picture.load()
+            assert picture.format == "PNG" and picture.width >= 900 and 400 <= picture.height <= 600
+            colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
+            assert colours and len(colours) > 1000  # a photo and bars, not a blank canvas
+
+
+def test_text_to_stdout_and_jsonl_format_flag(trained_like_checkpoint, capsys):
+    photo = str(photo_paths()[3])
+    assert main(["predict", photo, "--weights", str(trained_like_checkpoint), "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == photo and lines[1].lstrip().startswith("1. ") and lines[2].lstrip().startswith("2. ")
+    assert main(["predict", photo, "--weights", str(trained_like_checkpoint), "--format", "jsonl"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == photo
+
+
+def test_bad_arguments_are_one_line_errors(trained_like_checkpoint, tmp_path, capsys):
+    photo = str(photo_paths()[0])
+    assert main(["predict", photo, "--weights", str(trained_like_checkpoint), "--topk", "0"]) == 2
+    assert "--topk" in capsys.readouterr().err
+    assert main(["predict", photo, "--weights", str(trained_like_checkpoint), "--output", str(tmp_path / "r.xml")]) == 2
+    assert "r.xml" in capsys.readouterr().err
+
+
+def test_demo_image_ships_with_attribution_and_fails_clearly_offline(tmp_path, monkeypatch, capsys,
+                                                                     trained_like_checkpoint):
+    demo = REPO / "demo" / "bird.jpg"
+    with Image.open(demo) as image:
+        assert image.format == "JPEG" and image.size == (512, 343)
+    notice = (REPO / "demo" / "README.md").read_text()
+    assert "CC BY 2.0" in notice and "coral_bird.bmp" in notice and "Open Images" in notice
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+    monkeypatch.setenv("INCEPTIONV3_OFFLINE", "1")
+    assert main(["predict", str(demo)]) == 2
+    err = capsys.readouterr().err
+    assert "could not get weights" in err and "--weights PATH" in err
+    assert main(["predict", str(demo), "--model", "inception-v3_3rdparty_8xb32_in1k",
+                 "--weights", str(trained_like_checkpoint)]) == 0
+    assert capsys.readouterr().out.startswith(str(demo))
