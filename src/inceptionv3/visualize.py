@@ -45,7 +45,7 @@ def render_topk(rgb: np.ndarray, topk: Sequence[tuple[int, str | None, float]], 
     small, large = _font(15), _font(18)
     left = PANEL + 20
     draw.text((left, 12), _fit(title, large, CHART_WIDTH, draw), fill=TEXT_COLOUR, font=large)
-    row = (PANEL - 40) // max(len(topk), 1)
+    row = min(72, (PANEL - 40) // max(len(topk), 1))
     bar_max = CHART_WIDTH - 70
     for rank, (label, name, score) in enumerate(topk):
         top = 45 + rank * row
