@@ -108,3 +108,39 @@ def trained_like_checkpoint(tmp_path_factory, imagenet_batch) -> Path:
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()},
                 "meta": {"dataset_meta": {"classes": classes}}}, path)
     return path
+
+
+def photo_labels() -> dict[str, list[int]]:
+    """file name -> acceptable ImageNet indices, read from the shared data README's table (first = primary)."""
+    import re
+
+    labels = {}
+    for line in (SHARED_DATA / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and re.fullmatch(r"[\w.]+\.(jpg|png|bmp)", cells[1]):
+            labels[cells[1]] = [int(n) for n in re.findall(r"\b(\d{1,3})\b", cells[2])]
+    return labels
+
+
+def independent_scores(checkpoint: Path, paths: list[Path]) -> dict[Path, np.ndarray]:
+    """Softmax scores computed without the package: the checkpoint's raw state dict in torchvision's Inception3
+    (the same layer names), fed tensors built from cv2 calls alone as mmpretrain's pipeline builds them."""
+    import cv2
+    import torchvision
+
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    reference = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
+    reference.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()})
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+    scores = {}
+    for path in paths:
+        bgr = cv2.imread(str(path))
+        h, w = bgr.shape[:2]
+        size = (342, int(342 * h / w)) if w < h else (int(342 * w / h), 342)
+        resized = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR)
+        top, left = int(round((resized.shape[0] - 299) / 2)), int(round((resized.shape[1] - 299) / 2))
+        crop = torch.from_numpy(resized[top:top + 299, left:left + 299, ::-1].copy()).permute(2, 0, 1).float()
+        with torch.no_grad():
+            scores[path] = torch.softmax(reference(((crop - mean) / std)[None]), dim=1)[0].numpy()
+    return scores

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, photo_paths
+from conftest import SHARED_DATA, independent_scores, photo_paths
 from PIL import Image
 
 import inceptionv3.inference as inference
@@ -22,26 +22,7 @@ CLASSES = [line.split("\t")[2] for line in (SHARED_DATA / "imagenet" / "classes.
 
 @pytest.fixture(scope="module")
 def expected(trained_like_checkpoint):
-    """Scores computed without the package's inference code: the raw state dict in torchvision's Inception3
-    (the same layer names), fed tensors built from cv2 calls alone, then softmax."""
-    import torchvision
-
-    state = torch.load(trained_like_checkpoint, weights_only=True)["state_dict"]
-    reference = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
-    reference.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()})
-    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-    scores = {}
-    for path in photo_paths()[:8]:
-        bgr = cv2.imread(str(path))
-        h, w = bgr.shape[:2]
-        size = (342, int(342 * h / w)) if w < h else (int(342 * w / h), 342)
-        resized = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR)
-        top, left = int(round((resized.shape[0] - 299) / 2)), int(round((resized.shape[1] - 299) / 2))
-        crop = torch.from_numpy(resized[top:top + 299, left:left + 299, ::-1].copy()).permute(2, 0, 1).float()
-        with torch.no_grad():
-            scores[path] = torch.softmax(reference(((crop - mean) / std)[None]), dim=1)[0].numpy()
-    return scores
+    return independent_scores(trained_like_checkpoint, photo_paths()[:8])
 
 
 def test_result_dict_has_mmpretrains_keys_and_types(trained_like_checkpoint, expected):

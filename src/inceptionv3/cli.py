@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 from .checkpoints import SOURCES, CheckpointError, read_checkpoint, save_canonical
 
 
@@ -218,6 +220,91 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed_paths and not args.allow_failures else 0
 
 
+# ---------------------------------------------------------------------------------------------
+# test
+
+
+def _init_distributed() -> torch.device | None:
+    """Under torchrun (WORLD_SIZE > 1): join the group, gloo on CPU and nccl on GPU, one GPU per rank."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return None
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .data import load_dataset, read_class_names
+    from .evaluate import EvalConfig, evaluate, write_confusion_csv, write_predictions_csv, write_report
+    from .inference import Classifier
+    from .visualize import save_eval_plot
+
+    device = _init_distributed() or args.device
+    try:
+        requested = args.ensemble or [args.model or args.weights]
+        pretrained = args.weights if (args.model and args.weights and not args.ensemble) else True
+        members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
+                              crops=args.crops) for name in requested]
+        class_names = read_class_names(args.classes) if args.classes else None
+        dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing).head(args.limit)
+        config = EvalConfig(data=str(args.data), ann=args.ann, models=tuple(requested), weights=args.weights,
+                            batch_size=args.batch_size, workers=args.workers, limit=args.limit, crops=args.crops,
+                            real_labels=args.real_labels, skip_missing=args.skip_missing, device=str(device))
+        outcome = evaluate(members, dataset, config, requested, progress=not args.quiet)
+        if outcome is None:  # not rank 0
+            return 0
+        report, scores, matrix = outcome
+        names = report["class_names"]
+        outputs = []
+        if args.out:
+            write_report(args.out, report)
+            outputs.append(args.out)
+        confusion = args.confusion or (str(Path(args.out).with_suffix(".confusion.csv")) if args.out else None)
+        plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+        if confusion:
+            write_confusion_csv(confusion, matrix, names)
+            outputs.append(confusion)
+        if plot:
+            m = report["metrics"]
+            save_eval_plot(plot, matrix, names, m["per_class_accuracy"], m["per_class_count"], m["top1"])
+            outputs.append(plot)
+        if args.predictions:
+            write_predictions_csv(args.predictions, scores, names)
+            outputs.append(args.predictions)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    m = report["metrics"]
+    line = f"top-1 {report['top1']:.3f}  top-5 {report['top5']:.3f}"
+    if "real_top1" in report:
+        line += f"  ReaL {report['real_top1']:.3f}"
+    line += (f"  macro P/R/F1 {m['macro_precision']:.2f}/{m['macro_recall']:.2f}/{m['macro_f1']:.2f}"
+             f"  on {m['count']} images ({args.crops} crop{'s' if args.crops > 1 else ''}"
+             f", {report['images_per_s']:.1f} img/s, {report['processes']} process"
+             f"{'es' if report['processes'] > 1 else ''})")
+    print(line)
+    failed = report["data"]["failed"]
+    if report["data"]["skipped_missing"]:
+        print(f"skipped {report['data']['skipped_missing']} missing files (--skip-missing)", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} images could not be read and are not in the metrics: "
+              + "; ".join(f"{f['path']}: {f['error']}" for f in failed[:5]), file=sys.stderr)
+    if outputs:
+        print("wrote " + ", ".join(outputs), file=sys.stderr)
+    return 1 if failed and not args.allow_failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
 
@@ -262,6 +349,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
+
+    p = commands.add_parser("test", help="score a labelled dataset: top-1/top-5, per-class, ReaL, multi-crop")
+    p.add_argument("--data", required=True, help="class folders, an image folder (with --ann) or an annotation file")
+    p.add_argument("--ann", help="'filename label' lines, file names relative to --data (ImageNet val.txt)")
+    p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
+    p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
+    p.add_argument("--ensemble", nargs="+", metavar="W", help="average the softmax of these zoo names or files")
+    p.add_argument("--batch-size", type=int, default=32, help="tensors per forward pass, per process")
+    p.add_argument("--workers", type=int, help="decoding threads per process (default: up to 4)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--crops", type=int, choices=(1, 10, 144), default=1,
+                   help="1: the preset's centre crop; 10: corners and centre, mirrored; 144: the paper's protocol")
+    p.add_argument("--classes", help="class names, one per line (or classes.tsv), for non-ImageNet data")
+    p.add_argument("--real-labels", help="ImageNet-ReaL real_labels.json, for ReaL accuracy")
+    p.add_argument("--skip-missing", action="store_true", help="score the files that exist and report the count")
+    p.add_argument("--out", help="report JSON; also writes OUT.confusion.csv and OUT.png beside it")
+    p.add_argument("--confusion", help="confusion matrix CSV (default: beside --out)")
+    p.add_argument("--plot", help="PNG: confusion matrix up to 40 classes, else per-class accuracy")
+    p.add_argument("--predictions", help="CSV with one row per image: path, label, top-5")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some images could not be read")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_test)
     return parser
 
 
@@ -269,17 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     from .weights import WeightsDownloadError
 
     args = build_parser().parse_args(argv)
-    if getattr(args, "model", None) is None and getattr(args, "weights", None) is None and args.command == "predict":
+    if args.command in ("predict", "test") and args.model is None and args.weights is None:
         from .inference import DEFAULT_MODEL
 
         args.model = DEFAULT_MODEL
-    if args.command == "predict" and (args.topk < 1 or args.batch_size < 1):
-        print("inceptionv3 predict: error: --topk and --batch-size must be at least 1", file=sys.stderr)
-        return 2
+    for flag in ("topk", "batch_size", "limit"):
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
+            print(f"inceptionv3 {args.command}: error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CheckpointError, WeightsDownloadError, KeyError, ValueError) as exc:
+    except (CheckpointError, WeightsDownloadError, KeyError, ValueError, FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"inceptionv3 {args.command}: error: {message}", file=sys.stderr)
         return 2

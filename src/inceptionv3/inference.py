@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .decode import MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input
-from .preprocess import PRESETS, Preprocess, warn_if_small_crop
+from .decode import MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input, load_image
+from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
 from .weights import get_model, imagenet_classes
 
 logger = logging.getLogger("inceptionv3")
@@ -104,8 +104,9 @@ class Classifier:
 
     ``model`` is a zoo name, a checkpoint path or an ``nn.Module`` (one from ``get_model`` carries its
     preset; any other gets the torchvision preset unless ``preprocess`` is given). ``crop_size`` rescales
-    the preset (with a warning below 299 on ImageNet weights). NumPy arrays are read as **BGR**, as in
-    mmpretrain; PIL images and files as what they are.
+    the preset (with a warning below 299 on ImageNet weights). ``crops=10`` or ``144`` averages the softmax
+    over multi-crop views (``Preprocess.view_boxes``). NumPy arrays are read as **BGR**, as in mmpretrain;
+    PIL images and files as what they are.
     """
 
     def __init__(
@@ -119,10 +120,13 @@ class Classifier:
         preprocess: Preprocess | str | None = None,
         crop_size: int | None = None,
         class_names: Sequence[str] | None = None,
+        crops: int = 1,
         max_pixels: int = MAX_IMAGE_PIXELS,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if crops not in VIEW_COUNTS:
+            raise ValueError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
         self.model = model if isinstance(model, nn.Module) else get_model(model, pretrained)
         info = getattr(self.model, "weights_info", None)
         if isinstance(preprocess, str):
@@ -144,6 +148,7 @@ class Classifier:
         self.device = select_device(device)
         self.model.to(self.device).eval()
         self.batch_size = batch_size
+        self.crops = crops
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
 
@@ -159,7 +164,12 @@ class Classifier:
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def _load(self, item: ImageInput, name: str) -> np.ndarray:
-        return self.preprocess.load(item, name=name, max_pixels=self.max_pixels)
+        rgb = load_image(item, decoder=self.preprocess.backend, name=name, max_pixels=self.max_pixels)
+        return self.preprocess.views(rgb, self.crops)
+
+    def images_per_chunk(self, batch_size: int | None = None) -> int:
+        """How many images go through the model together: ``batch_size`` tensors, so fewer images with crops."""
+        return max(1, (batch_size or self.batch_size) // self.crops)
 
     def predict(self, inputs: Iterable[ImageInput], batch_size: int | None = None) -> Iterator[Prediction]:
         """One ``Prediction`` per input, in input order, as soon as its batch is done.
@@ -167,7 +177,8 @@ class Classifier:
         Inputs are consumed lazily (an endless generator works) and at most a few batches are decoded ahead.
         """
         batch_size = batch_size or self.batch_size
-        window = 2 * batch_size + self.workers
+        chunk_size = self.images_per_chunk(batch_size)
+        window = 2 * chunk_size + self.workers
         items = enumerate(inputs)
         pending: deque[tuple[int, str, Future]] = deque()
         with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="inceptionv3-decode") as pool:
@@ -183,24 +194,28 @@ class Classifier:
 
             refill()
             while pending:
-                chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
                 refill()  # keep the workers busy while the model runs on this chunk
-                yield from self._run_chunk(chunk)
+                yield from self._run_chunk(chunk, batch_size)
                 refill()
 
-    def _run_chunk(self, chunk: list[tuple[int, str, Future]]) -> list[Prediction]:
+    def _run_chunk(self, chunk: list[tuple[int, str, Future]], batch_size: int) -> list[Prediction]:
         results: list[Prediction] = []
-        crops: list[np.ndarray] = []
+        views: list[np.ndarray] = []
         for index, name, future in chunk:
             try:
-                crops.append(future.result())
+                views.append(future.result())
                 results.append(Prediction(index, name))
             except ImageLoadError as exc:
                 results.append(Prediction(index, name, error=exc.reason))
             except Exception as exc:  # a decoder bug must not cost the rest of the batch either
                 results.append(Prediction(index, name, error=f"{type(exc).__name__}: {exc}"))
-        if crops:
-            scores = self.scores(self.preprocess.normalize(np.stack(crops))).numpy()
+        if views:
+            stacked = np.concatenate(views)
+            scores = torch.cat([self.scores(self.preprocess.normalize(stacked[i:i + batch_size]))
+                                for i in range(0, len(stacked), batch_size)]).numpy()
+            if self.crops > 1:  # average the softmax over each image's views
+                scores = scores.reshape(len(views), self.crops, -1).mean(axis=1)
             for prediction, row in zip((p for p in results if p.ok), scores, strict=True):
                 label = int(row.argmax())
                 prediction.scores, prediction.label, prediction.score = row, label, float(row[label])

@@ -31,6 +31,13 @@ IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 #: The resolution Inception V3 was trained at; smaller crops cost ImageNet accuracy.
 NATIVE_CROP = 299
 
+#: Short-edge sizes of the 144-crop protocol as GoogLeNet (Szegedy et al. 2015, sec. 7) defined it for 224
+#: crops, and Inception V3 (2016, sec. 8) reused. A 299 crop cannot come from a 256 square, so the scales grow
+#: with the crop: 256, 288, 320, 352 x 299 / 224 = 342, 384, 427, 470 (342 being the 1-crop resize).
+PAPER_SCALES = (256, 288, 320, 352)
+PAPER_CROP = 224
+VIEW_COUNTS = (1, 10, 144)
+
 #: Beyond this aspect ratio only the centre of the long edge is resized, so that a 1 x 10,000 strip does not
 #: become a 342 x 3,420,000 image. Photos never get near it, so their results stay bit-exact.
 MAX_ASPECT = 16
@@ -135,6 +142,59 @@ class Preprocess:
         resized = self._resize(np.ascontiguousarray(rgb), *self.resized_size(*rgb.shape[:2]))
         top, left, h, w = self.crop_box(*resized.shape[:2])
         return np.ascontiguousarray(resized[top:top + h, left:left + w])
+
+    # Multi-crop views for evaluation: the crops of one image, averaged after the softmax.
+
+    def view_boxes(self, height: int, width: int, crops: int) -> list[tuple[int, int, int, int, int]]:
+        """(short edge to resize to, top, left, size, flag) of every view of a ``height`` x ``width`` image, before
+        mirroring. ``flag`` is 1 for a square that is resized whole to the crop size (the 144 protocol), else 0.
+
+        - 10: short edge to ``resize``; the 4 corner crops and the centre crop (mirrored: 10).
+        - 144: short edge to 256, 288, 320, 352 scaled by crop / 224 (342, 384, 427, 470 for 299); the left,
+          centre and right squares (top, middle, bottom for portrait images); from each, the 4 corners and
+          centre crops plus the whole square resized to the crop size (mirrored: 4 x 3 x 6 x 2 = 144).
+        """
+        c = self.crop
+        if crops == 10:
+            short = self.resize if self.order == "resize_crop" else int(c / self.crop_fraction)
+            h, w = self._short_edge_size(height, width, short)
+            top, left, _, _ = self.crop_box(h, w) if c <= min(h, w) else (0, 0, 0, 0)
+            corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), (top, left)]
+            return [(short, y, x, c, 0) for y, x in corners]
+        if crops != 144:
+            raise ValueError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
+        boxes = []
+        for scale in PAPER_SCALES:
+            short = round(scale * c / PAPER_CROP)
+            h, w = self._short_edge_size(height, width, short)
+            side = min(h, w)
+            offsets = (0, int(round((max(h, w) - side) / 2.0)), max(h, w) - side)
+            for offset in offsets:
+                sy, sx = (0, offset) if w >= h else (offset, 0)
+                inner = [(0, 0), (0, side - c), (side - c, 0), (side - c, side - c),
+                         (int(round((side - c) / 2.0)), int(round((side - c) / 2.0)))]
+                boxes += [(short, sy + y, sx + x, c, 0) for y, x in inner]
+                boxes.append((short, sy, sx, side, 1))
+        return boxes
+
+    def _short_edge_size(self, height: int, width: int, short: int) -> tuple[int, int]:
+        return dataclasses.replace(self, resize=short, order="resize_crop").resized_size(height, width)
+
+    def views(self, rgb: np.ndarray, crops: int = 1) -> np.ndarray:
+        """crops x crop x crop x 3 uint8: the preset's centre crop (1), or the 10- or 144-crop views."""
+        if crops == 1:
+            return self.crop_image(rgb)[None]
+        resized: dict[int, np.ndarray] = {}
+        out = []
+        for short, top, left, size, whole in self.view_boxes(*rgb.shape[:2], crops):
+            if short not in resized:
+                resized[short] = self._resize(rgb, *self._short_edge_size(*rgb.shape[:2], short))
+            view = resized[short][top:top + size, left:left + size]
+            if whole:
+                view = self._resize(np.ascontiguousarray(view), self.crop, self.crop)
+            out.append(view)
+        views = np.stack(out)
+        return np.concatenate([views, views[:, :, ::-1]])
 
     def load(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         """Decode any supported input with this preset's decoder and crop it: a crop x crop x 3 uint8 array."""

@@ -68,3 +68,86 @@ def save_topk(path: str | Path, rgb: np.ndarray, topk: Sequence[tuple[int, str |
     path.parent.mkdir(parents=True, exist_ok=True)
     render_topk(rgb, topk, title).save(path, "PNG")
     return path
+
+
+#: Up to this many classes the confusion matrix itself is drawn; beyond it, per-class accuracy reads better.
+CONFUSION_MAX_CLASSES = 40
+
+
+def render_confusion(matrix: np.ndarray, class_names: Sequence[str]) -> Image.Image:
+    """Rows true, columns predicted; each row shaded by its share of that class's images, counts written in."""
+    n = len(class_names)
+    cell = max(18, min(48, 900 // max(n, 1)))
+    margin = 190
+    canvas = Image.new("RGB", (margin + n * cell + 20, margin + n * cell + 40), "white")
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(14), _font(max(9, min(14, cell // 2)))
+    draw.text((margin, 10), "confusion matrix (rows: true class, columns: predicted)", fill=TEXT_COLOUR, font=font)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, np.maximum(totals, 1))
+    for i in range(n):
+        label = _fit(class_names[i], small, margin - 15, draw)
+        draw.text((8, margin + i * cell + (cell - 12) // 2), label, fill=TEXT_COLOUR, font=small)
+        for j in range(n):
+            shade = int(255 - 200 * shares[i, j])
+            colour = (shade, shade, 255) if i != j else (shade, 255, shade)
+            box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 1, margin + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=colour, outline=(225, 225, 225))
+            if matrix[i, j]:
+                draw.text((box[0] + 3, box[1] + (cell - 12) // 2), str(int(matrix[i, j])), fill=TEXT_COLOUR,
+                          font=small)
+    for j in range(n):  # column names, written vertically
+        label = Image.new("RGB", (margin - 40, cell), "white")
+        ImageDraw.Draw(label).text((2, (cell - 12) // 2), _fit(class_names[j], small, margin - 45, draw),
+                                   fill=TEXT_COLOUR, font=small)
+        canvas.paste(label.rotate(90, expand=True), (margin + j * cell, 35))
+    return canvas
+
+
+def render_per_class(accuracy: Sequence[float | None], counts: Sequence[int], class_names: Sequence[str],
+                     top1: float, worst: int = 20) -> Image.Image:
+    """Per-class accuracy sorted from worst to best as a filled curve, the overall top-1 as a line, and the
+    worst classes named: at 1000 classes this shows the spread and the failures a confusion matrix hides."""
+    scored = sorted((a, i) for i, a in enumerate(accuracy) if a is not None)
+    width, height, left, top, plot_w, plot_h = 1280, 640, 60, 50, 720, 520
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font, small = _font(16), _font(13)
+    draw.text((left, 14), f"per-class top-1 accuracy, {len(scored)} classes with images, sorted "
+              f"(overall {top1:.2f}%)", fill=TEXT_COLOUR, font=font)
+    draw.rectangle((left, top, left + plot_w, top + plot_h), outline=(160, 160, 160))
+    for pct in range(0, 101, 20):
+        y = top + plot_h - pct * plot_h / 100
+        draw.line((left, y, left + plot_w, y), fill=(230, 230, 230))
+        draw.text((left - 40, y - 8), f"{pct}%", fill=TEXT_COLOUR, font=small)
+    if scored:
+        step = plot_w / len(scored)
+        for rank, (value, _) in enumerate(scored):
+            x0 = left + rank * step
+            y = top + plot_h - value * plot_h / 100
+            draw.rectangle((x0, y, max(x0 + step - 1, x0), top + plot_h), fill=BAR_COLOUR)
+    y_mean = top + plot_h - top1 * plot_h / 100
+    draw.line((left, y_mean, left + plot_w, y_mean), fill=TOP_COLOUR, width=2)
+    draw.text((left + 6, y_mean - 18), f"top-1 {top1:.2f}%", fill=TOP_COLOUR, font=small)
+    draw.text((left, top + plot_h + 8), "classes, worst to best", fill=TEXT_COLOUR, font=small)
+    list_left = left + plot_w + 30
+    draw.text((list_left, top), f"worst {min(worst, len(scored))} classes (accuracy, images)", fill=TEXT_COLOUR,
+              font=font)
+    for row, (value, i) in enumerate(scored[:worst]):
+        line = f"{value:5.1f}%  {counts[i]:>4}  {class_names[i]}"
+        draw.text((list_left, top + 30 + row * 24), _fit(line, small, width - list_left - 10, draw),
+                  fill=TEXT_COLOUR, font=small)
+    return canvas
+
+
+def save_eval_plot(path: str | Path, matrix: np.ndarray, class_names: Sequence[str],
+                   accuracy: Sequence[float | None], counts: Sequence[int], top1: float) -> Path:
+    """The confusion matrix for a few classes, per-class accuracy for many."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(class_names) <= CONFUSION_MAX_CLASSES:
+        image = render_confusion(matrix, class_names)
+    else:
+        image = render_per_class(accuracy, counts, class_names, top1)
+    image.save(path, "PNG")
+    return path

@@ -44,6 +44,13 @@ def imagenet_classes() -> tuple[str, ...]:
     return tuple(text.splitlines())
 
 
+@cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """The WordNet ids in the same order (``n01440764`` first): the folder names of ImageNet's own layout."""
+    text = resources.files(__package__).joinpath("imagenet_wnids.txt").read_text(encoding="utf-8")
+    return tuple(text.split())
+
+
 @dataclass(frozen=True)
 class WeightFile:
     """One downloadable file and how to read it.
@@ -265,12 +272,18 @@ def _hasher(expected: str):
     return hashlib.new(algorithm), digest.lower()
 
 
-def file_hash_matches(path: Path, expected: str) -> bool:
-    hasher, digest = _hasher(expected)
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The file's hex digest, read in 1 MiB blocks."""
+    hasher = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             hasher.update(chunk)
-    return hasher.hexdigest().startswith(digest)
+    return hasher.hexdigest()
+
+
+def file_hash_matches(path: Path, expected: str) -> bool:
+    algorithm, digest = _hasher(expected)
+    return file_digest(path, algorithm.name).startswith(digest)
 
 
 def _verified_marker(path: Path) -> Path:
