@@ -305,6 +305,45 @@ def _cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed and not args.allow_failures else 0
 
 
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .train import TrainConfig, Trainer
+
+    device = _init_distributed()
+    try:
+        if args.resume:
+            trainer = Trainer.resume(args.resume)
+        else:
+            if not args.data or not args.out:
+                raise ValueError("--data and --out are required (or --resume RUN_DIR)")
+            if args.epochs is not None and args.max_steps is not None:
+                raise ValueError("give --epochs or --max-steps, not both")
+            config = TrainConfig(
+                data=args.data, out=args.out, recipe=args.recipe, val=args.val, val_split=args.val_split,
+                label_by=args.label_by, model=args.model, weights=args.weights, epochs=args.epochs,
+                max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
+                amp=args.amp, float64=args.float64, channels_last=args.channels_last, compile=args.compile,
+                sync_bn=args.sync_bn,
+                dropout=args.dropout, augment=not args.no_augment, crop_scale=args.crop_scale, freeze=args.freeze,
+                workers=args.workers, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+                device=str(device) if device is not None else args.device)
+            trainer = Trainer(config)
+        summary = trainer.run()
+        rank = dist.get_rank() if dist.is_initialized() else 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        best = f", best val top-1 {summary['best_val_top1']:.2f}%" if summary["best_val_top1"] >= 0 else ""
+        print(f"trained to step {summary['step']}{best}; weights in {trainer.out}/last.safetensors")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
 
@@ -372,6 +411,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some images could not be read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_test)
+
+    from .train import RECIPES
+
+    p = commands.add_parser("train", help="train or fine-tune; --resume RUN_DIR continues a run exactly")
+    p.add_argument("--data", help="class folders, annotation file, digits .csv.gz or an Omniglot .zip")
+    p.add_argument("--val", help="a separate validation set (same forms as --data)")
+    p.add_argument("--val-split", type=float, help="hold out this fraction of each class of --data instead")
+    p.add_argument("--label-by", choices=("alphabet", "character"), default="alphabet", help="Omniglot labels")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="paper")
+    p.add_argument("--model", help="zoo entry: its preprocessing, and its weights for --recipe finetune")
+    p.add_argument("--weights", help="start from this checkpoint (with --model: loaded into that entry)")
+    p.add_argument("--epochs", type=int, help="default: the recipe's")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps instead of --epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="per process")
+    p.add_argument("--lr", type=float, help="absolute learning rate (default: the recipe's, scaled by global batch)")
+    p.add_argument("--img-size", type=int, default=299)
+    p.add_argument("--amp", choices=("bf16", "fp16"))
+    p.add_argument("--float64", action="store_true",
+                   help="train in float64: for checking distributed runs against one process beyond fp32 rounding")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--sync-bn", action="store_true", help="batch statistics over all processes")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--no-augment", action="store_true", help="centre crops instead of RandomResizedCrop and flips")
+    p.add_argument("--crop-scale", type=float, default=0.08, help="smallest area fraction of RandomResizedCrop")
+    p.add_argument("--freeze", choices=("none", "bn", "backbone"), default="none")
+    p.add_argument("--workers", type=int, default=4, help="decoding and augmentation threads per process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=100, help="steps between saves (and every epoch end)")
+    p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
+    p.add_argument("--device", help="cuda, mps or cpu")
+    p.add_argument("--out", help="the run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run with its own settings")
+    p.set_defaults(func=_cmd_train, model=None, weights=None)
     return parser
 
 
@@ -390,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CheckpointError, WeightsDownloadError, KeyError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, WeightsDownloadError, KeyError, ValueError, FileNotFoundError, FileExistsError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"inceptionv3 {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -11,9 +11,11 @@ that sets that are not folders at all fit the same type.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -148,10 +150,68 @@ def annotation_dataset(ann_file: str | os.PathLike, root: str | os.PathLike | No
     return dataset
 
 
+def digits_dataset(path: str | os.PathLike) -> ImageDataset:
+    """UCI optdigits as scikit-learn ships it: 64 pixel columns (0-16) then the label, one digit per row.
+    Items are 8 x 8 uint8 grey arrays scaled to 0-255; the preprocessing upsamples them to the model's size."""
+    rows = np.loadtxt(gzip.open(path, "rt") if str(path).endswith(".gz") else path, delimiter=",", dtype=np.int64)
+    if rows.ndim != 2 or rows.shape[1] != 65 or rows[:, :64].max() > 16:
+        raise DatasetError(f"{path}: expected rows of 64 pixel values (0-16) and a label")
+    pixels = np.round(rows[:, :64] * (255 / 16)).astype(np.uint8).reshape(-1, 8, 8)
+    return ImageDataset(list(pixels), rows[:, 64], tuple(str(d) for d in range(10)), str(path),
+                        names=[f"{Path(path).name}#{i}" for i in range(len(rows))])
+
+
+def omniglot_dataset(path: str | os.PathLike, label_by: str = "alphabet") -> ImageDataset:
+    """An Omniglot zip (``<root>/<alphabet>/<character>/<image>.png``), labelled by alphabet or by character.
+    The PNGs are small, so their bytes are held in memory."""
+    if label_by not in ("alphabet", "character"):
+        raise ValueError(f"label_by must be 'alphabet' or 'character', got {label_by!r}")
+    members: list[tuple[str, str]] = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            parts = info.filename.strip("/").split("/")
+            if info.is_dir() or len(parts) < 4 or not parts[-1].lower().endswith(".png"):
+                continue
+            key = parts[-3] if label_by == "alphabet" else f"{parts[-3]}/{parts[-2]}"
+            members.append((key, info.filename))
+        members.sort(key=lambda m: m[1])
+        classes = sorted({key for key, _ in members})
+        if not classes:
+            raise DatasetError(f"{path}: no <alphabet>/<character>/<image>.png members")
+        items = [archive.read(name) for _, name in members]
+    index = {name: i for i, name in enumerate(classes)}
+    return ImageDataset(items, np.array([index[key] for key, _ in members]), tuple(classes), str(path),
+                        names=[f"{Path(path).name}#{name}" for _, name in members])
+
+
+def split_dataset(dataset: ImageDataset, fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """A held-out split: ``fraction`` of each class (at least one image where a class has two or more), chosen
+    by ``seed``, so that every class is in both parts and the split is the same on every run and rank."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for label in np.unique(dataset.labels):
+        members = np.flatnonzero(dataset.labels == label)
+        count = int(round(len(members) * fraction))
+        count = min(max(count, 1 if len(members) > 1 else 0), len(members) - 1)
+        held.extend(rng.permutation(members)[:count].tolist())
+    held_set = set(held)
+    kept = [i for i in range(len(dataset)) if i not in held_set]
+    return dataset.subset(kept), dataset.subset(sorted(held))
+
+
 def load_dataset(data: str | os.PathLike, ann: str | os.PathLike | None = None,
-                 class_names: Sequence[str] | None = None, skip_missing: bool = False) -> ImageDataset:
-    """``--data DIR [--ann FILE]``: an annotation file (with DIR as the image root), or class folders."""
+                 class_names: Sequence[str] | None = None, skip_missing: bool = False,
+                 label_by: str = "alphabet") -> ImageDataset:
+    """``--data PATH [--ann FILE]``: an annotation file (with PATH as the image root), class folders, the
+    digits ``.csv.gz`` or an Omniglot ``.zip`` (labelled by ``label_by``)."""
     data = Path(data)
+    name = data.name.lower()
+    if data.is_file() and (name.endswith(".csv.gz") or name.endswith(".csv")):
+        return digits_dataset(data)
+    if data.is_file() and name.endswith(".zip"):
+        return omniglot_dataset(data, label_by)
     if ann is not None:
         return annotation_dataset(ann, data, class_names, skip_missing)
     if data.is_file():

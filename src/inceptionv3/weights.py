@@ -422,8 +422,10 @@ def _class_names_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None, 
 def _preset_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None) -> Preprocess:
     if entry is not None:
         return entry.preprocess
-    if checkpoint is not None and checkpoint.preprocess in PRESETS:
-        return PRESETS[checkpoint.preprocess]
+    if checkpoint is not None and checkpoint.preprocess:
+        base, _, crop = checkpoint.preprocess.partition("@")  # "mmpretrain@75": a preset at another crop size
+        if base in PRESETS:
+            return PRESETS[base].with_crop(int(crop)) if crop.isdigit() else PRESETS[base]
     return PRESETS["torchvision"]
 
 
