@@ -329,7 +329,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
                 amp=args.amp, float64=args.float64, channels_last=args.channels_last, compile=args.compile,
                 sync_bn=args.sync_bn,
-                dropout=args.dropout, augment=not args.no_augment, crop_scale=args.crop_scale, freeze=args.freeze,
+                dropout=args.dropout, augment=not args.no_augment, flip=not args.no_flip,
+                crop_scale=args.crop_scale, freeze=args.freeze,
                 workers=args.workers, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                 device=str(device) if device is not None else args.device)
             trainer = Trainer(config)
@@ -342,6 +343,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
         best = f", best val top-1 {summary['best_val_top1']:.2f}%" if summary["best_val_top1"] >= 0 else ""
         print(f"trained to step {summary['step']}{best}; weights in {trainer.out}/last.safetensors")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model, load_runner, sample_batch, verify_export
+    from .weights import get_model
+
+    pretrained = args.weights if args.weights else True
+    model = get_model(args.model, pretrained) if args.model in _zoo_names() else get_model(args.model)
+    preset = model.weights_info.preprocess
+    batch = sample_batch(preset, args.check_images or ())
+    example = batch[:2] if args.dynamic_batch else batch[:args.batch_size]  # size 1 would be traced as a constant
+    sizes = (1, min(7, len(batch))) if args.dynamic_batch else (args.batch_size,)
+    path = export_model(model, args.format, args.out, example=example, dynamic_batch=args.dynamic_batch)
+    try:
+        check = verify_export(model, load_runner(path, args.format), batch, sizes)
+    except Exception as exc:  # an artefact that does not even run is a failed export
+        check = None
+        message = f"{type(exc).__name__}: {exc}"
+    if check is None or not check.passed:
+        for leftover in (path, path.with_suffix(".bin")) if args.format == "openvino" else (path,):
+            leftover.unlink(missing_ok=True)
+        reason = check.describe() if check is not None else message
+        print(f"inceptionv3 export: error: {path} failed its check and was removed: {reason}", file=sys.stderr)
+        return 1
+    print(f"{path}: {args.format}, input N x 3 x {preset.crop} x {preset.crop} "
+          f"({'dynamic' if args.dynamic_batch else args.batch_size} batch), preprocessing {preset.describe()}")
+    print(f"check on real pixels: {check.describe()}")
+    return 0
+
+
+def _zoo_names() -> set[str]:
+    from .weights import ZOO
+
+    return set(ZOO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -436,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--no-augment", action="store_true", help="centre crops instead of RandomResizedCrop and flips")
     p.add_argument("--crop-scale", type=float, default=0.08, help="smallest area fraction of RandomResizedCrop")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits and letters are not symmetric)")
     p.add_argument("--freeze", choices=("none", "bn", "backbone"), default="none")
     p.add_argument("--workers", type=int, default=4, help="decoding and augmentation threads per process")
     p.add_argument("--seed", type=int, default=0)
@@ -445,10 +485,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the run directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run with its own settings")
     p.set_defaults(func=_cmd_train, model=None, weights=None)
+
+    from .export import FORMATS
+
+    p = commands.add_parser("export", help="export to ONNX, OpenVINO, TorchScript or torch.export, then check it")
+    p.add_argument("model", help="zoo name or checkpoint file")
+    p.add_argument("--weights", help="with a zoo name: load this file into it")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (checked at two sizes)")
+    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (without --dynamic-batch)")
+    p.add_argument("--check-images", nargs="+", help="photos for the check (default: the packaged demo photo)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .export import ExportError
     from .weights import WeightsDownloadError
 
     args = build_parser().parse_args(argv)
@@ -463,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CheckpointError, WeightsDownloadError, KeyError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (CheckpointError, WeightsDownloadError, ExportError, KeyError, ValueError, FileNotFoundError,
+            FileExistsError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"inceptionv3 {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -260,6 +260,7 @@ class TrainConfig:
     sync_bn: bool = False
     dropout: float = 0.5
     augment: bool = True
+    flip: bool = True
     crop_scale: float = 0.08
     freeze: str = "none"
     workers: int = 4
@@ -422,7 +423,7 @@ class Trainer:
                          name=self.train_set.names[index])
         if c.augment and self.recipe.augment:
             rng = np.random.default_rng([c.seed, epoch, index])
-            return random_resized_crop(rgb, c.img_size, rng, scale=(c.crop_scale, 1.0))
+            return random_resized_crop(rgb, c.img_size, rng, scale=(c.crop_scale, 1.0), flip=c.flip)
         return self.preprocess.crop_image(rgb)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
