@@ -22,7 +22,7 @@ def test_dynamic_batch_exports_match_eager_on_real_pixels(fmt, trained_like_chec
     model = get_model(trained_like_checkpoint)
     batch = sample_batch(model.weights_info.preprocess)
     assert batch.shape == (10, 3, 299, 299)
-    check = verify_export(model, load_runner(written, fmt), batch, (2, 5))  # sizes the export never saw
+    check = verify_export(model, load_runner(written, fmt), batch, (3,))  # a size the export never saw
     assert check.passed and check.max_abs_diff <= FP32_TOLERANCE * check.logit_range and check.logit_range > 1.0
 
 

@@ -173,7 +173,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     model = args.model or args.weights
     pretrained = args.weights if (args.model and args.weights) else True
     classifier = Classifier(model, pretrained, device=args.device, batch_size=args.batch_size,
-                            workers=args.workers, crop_size=args.crop_size)
+                            workers=args.workers, crop_size=args.crop_size, backend=args.backend,
+                            precision=args.precision)
     print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}",
           file=sys.stderr)
 
@@ -254,7 +255,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
         requested = args.ensemble or [args.model or args.weights]
         pretrained = args.weights if (args.model and args.weights and not args.ensemble) else True
         members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
-                              crops=args.crops) for name in requested]
+                              crops=args.crops, backend=args.backend, precision=args.precision)
+                   for name in requested]
         class_names = read_class_names(args.classes) if args.classes else None
         dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing).head(args.limit)
         config = EvalConfig(data=str(args.data), ann=args.ann, models=tuple(requested), weights=args.weights,
@@ -377,6 +379,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    import platform
+
+    from .backends import benchmark
+    from .export import sample_batch
+    from .weights import get_model
+
+    model = get_model(args.weights) if args.weights else get_model(args.model, pretrained=False)
+    batch = sample_batch(model.weights_info.preprocess)
+    rows = benchmark(model.eval(), batch, args.backends.split(","), args.precision.split(","),
+                     [int(b) for b in args.batch_sizes.split(",")], seconds=args.seconds)
+    cpu = platform.processor() or platform.machine()
+    print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+          f"{', random weights (speed does not depend on them)' if not args.weights else ''}")
+    print("| backend | precision | batch | img/s | latency (ms) | x eager fp32 | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.1f} "
+              f"| {r['ratio_to_eager_fp32']:.2f} | {r['gflop_per_s']:.0f} |")
+    return 0
+
+
 def _zoo_names() -> set[str]:
     from .weights import ZOO
 
@@ -384,6 +408,7 @@ def _zoo_names() -> set[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS, PRECISIONS
     from .preprocess import PRESETS
 
     parser = argparse.ArgumentParser(prog="inceptionv3", description=__doc__)
@@ -426,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-vis", metavar="DIR", help="write one PNG per image: the image and its top-k bars")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=BACKENDS, default="eager",
+                   help="eager (exact), compile, openvino, onnxruntime, or auto: the fastest installed")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.set_defaults(func=_cmd_predict)
 
     p = commands.add_parser("test", help="score a labelled dataset: top-1/top-5, per-class, ReaL, multi-crop")
@@ -449,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", help="CSV with one row per image: path, label, top-5")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some images could not be read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backend", choices=BACKENDS, default="eager",
+                   help="eager (exact), compile, openvino, onnxruntime, or auto: the fastest installed")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.set_defaults(func=_cmd_test)
 
     from .train import RECIPES
@@ -497,6 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-images", nargs="+", help="photos for the check (default: the packaged demo photo)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export)
+
+    p = commands.add_parser("benchmark", help="images per second of each backend against eager fp32, one run")
+    p.add_argument("--model", default="inception-v3_3rdparty_8xb32_in1k", help="zoo entry (random weights)")
+    p.add_argument("--weights", help="a checkpoint file instead")
+    p.add_argument("--backends", default="eager,compile,openvino,onnxruntime")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    p.add_argument("--batch-sizes", default="1,16")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per path and batch size")
+    p.set_defaults(func=_cmd_benchmark)
     return parser
 
 

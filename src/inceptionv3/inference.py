@@ -121,6 +121,8 @@ class Classifier:
         crop_size: int | None = None,
         class_names: Sequence[str] | None = None,
         crops: int = 1,
+        backend: str = "eager",
+        precision: str = "fp32",
         max_pixels: int = MAX_IMAGE_PIXELS,
     ):
         if batch_size < 1:
@@ -149,6 +151,8 @@ class Classifier:
         self.model.to(self.device).eval()
         self.batch_size = batch_size
         self.crops = crops
+        self.backend, self.precision = backend, precision
+        self._runner = None if backend == "eager" and precision == "fp32" else self._make_runner()
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
 
@@ -157,10 +161,16 @@ class Classifier:
         name = (info.name or info.path) if info else type(self.model).__name__
         return f"Classifier({name!r}, device={str(self.device)!r}, preprocess={self.preprocess.name!r})"
 
+    def _make_runner(self):
+        from .backends import make_runner
+
+        return make_runner(self.model, self.backend, self.precision, self.device, self.preprocess.crop)
+
     @torch.inference_mode()
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax scores for a normalised N x 3 x H x W batch, on the CPU, float32."""
-        logits = self.model(batch.to(self.device, non_blocking=True))
+        batch = batch.to(self.device, non_blocking=True)
+        logits = self.model(batch) if self._runner is None else self._runner(batch)
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def _load(self, item: ImageInput, name: str) -> np.ndarray:

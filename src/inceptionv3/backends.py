@@ -1,0 +1,176 @@
+"""Inference backends behind one option: eager PyTorch, ``torch.compile``, OpenVINO and ONNX Runtime, in fp32
+or bf16. Each turns a model into a function from a normalised N x 3 x H x W float32 batch to logits.
+
+Exported artefacts are cached per weights, backend, precision and input size under ``cache_dir()/compiled``,
+with a manifest holding the file's sha256: an entry whose file no longer matches (a stale or corrupted cache)
+is rebuilt, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .export import ExportError, export_model, require
+from .weights import cache_dir, file_digest
+
+logger = logging.getLogger("inceptionv3")
+
+BACKENDS = ("auto", "eager", "compile", "openvino", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def available(backend: str) -> bool:
+    import importlib.util
+
+    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}.get(backend)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def choose_backend(device: torch.device) -> str:
+    """The fastest available path, by the measurements in the README: OpenVINO on a CPU when installed, else
+    ``torch.compile``; eager on GPUs and MPS (with AMP for bf16)."""
+    if device.type != "cpu":
+        return "eager"
+    return "openvino" if available("openvino") else "compile"
+
+
+def weights_key(model: nn.Module) -> str:
+    """What identifies the weights: the checkpoint file's sha256 when there is one, else a hash of the tensors."""
+    info = getattr(model, "weights_info", None)
+    if info is not None and info.path and Path(info.path).is_file():
+        return file_digest(info.path)[:16]
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cached_export(model: nn.Module, fmt: str, shape: tuple[int, ...], precision: str) -> Path:
+    """The exported file for these weights and shape, made once; a mismatching file is rebuilt."""
+    folder = cache_dir() / "compiled" / f"{weights_key(model)}-{fmt}-{precision}-{'x'.join(map(str, shape[1:]))}"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / ("model.xml" if fmt == "openvino" else "model.onnx")
+    manifest = folder / "manifest.json"
+    files = [target] + ([target.with_suffix(".bin")] if fmt == "openvino" else [])
+    if manifest.exists() and all(f.exists() for f in files):
+        recorded = json.loads(manifest.read_text())
+        if all(recorded.get(f.name) == file_digest(f) for f in files):
+            return target
+        logger.warning("cached %s export in %s does not match its manifest; rebuilding it", fmt, folder)
+    manifest.unlink(missing_ok=True)
+    example = torch.zeros(2, *shape[1:])
+    written = export_model(model, fmt, target, example=example, dynamic_batch=True)
+    manifest.write_text(json.dumps({f.name: file_digest(f) for f in files}))
+    return written
+
+
+def make_runner(model: nn.Module, backend: str, precision: str, device: torch.device,
+                image_size: int) -> Runner:
+    """A function from a float32 batch on ``device`` to logits, for the chosen backend and precision."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "auto":
+        backend = choose_backend(device)
+        logger.info("backend %s (auto, %s)", backend, device.type)
+    shape = (1, 3, image_size, image_size)
+    if backend in ("openvino", "onnxruntime") and device.type != "cpu":
+        raise ValueError(f"backend {backend} runs on the CPU here; use eager or compile on {device.type}")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else (
+        contextlib.nullcontext)
+
+    if backend == "eager":
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), autocast():
+                return model(x).float()
+        return run
+    if backend == "compile":
+        import torch._inductor.config as inductor
+
+        inductor.freezing = True  # fold the weights into the graph: the fast CPU path
+        compiled = torch.compile(model)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), autocast():
+                return compiled(x).float()
+        return run
+    if backend == "openvino":
+        require("openvino", extra="openvino")
+        import openvino as ov
+
+        path = _cached_export(model, "openvino", shape, "fp32")
+        hint = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                "PERFORMANCE_HINT": "THROUGHPUT" if os.cpu_count() and os.cpu_count() > 4 else "LATENCY"}
+        compiled_ov = ov.Core().compile_model(str(path), "CPU", hint)
+        return lambda x: torch.from_numpy(compiled_ov(x.numpy())[0].copy())
+    # onnxruntime
+    if precision != "fp32":
+        raise ValueError("onnxruntime runs fp32 here; use openvino or compile for bf16")
+    require("onnxruntime", extra="onnx")
+    import onnxruntime as ort
+
+    path = _cached_export(model, "onnx", shape, "fp32")
+    options = ort.SessionOptions()
+    # Spinning worker threads would keep the cores busy between calls, slowing whatever runs next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "ExportError", "available", "choose_backend", "make_runner", "weights_key"]
+
+
+def benchmark(model: nn.Module, batch: torch.Tensor, backends: list[str], precisions: list[str],
+              batch_sizes: list[int], seconds: float = 5.0, device: torch.device | None = None) -> list[dict]:
+    """Images per second, latency and the ratio to eager fp32 at the same batch size, all in one run, on the
+    same real-pixel inputs. The warm-up (compilation, export) is excluded; rounds alternate between paths."""
+    import time
+
+    from .model import count_flops
+
+    device = device or torch.device("cpu")
+    # Random weights drive deep activations into denormal floats, which are slow on x86 in PyTorch but not in
+    # OpenVINO (it flushes them); flushing them here too keeps the comparison about the backends.
+    torch.set_flush_denormal(True)
+    flops = 2 * count_flops(model, size=batch.shape[-1])  # multiply-adds x 2
+    paths = [("eager", "fp32")] + [(b, p) for b in backends for p in precisions if (b, p) != ("eager", "fp32")]
+    runners = {}
+    for backend, precision in paths:
+        try:
+            runners[(backend, precision)] = make_runner(model, backend, precision, device, batch.shape[-1])
+        except (ValueError, ExportError) as exc:
+            logger.warning("skipping %s %s: %s", backend, precision, exc)
+    results = []
+    for size in batch_sizes:
+        x = batch[torch.arange(size) % len(batch)].contiguous().to(device)
+        timings: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
+        order = list(runners)
+        for round_order in (order, order[::-1]):  # two blocks per path, the second in reverse order
+            for key in round_order:
+                run = runners[key]
+                run(x)  # warm-up: compilation and first-call costs
+                deadline = time.perf_counter() + seconds / 2
+                while time.perf_counter() < deadline:
+                    start = time.perf_counter()
+                    run(x)
+                    timings[key].append(time.perf_counter() - start)
+        base = sorted(timings[("eager", "fp32")])[len(timings[("eager", "fp32")]) // 2]
+        for (backend, precision), values in timings.items():
+            median = sorted(values)[len(values) // 2]
+            results.append({"backend": backend, "precision": precision, "batch": size, "img_per_s": size / median,
+                            "latency_ms": 1000 * median, "ratio_to_eager_fp32": base / median,
+                            "gflop_per_s": flops * size / median / 1e9, "runs": len(values)})
+    return results
