@@ -69,11 +69,14 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, *, example:
         import openvino as ov
 
         shape = [-1 if dynamic_batch else example.shape[0], *example.shape[1:]]
-        converted = ov.convert_model(model, example_input=example, input=[shape])
+        with warnings.catch_warnings():  # OpenVINO traces through torch.jit, which warns of its deprecation
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(model, example_input=example, input=[shape])
         ov.save_model(converted, str(out.with_suffix(".xml")), compress_to_fp16=False)
         out = out.with_suffix(".xml")
     elif fmt == "torchscript":
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             traced = torch.jit.trace(model, example)
         traced.save(str(out))
     elif fmt == "torch-export":
