@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import model_only_rate
 
 from inceptionv3 import Classifier, InceptionV3
 from inceptionv3.decode import find_images
@@ -39,10 +40,7 @@ def main() -> None:
 
     model_only, end_to_end = [], []
     for _ in range(args.rounds):
-        start = time.perf_counter()
-        for _ in range(batches):
-            classifier.scores(tensor)
-        model_only.append(batches * args.batch_size / (time.perf_counter() - start))
+        model_only.append(model_only_rate(classifier, tensor, batches))
         start = time.perf_counter()
         results = list(classifier.predict(photos))
         end_to_end.append(len(results) / (time.perf_counter() - start))

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import model_only_rate
 
 from inceptionv3 import Classifier, InceptionV3
 from inceptionv3.data import load_dataset
@@ -50,10 +50,7 @@ def main() -> None:
     batches = -(-len(dataset) // args.batch_size)
     model_only, end_to_end = [], []
     for _ in range(args.rounds):
-        start = time.perf_counter()
-        for _ in range(batches):
-            classifier.scores(tensor)
-        model_only.append(batches * args.batch_size / (time.perf_counter() - start))
+        model_only.append(model_only_rate(classifier, tensor, batches))
         report, _, _ = evaluate([classifier], dataset, EvalConfig(data=str(root)), ["random"], progress=False)
         end_to_end.append(report["images_per_s"])
     shutil.rmtree(root)

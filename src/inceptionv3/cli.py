@@ -407,8 +407,25 @@ def _zoo_names() -> set[str]:
     return set(ZOO)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
+    p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """What predict and test share: where and how the model runs, and how failures end the command."""
     from .backends import BACKENDS, PRECISIONS
+
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--workers", type=int, help="decoding threads per process (default: up to 4)")
+    p.add_argument("--backend", choices=BACKENDS, default="eager",
+                   help="eager (exact), compile, openvino, onnxruntime, or auto: the fastest installed")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs could not be read")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
 
     parser = argparse.ArgumentParser(prog="inceptionv3", description=__doc__)
@@ -439,32 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("predict", help="classify image files, folders, globs or paths from stdin")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder (recursive), glob, or - for stdin")
-    p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
-    p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
+    _add_model_options(p)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    p.add_argument("--workers", type=int, help="decoding threads (default: up to 4)")
     p.add_argument("--crop-size", type=int, help="override the preset's crop (warns below 299 on ImageNet weights)")
     p.add_argument("--output", help="results file: .csv or .jsonl (default: text on stdout)")
     p.add_argument("--format", choices=("text", "csv", "jsonl"), help="output format (default: from --output)")
     p.add_argument("--save-vis", metavar="DIR", help="write one PNG per image: the image and its top-k bars")
-    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs failed")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--backend", choices=BACKENDS, default="eager",
-                   help="eager (exact), compile, openvino, onnxruntime, or auto: the fastest installed")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    _add_run_options(p)
     p.set_defaults(func=_cmd_predict)
 
     p = commands.add_parser("test", help="score a labelled dataset: top-1/top-5, per-class, ReaL, multi-crop")
     p.add_argument("--data", required=True, help="class folders, an image folder (with --ann) or an annotation file")
     p.add_argument("--ann", help="'filename label' lines, file names relative to --data (ImageNet val.txt)")
-    p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
-    p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
+    _add_model_options(p)
     p.add_argument("--ensemble", nargs="+", metavar="W", help="average the softmax of these zoo names or files")
     p.add_argument("--batch-size", type=int, default=32, help="tensors per forward pass, per process")
-    p.add_argument("--workers", type=int, help="decoding threads per process (default: up to 4)")
-    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--crops", type=int, choices=(1, 10, 144), default=1,
                    help="1: the preset's centre crop; 10: corners and centre, mirrored; 144: the paper's protocol")
@@ -475,11 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confusion", help="confusion matrix CSV (default: beside --out)")
     p.add_argument("--plot", help="PNG: confusion matrix up to 40 classes, else per-class accuracy")
     p.add_argument("--predictions", help="CSV with one row per image: path, label, top-5")
-    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some images could not be read")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--backend", choices=BACKENDS, default="eager",
-                   help="eager (exact), compile, openvino, onnxruntime, or auto: the fastest installed")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    _add_run_options(p)
     p.set_defaults(func=_cmd_test)
 
     from .train import RECIPES
