@@ -90,3 +90,42 @@ def test_benchmark_reports_ratios_from_one_run(model_and_batch):
     for r in rows:
         assert np.isclose(r["img_per_s"], 2000 / r["latency_ms"])
         assert np.isclose(r["gflop_per_s"], r["img_per_s"] * 2 * 5_713_216_096 / 1e9)
+
+
+def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model_and_batch, monkeypatch):
+    import nncf
+
+    model, batch = model_and_batch
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="int8 needs calibration images"):
+        backends.make_runner(model, "openvino", "int8", cpu, 299)
+    with pytest.raises(ValueError, match="int8 runs on the openvino backend"):
+        backends.make_runner(model, "onnxruntime", "int8", cpu, 299, calibration=batch)
+    calibration = sample_batch(model.weights_info.preprocess, photo_paths()[:4])  # 40 real crops
+    calls = []
+    real_quantize = nncf.quantize
+    monkeypatch.setattr(nncf, "quantize", lambda *a, **k: calls.append(1) or real_quantize(*a, **k))
+    run = backends.make_runner(model, "openvino", "int8", cpu, 299, calibration=calibration)
+    backends.make_runner(model, "openvino", "int8", cpu, 299, calibration=calibration)
+    assert len(calls) == 1  # the quantised model is cached with its calibration data's hash
+    with torch.no_grad():
+        expected = model(batch)
+    error = float((run(batch) - expected).abs().max()) / float(expected.abs().max())
+    assert 1e-3 < error < 0.3, error  # really quantised, still the same function to within int8 rounding
+
+
+def test_predict_int8_from_the_cli(trained_like_checkpoint, tmp_path, monkeypatch, capsys):
+    from inceptionv3.cli import main
+
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+    photos = [str(p) for p in photo_paths()]
+    common = ["predict", photos[0], "--weights", str(trained_like_checkpoint), "--backend", "openvino",
+              "--precision", "int8", "--topk", "1"]
+    assert main(common) == 2
+    assert "int8 needs calibration images" in capsys.readouterr().err
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for p in photos[1:9]:
+        (calibration / p.rsplit("/", 1)[-1]).write_bytes(open(p, "rb").read())
+    assert main([*common, "--calibration", str(calibration)]) == 0
+    assert capsys.readouterr().out.startswith(photos[0])

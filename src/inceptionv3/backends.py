@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .weights import cache_dir, file_digest
 logger = logging.getLogger("inceptionv3")
 
 BACKENDS = ("auto", "eager", "compile", "openvino", "onnxruntime")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -76,18 +77,49 @@ def _cached_export(model: nn.Module, fmt: str, shape: tuple[int, ...], precision
     return written
 
 
+def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Tensor):
+    """Post-training int8 quantisation of the cached OpenVINO model with NNCF, calibrated on ``calibration``
+    (normalised images from the data the model will see), cached by the calibration data's hash too."""
+    require("nncf", "openvino", extra="int8")
+    import nncf
+    import openvino as ov
+
+    calibration_key = hashlib.sha256(calibration.contiguous().numpy().tobytes()).hexdigest()[:12]
+    fp32_path = _cached_export(model, "openvino", shape, "fp32")
+    folder = fp32_path.parent.with_name(fp32_path.parent.name.replace("-fp32-", f"-int8-{calibration_key}-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    target, manifest = folder / "model.xml", folder / "manifest.json"
+    files = [target, target.with_suffix(".bin")]
+    if manifest.exists() and all(f.exists() for f in files):
+        if json.loads(manifest.read_text()) == {f.name: file_digest(f) for f in files}:
+            return target
+        logger.warning("cached int8 model in %s does not match its manifest; rebuilding it", folder)
+    samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout, where results go
+        quantized = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(samples),
+                                  subset_size=len(samples))
+    ov.save_model(quantized, str(target), compress_to_fp16=False)
+    manifest.write_text(json.dumps({f.name: file_digest(f) for f in files}))
+    return target
+
+
 def make_runner(model: nn.Module, backend: str, precision: str, device: torch.device,
-                image_size: int) -> Runner:
-    """A function from a float32 batch on ``device`` to logits, for the chosen backend and precision."""
+                image_size: int, calibration: torch.Tensor | None = None) -> Runner:
+    """A function from a float32 batch on ``device`` to logits, for the chosen backend and precision.
+    ``int8`` (OpenVINO only) needs ``calibration``: a few hundred normalised images like the real inputs."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend == "auto":
-        backend = choose_backend(device)
+        backend = "openvino" if precision == "int8" else choose_backend(device)
         logger.info("backend %s (auto, %s)", backend, device.type)
+    if precision == "int8" and backend != "openvino":
+        raise ValueError("int8 runs on the openvino backend (NNCF post-training quantisation)")
+    if precision == "int8" and (calibration is None or len(calibration) == 0):
+        raise ValueError("int8 needs calibration images from your data (--calibration DIR)")
     shape = (1, 3, image_size, image_size)
-    if backend in ("openvino", "onnxruntime") and device.type != "cpu":
+    if backend in ("openvino", "onnxruntime") and device.type != "cpu":  # checked before any export
         raise ValueError(f"backend {backend} runs on the CPU here; use eager or compile on {device.type}")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else (
         contextlib.nullcontext)
@@ -111,7 +143,8 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
         require("openvino", extra="openvino")
         import openvino as ov
 
-        path = _cached_export(model, "openvino", shape, "fp32")
+        path = _int8_model(model, shape, calibration) if precision == "int8" else _cached_export(
+            model, "openvino", shape, "fp32")
         hint = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                 "PERFORMANCE_HINT": "THROUGHPUT" if os.cpu_count() and os.cpu_count() > 4 else "LATENCY"}
         compiled_ov = ov.Core().compile_model(str(path), "CPU", hint)
@@ -150,7 +183,8 @@ def benchmark(model: nn.Module, batch: torch.Tensor, backends: list[str], precis
     runners = {}
     for backend, precision in paths:
         try:
-            runners[(backend, precision)] = make_runner(model, backend, precision, device, batch.shape[-1])
+            runners[(backend, precision)] = make_runner(model, backend, precision, device, batch.shape[-1],
+                                                        calibration=batch)
         except (ValueError, ExportError) as exc:
             logger.warning("skipping %s %s: %s", backend, precision, exc)
     results = []

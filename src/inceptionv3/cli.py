@@ -174,7 +174,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     pretrained = args.weights if (args.model and args.weights) else True
     classifier = Classifier(model, pretrained, device=args.device, batch_size=args.batch_size,
                             workers=args.workers, crop_size=args.crop_size, backend=args.backend,
-                            precision=args.precision)
+                            precision=args.precision, calibration=_calibration_images(args.calibration))
     print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}",
           file=sys.stderr)
 
@@ -255,7 +255,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
         requested = args.ensemble or [args.model or args.weights]
         pretrained = args.weights if (args.model and args.weights and not args.ensemble) else True
         members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
-                              crops=args.crops, backend=args.backend, precision=args.precision)
+                              crops=args.crops, backend=args.backend, precision=args.precision,
+                              calibration=_calibration_images(args.calibration))
                    for name in requested]
         class_names = read_class_names(args.classes) if args.classes else None
         dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing).head(args.limit)
@@ -407,6 +408,17 @@ def _zoo_names() -> set[str]:
     return set(ZOO)
 
 
+def _calibration_images(folder: str | None) -> list[str] | None:
+    from .decode import find_images
+
+    if folder is None:
+        return None
+    images = [str(p) for p in find_images(folder)][:300]
+    if not images:
+        raise ValueError(f"--calibration {folder}: no images there")
+    return images
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
     p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
@@ -420,7 +432,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="decoding threads per process (default: up to 4)")
     p.add_argument("--backend", choices=BACKENDS, default="eager",
                    help="eager (exact), compile, openvino, onnxruntime, or auto: the fastest installed")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="int8: OpenVINO post-training quantisation, calibrated on --calibration")
+    p.add_argument("--calibration", metavar="DIR", help="images like yours, for int8 (a few hundred)")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs could not be read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -123,6 +123,7 @@ class Classifier:
         crops: int = 1,
         backend: str = "eager",
         precision: str = "fp32",
+        calibration: Sequence[ImageInput] | None = None,
         max_pixels: int = MAX_IMAGE_PIXELS,
     ):
         if batch_size < 1:
@@ -152,7 +153,7 @@ class Classifier:
         self.batch_size = batch_size
         self.crops = crops
         self.backend, self.precision = backend, precision
-        self._runner = None if backend == "eager" and precision == "fp32" else self._make_runner()
+        self._runner = None if backend == "eager" and precision == "fp32" else self._make_runner(calibration)
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
 
@@ -161,10 +162,14 @@ class Classifier:
         name = (info.name or info.path) if info else type(self.model).__name__
         return f"Classifier({name!r}, device={str(self.device)!r}, preprocess={self.preprocess.name!r})"
 
-    def _make_runner(self):
+    def _make_runner(self, calibration: Sequence[ImageInput] | None):
         from .backends import make_runner
 
-        return make_runner(self.model, self.backend, self.precision, self.device, self.preprocess.crop)
+        images = None
+        if calibration:
+            images = self.preprocess.normalize(np.stack([self.preprocess.load(item) for item in calibration]))
+        return make_runner(self.model, self.backend, self.precision, self.device, self.preprocess.crop,
+                           calibration=images)
 
     @torch.inference_mode()
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
