@@ -51,7 +51,7 @@ def main() -> None:
     model_only, end_to_end = [], []
     for _ in range(args.rounds):
         model_only.append(model_only_rate(classifier, tensor, batches))
-        report, _, _ = evaluate([classifier], dataset, EvalConfig(data=str(root)), ["random"], progress=False)
+        report, _, _ = evaluate([classifier], dataset, EvalConfig(data=str(root), models=("random",)), progress=False)
         end_to_end.append(report["images_per_s"])
     shutil.rmtree(root)
     best_model, best_e2e = max(model_only), max(end_to_end)

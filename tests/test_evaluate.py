@@ -201,9 +201,10 @@ def test_ensemble_averages_the_members(trained_like_checkpoint, tmp_path, labell
     torch.save(state, other)
     dataset = load_dataset(labelled / "val", labelled / "val.txt").head(4)
     members = [Classifier(path, batch_size=4) for path in (trained_like_checkpoint, other)]
-    config = EvalConfig(data=str(labelled / "val"))
-    report, scores, _ = evaluate(members, dataset, config, ["a", "b"], progress=False)
-    singles = [evaluate([m], dataset, config, ["x"], progress=False)[1] for m in members]
+    config = EvalConfig(data=str(labelled / "val"), models=("a", "b"))
+    report, scores, _ = evaluate(members, dataset, config, progress=False)
+    single = EvalConfig(data=str(labelled / "val"), models=("x",))
+    singles = [evaluate([m], dataset, single, progress=False)[1] for m in members]
     for i in range(4):
         full = [dict(zip(s.topk[i], s.topk_scores[i], strict=True)) for s in singles]
         for label, value in zip(scores.topk[i], scores.topk_scores[i], strict=True):

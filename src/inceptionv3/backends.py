@@ -58,22 +58,31 @@ def weights_key(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _cache_hit(folder: Path, files: list[Path], what: str) -> bool:
+    """True when every file exists and matches the folder's manifest; a mismatch is logged and cleared."""
+    manifest = folder / "manifest.json"
+    if manifest.exists() and all(f.exists() for f in files):
+        if json.loads(manifest.read_text()) == {f.name: file_digest(f) for f in files}:
+            return True
+        logger.warning("cached %s in %s does not match its manifest; rebuilding it", what, folder)
+    manifest.unlink(missing_ok=True)
+    return False
+
+
+def _write_manifest(folder: Path, files: list[Path]) -> None:
+    (folder / "manifest.json").write_text(json.dumps({f.name: file_digest(f) for f in files}))
+
+
 def _cached_export(model: nn.Module, fmt: str, shape: tuple[int, ...], precision: str) -> Path:
     """The exported file for these weights and shape, made once; a mismatching file is rebuilt."""
     folder = cache_dir() / "compiled" / f"{weights_key(model)}-{fmt}-{precision}-{'x'.join(map(str, shape[1:]))}"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / ("model.xml" if fmt == "openvino" else "model.onnx")
-    manifest = folder / "manifest.json"
     files = [target] + ([target.with_suffix(".bin")] if fmt == "openvino" else [])
-    if manifest.exists() and all(f.exists() for f in files):
-        recorded = json.loads(manifest.read_text())
-        if all(recorded.get(f.name) == file_digest(f) for f in files):
-            return target
-        logger.warning("cached %s export in %s does not match its manifest; rebuilding it", fmt, folder)
-    manifest.unlink(missing_ok=True)
-    example = torch.zeros(2, *shape[1:])
-    written = export_model(model, fmt, target, example=example, dynamic_batch=True)
-    manifest.write_text(json.dumps({f.name: file_digest(f) for f in files}))
+    if _cache_hit(folder, files, f"{fmt} export"):
+        return target
+    written = export_model(model, fmt, target, example=torch.zeros(2, *shape[1:]), dynamic_batch=True)
+    _write_manifest(folder, files)
     return written
 
 
@@ -88,18 +97,16 @@ def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Ten
     fp32_path = _cached_export(model, "openvino", shape, "fp32")
     folder = fp32_path.parent.with_name(fp32_path.parent.name.replace("-fp32-", f"-int8-{calibration_key}-"))
     folder.mkdir(parents=True, exist_ok=True)
-    target, manifest = folder / "model.xml", folder / "manifest.json"
+    target = folder / "model.xml"
     files = [target, target.with_suffix(".bin")]
-    if manifest.exists() and all(f.exists() for f in files):
-        if json.loads(manifest.read_text()) == {f.name: file_digest(f) for f in files}:
-            return target
-        logger.warning("cached int8 model in %s does not match its manifest; rebuilding it", folder)
+    if _cache_hit(folder, files, "int8 model"):
+        return target
     samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
     with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout, where results go
         quantized = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(samples),
                                   subset_size=len(samples))
     ov.save_model(quantized, str(target), compress_to_fp16=False)
-    manifest.write_text(json.dumps({f.name: file_digest(f) for f in files}))
+    _write_manifest(folder, files)
     return target
 
 

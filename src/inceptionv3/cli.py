@@ -260,10 +260,9 @@ def _cmd_test(args: argparse.Namespace) -> int:
                    for name in requested]
         class_names = read_class_names(args.classes) if args.classes else None
         dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing).head(args.limit)
-        config = EvalConfig(data=str(args.data), ann=args.ann, models=tuple(requested), weights=args.weights,
-                            batch_size=args.batch_size, workers=args.workers, limit=args.limit, crops=args.crops,
-                            real_labels=args.real_labels, skip_missing=args.skip_missing, device=str(device))
-        outcome = evaluate(members, dataset, config, requested, progress=not args.quiet)
+        config = EvalConfig(data=str(args.data), ann=args.ann, models=tuple(requested), batch_size=args.batch_size,
+                            limit=args.limit, crops=args.crops, real_labels=args.real_labels)
+        outcome = evaluate(members, dataset, config, progress=not args.quiet)
         if outcome is None:  # not rank 0
             return 0
         report, scores, matrix = outcome
@@ -356,8 +355,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model, load_runner, sample_batch, verify_export
     from .weights import get_model
 
-    pretrained = args.weights if args.weights else True
-    model = get_model(args.model, pretrained) if args.model in _zoo_names() else get_model(args.model)
+    model = get_model(args.model, args.weights or True)
     preset = model.weights_info.preprocess
     batch = sample_batch(preset, args.check_images or ())
     example = batch[:2] if args.dynamic_batch else batch[:args.batch_size]  # size 1 would be traced as a constant
@@ -400,12 +398,6 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         print(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.1f} "
               f"| {r['ratio_to_eager_fp32']:.2f} | {r['gflop_per_s']:.0f} |")
     return 0
-
-
-def _zoo_names() -> set[str]:
-    from .weights import ZOO
-
-    return set(ZOO)
 
 
 def _calibration_images(folder: str | None) -> list[str] | None:

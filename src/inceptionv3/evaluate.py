@@ -175,15 +175,11 @@ class EvalConfig:
 
     data: str
     ann: str | None = None
-    models: tuple[str, ...] = ("inception-v3_3rdparty_8xb32_in1k",)
-    weights: str | None = None
+    models: tuple[str, ...] = ("inception-v3_3rdparty_8xb32_in1k",)  # as requested: zoo names or files
     batch_size: int = 32
-    workers: int | None = None
     limit: int | None = None
     crops: int = 1
     real_labels: str | None = None
-    skip_missing: bool = False
-    device: str | None = None
 
 
 def _describe_member(member: Classifier, requested: str) -> dict:
@@ -200,7 +196,7 @@ def _describe_member(member: Classifier, requested: str) -> dict:
 
 
 def evaluate(members: Sequence[Classifier], dataset: ImageDataset, config: EvalConfig,
-             requested: Sequence[str], progress: bool = True) -> tuple[dict, Scores, np.ndarray] | None:
+             progress: bool = True) -> tuple[dict, Scores, np.ndarray] | None:
     """Score ``dataset`` and build the report. Rank 0 gets (report, scores, confusion matrix); others None."""
     first = members[0]
     num_classes = first.model.num_classes
@@ -225,7 +221,7 @@ def evaluate(members: Sequence[Classifier], dataset: ImageDataset, config: EvalC
         "top5": result["top5"],
         **({"real_top1": result["real_top1"]} if real is not None else {}),
         "metrics": result,
-        "models": [_describe_member(m, r) for m, r in zip(members, requested, strict=True)],
+        "models": [_describe_member(m, r) for m, r in zip(members, config.models, strict=True)],
         "crops": config.crops,
         "data": {"path": config.data, "ann": config.ann, "images": len(dataset), "scored": len(scores.labels),
                  "failed": [{"path": n, "error": e} for n, e in scores.failed],

@@ -189,6 +189,7 @@ class ModelEMA:
             p.requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        self._averaged = {name for name, p in self.module.named_parameters() if p.dtype.is_floating_point}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -196,7 +197,7 @@ class ModelEMA:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         live = model.state_dict()
         for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point and name in dict(self.module.named_parameters()):
+            if name in self._averaged:
                 value.mul_(decay).add_(live[name].detach(), alpha=1 - decay)
             else:
                 value.copy_(live[name])
@@ -299,6 +300,7 @@ class Trainer:
         self._build_optimizer()
         self.step = 0
         self.best = -1.0
+        self._order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -427,7 +429,10 @@ class Trainer:
         return self.preprocess.crop_image(rgb)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.config.seed, epoch, 7]).permutation(len(self.train_set))
+        """The epoch's sample order, drawn once per epoch (not once per step) from (seed, epoch)."""
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.config.seed, epoch, 7]).permutation(len(self.train_set)))
+        return self._order[1]
 
     def _batches(self, pool: ThreadPoolExecutor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(step, images, labels) for this rank from ``self.step`` on; decoding runs two steps ahead."""
