@@ -32,6 +32,19 @@ def _find_shared_data() -> Path:
 
 
 SHARED_DATA = _find_shared_data()
+
+
+def pytest_configure(config):
+    """Downloads and cached exports go to a fresh folder, never the user's own cache."""
+    import tempfile
+
+    os.environ["INCEPTIONV3_HOME"] = tempfile.mkdtemp(prefix="inceptionv3-home-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(os.environ["INCEPTIONV3_HOME"], ignore_errors=True)  # exports are ~100 MB each
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

@@ -63,6 +63,24 @@ def test_exports_are_cached_and_a_corrupted_entry_is_rebuilt(model_and_batch, mo
     torch.testing.assert_close(rebuilt(batch[:2]), run(batch[:2]))
 
 
+def test_compile_runs_every_batch_size_through_one_compilation(trained_like_checkpoint):
+    import torch._dynamo
+
+    model = get_model(trained_like_checkpoint)
+    batch = sample_batch(model.weights_info.preprocess.with_crop(96))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    run = backends.make_runner(model, "compile", "fp32", torch.device("cpu"), 96)
+    with torch.no_grad():
+        expected = model(batch)
+    span = float(expected.abs().max())
+    for size in (4, 10, 1, 7):  # the first call fixes the batch; the rest are split and padded to it
+        got = run(batch[:size])
+        assert got.shape == (size, model.num_classes)
+        assert float((got - expected[:size]).abs().max()) <= 1e-4 * span
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
 def test_classifier_with_a_backend_predicts_like_eager(trained_like_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
     photos = [str(p) for p in photo_paths()[:6]]
@@ -72,10 +90,20 @@ def test_classifier_with_a_backend_predicts_like_eager(trained_like_checkpoint, 
 
 
 def test_auto_prefers_openvino_on_cpu_and_falls_back(monkeypatch):
-    assert backends.choose_backend(torch.device("cpu")) == "openvino"
-    monkeypatch.setattr(backends, "available", lambda name: name != "openvino")
-    assert backends.choose_backend(torch.device("cpu")) == "compile"
-    assert backends.choose_backend(torch.device("cuda")) == "eager"
+    cpu, choose = torch.device("cpu"), backends.choose_backend
+    assert choose(cpu) == "openvino" and choose(cpu, "bf16") == "openvino"
+    few = backends.FAST_PATH_WORTH_IT_IMAGES
+    assert choose(cpu, images=few - 1) == "eager" and choose(cpu, images=few) == "openvino"
+    installed = {"onnxruntime"}
+    monkeypatch.setattr(backends, "available", lambda name: name in installed)
+    assert choose(cpu) == "onnxruntime"
+    assert choose(cpu, "bf16") == "eager"  # ONNX Runtime runs fp32 only
+    installed.clear()
+    long_run = backends.COMPILE_WORTH_IT_IMAGES
+    assert choose(cpu) == "eager" and choose(cpu, images=long_run - 1) == "eager"
+    assert choose(cpu, images=long_run) == "compile" and choose(cpu, "bf16", images=50_000) == "compile"
+    assert choose(torch.device("cuda"), images=50_000) == "eager"
+    assert choose(cpu, "int8") == "openvino"
     with pytest.raises(ValueError, match="backend must be one of"):
         backends.make_runner(torch.nn.Identity(), "tensorrt", "fp32", torch.device("cpu"), 299)
     with pytest.raises(ValueError, match="onnxruntime runs fp32"):
@@ -90,6 +118,21 @@ def test_benchmark_reports_ratios_from_one_run(model_and_batch):
     for r in rows:
         assert np.isclose(r["img_per_s"], 2000 / r["latency_ms"])
         assert np.isclose(r["gflop_per_s"], r["img_per_s"] * 2 * 5_713_216_096 / 1e9)
+        assert np.isclose(r["fraction_of_peak"], r["gflop_per_s"] / r["matmul_peak_gflop_per_s"])
+
+
+def test_matmul_peak_times_a_real_product(monkeypatch):
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: calls.append((a.dtype, a.shape)) or real_mm(a, b))
+    peak = backends.matmul_peak("bf16", seconds=0.2, size=256)
+    assert calls and set(calls) == {(torch.bfloat16, (256, 256))} and peak > 0
+    # The figure is the fastest product: timing one by hand cannot beat it by more than the clock's noise.
+    a = torch.randn(256, 256, dtype=torch.bfloat16)
+    import time
+    start = time.perf_counter()
+    real_mm(a, a)
+    assert 2 * 256**3 / (time.perf_counter() - start) / 1e9 < peak * 3
 
 
 def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model_and_batch, monkeypatch):
@@ -129,3 +172,23 @@ def test_predict_int8_from_the_cli(trained_like_checkpoint, tmp_path, monkeypatc
         (calibration / p.rsplit("/", 1)[-1]).write_bytes(open(p, "rb").read())
     assert main([*common, "--calibration", str(calibration)]) == 0
     assert capsys.readouterr().out.startswith(photos[0])
+
+
+def test_cli_default_is_auto_sized_by_the_run(trained_like_checkpoint, tmp_path, monkeypatch, capsys):
+    """One photo runs eager (an OpenVINO start-up costs more than it saves); a folder runs OpenVINO, with the
+    same answers as eager."""
+    from inceptionv3.cli import main
+
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+    photos = photo_paths()
+    common = ["--weights", str(trained_like_checkpoint), "--format", "csv", "--quiet"]
+    assert main(["predict", str(photos[0]), *common]) == 0
+    assert "backend: eager fp32" in capsys.readouterr().err
+    folder = str(photos[0].parent)
+    assert main(["predict", folder, *common]) == 0
+    fast = capsys.readouterr()
+    assert "backend: openvino fp32" in fast.err and len(photos) >= backends.FAST_PATH_WORTH_IT_IMAGES
+    assert main(["predict", folder, *common, "--backend", "eager"]) == 0
+    exact = capsys.readouterr().out.splitlines()
+    labels = [[row.split(",")[0], row.split(",")[1]] for row in fast.out.splitlines()]
+    assert labels == [[row.split(",")[0], row.split(",")[1]] for row in exact] and len(labels) == len(photos) + 1

@@ -113,7 +113,7 @@ def test_named_model_with_a_local_file_uses_the_entrys_preset(trained_like_check
 
 
 def test_predict_streams_lazily_and_in_order(trained_like_checkpoint):
-    classifier = Classifier(trained_like_checkpoint, batch_size=2, workers=2)
+    classifier = Classifier(trained_like_checkpoint, batch_size=2, workers=2, backend="eager")
     photos = [str(p) for p in photo_paths()[:3]]
     endless = itertools.cycle(photos + [b"garbage"])
     taken = list(itertools.islice(classifier.predict(endless), 9))

@@ -38,12 +38,28 @@ def available(backend: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def choose_backend(device: torch.device) -> str:
-    """The fastest available path, by the measurements in the README: OpenVINO on a CPU when installed, else
-    ``torch.compile``; eager on GPUs and MPS (with AMP for bf16)."""
-    if device.type != "cpu":
+# Where the fast paths start to pay, measured on 2 CPU cores at 299 x 299 (README). OpenVINO saves about 45 ms
+# an image but costs 0.35 s a process even from its cache (one photo on the CLI: 2.95 s against 2.6 s eager).
+# torch.compile pays 22-30 s of warm-up in every process to save about 42 ms an image (16.1 against 9.6 img/s),
+# so it only wins beyond about 600 images.
+FAST_PATH_WORTH_IT_IMAGES = 16
+COMPILE_WORTH_IT_IMAGES = 1000
+
+
+def choose_backend(device: torch.device, precision: str = "fp32", images: int | None = None) -> str:
+    """The fastest available path for a run of ``images`` (None: unknown, taken as long but not compile-long), by
+    the measurements in the README. On a CPU: eager for a handful of images; OpenVINO when installed (its export
+    takes 5 s once, then 0.25 s from the cache); then ONNX Runtime for fp32; then ``torch.compile`` when the run
+    is long enough to repay its warm-up; else eager. Eager on GPUs and MPS (with AMP for bf16)."""
+    if precision == "int8":
+        return "openvino"
+    if device.type != "cpu" or (images is not None and images < FAST_PATH_WORTH_IT_IMAGES):
         return "eager"
-    return "openvino" if available("openvino") else "compile"
+    if available("openvino"):
+        return "openvino"
+    if precision == "fp32" and available("onnxruntime"):
+        return "onnxruntime"
+    return "compile" if images is not None and images >= COMPILE_WORTH_IT_IMAGES else "eager"
 
 
 def weights_key(model: nn.Module) -> str:
@@ -110,6 +126,28 @@ def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Ten
     return target
 
 
+def fixed_batch(run: Runner) -> Runner:
+    """Runs every batch at the size of the first one, padding or splitting the others.
+
+    Each new input shape costs ``torch.compile`` a fresh compilation (20-26 s for Inception V3 on 2 cores), and
+    ``dynamic=True`` costs 96 s up front; a stream's short last batch would otherwise pay that. Per image, the
+    compiled model is as fast at batch 1 as at 16, so splitting costs nothing and padding at most one batch."""
+    size: int | None = None
+
+    def run_any(x: torch.Tensor) -> torch.Tensor:
+        nonlocal size
+        size = size or len(x)
+        outputs = []
+        for start in range(0, len(x), size):
+            part = x[start:start + size]
+            short = size - len(part)
+            if short:
+                part = torch.cat([part, part.new_zeros(short, *part.shape[1:])])
+            outputs.append(run(part)[:size - short])
+        return torch.cat(outputs)
+    return run_any
+
+
 def make_runner(model: nn.Module, backend: str, precision: str, device: torch.device,
                 image_size: int, calibration: torch.Tensor | None = None) -> Runner:
     """A function from a float32 batch on ``device`` to logits, for the chosen backend and precision.
@@ -119,7 +157,7 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend == "auto":
-        backend = "openvino" if precision == "int8" else choose_backend(device)
+        backend = choose_backend(device, precision)
         logger.info("backend %s (auto, %s)", backend, device.type)
     if precision == "int8" and backend != "openvino":
         raise ValueError("int8 runs on the openvino backend (NNCF post-training quantisation)")
@@ -140,12 +178,12 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
         import torch._inductor.config as inductor
 
         inductor.freezing = True  # fold the weights into the graph: the fast CPU path
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, dynamic=False)
 
-        def run(x: torch.Tensor) -> torch.Tensor:
+        def run_fixed(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad(), autocast():
                 return compiled(x).float()
-        return run
+        return fixed_batch(run_fixed)
     if backend == "openvino":
         require("openvino", extra="openvino")
         import openvino as ov
@@ -170,13 +208,33 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "ExportError", "available", "choose_backend", "make_runner", "weights_key"]
+def matmul_peak(precision: str, seconds: float = 1.0, size: int = 2048) -> float:
+    """GFLOP/s of a large matrix product in PyTorch at this precision (int8: ``torch._int_mm``): the ceiling a
+    convolution backend can approach on this machine, so that a ratio can be read against what is possible."""
+    import time
+
+    if precision == "int8":
+        a = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+        b = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+        product = torch._int_mm
+    else:
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        product = torch.mm
+    product(a, b)
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        product(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def benchmark(model: nn.Module, batch: torch.Tensor, backends: list[str], precisions: list[str],
               batch_sizes: list[int], seconds: float = 5.0, device: torch.device | None = None) -> list[dict]:
     """Images per second, latency and the ratio to eager fp32 at the same batch size, all in one run, on the
-    same real-pixel inputs. The warm-up (compilation, export) is excluded; rounds alternate between paths."""
+    same real-pixel inputs, with each precision's matrix-product peak beside them. The warm-up (compilation,
+    export) is excluded; rounds alternate between paths."""
     import time
 
     from .model import count_flops
@@ -187,15 +245,16 @@ def benchmark(model: nn.Module, batch: torch.Tensor, backends: list[str], precis
     torch.set_flush_denormal(True)
     flops = 2 * count_flops(model, size=batch.shape[-1])  # multiply-adds x 2
     paths = [("eager", "fp32")] + [(b, p) for b in backends for p in precisions if (b, p) != ("eager", "fp32")]
-    runners = {}
-    for backend, precision in paths:
-        try:
-            runners[(backend, precision)] = make_runner(model, backend, precision, device, batch.shape[-1],
-                                                        calibration=batch)
-        except (ValueError, ExportError) as exc:
-            logger.warning("skipping %s %s: %s", backend, precision, exc)
+    peaks = {p: matmul_peak(p) for p in {p for _, p in paths}} if device.type == "cpu" else {}
     results = []
     for size in batch_sizes:
+        runners = {}  # made per batch size: a compiled runner keeps the batch size it first sees
+        for backend, precision in paths:
+            try:
+                runners[(backend, precision)] = make_runner(model, backend, precision, device, batch.shape[-1],
+                                                            calibration=batch)
+            except (ValueError, ExportError) as exc:
+                logger.warning("skipping %s %s: %s", backend, precision, exc)
         x = batch[torch.arange(size) % len(batch)].contiguous().to(device)
         timings: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
         order = list(runners)
@@ -211,7 +270,14 @@ def benchmark(model: nn.Module, batch: torch.Tensor, backends: list[str], precis
         base = sorted(timings[("eager", "fp32")])[len(timings[("eager", "fp32")]) // 2]
         for (backend, precision), values in timings.items():
             median = sorted(values)[len(values) // 2]
+            achieved = flops * size / median / 1e9
+            peak = peaks.get(precision)
             results.append({"backend": backend, "precision": precision, "batch": size, "img_per_s": size / median,
                             "latency_ms": 1000 * median, "ratio_to_eager_fp32": base / median,
-                            "gflop_per_s": flops * size / median / 1e9, "runs": len(values)})
+                            "gflop_per_s": achieved, "matmul_peak_gflop_per_s": peak,
+                            "fraction_of_peak": achieved / peak if peak else None, "runs": len(values)})
     return results
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "ExportError", "available", "benchmark", "choose_backend", "fixed_batch",
+           "make_runner", "matmul_peak", "weights_key"]

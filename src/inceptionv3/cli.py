@@ -172,13 +172,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     model = args.model or args.weights
     pretrained = args.weights if (args.model and args.weights) else True
+    entries = list(expand_inputs(args.inputs))
     classifier = Classifier(model, pretrained, device=args.device, batch_size=args.batch_size,
                             workers=args.workers, crop_size=args.crop_size, backend=args.backend,
-                            precision=args.precision, calibration=_calibration_images(args.calibration))
-    print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}",
-          file=sys.stderr)
+                            precision=args.precision, calibration=_calibration_images(args.calibration),
+                            expected_images=len(entries))
+    print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
+          f"backend: {classifier.backend} {classifier.precision}", file=sys.stderr)
 
-    entries = list(expand_inputs(args.inputs))
     problems = {i: problem for i, (_, problem) in enumerate(entries) if problem}
     fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() if args.output else "text")
     if fmt not in ("text", "csv", "jsonl"):
@@ -254,12 +255,13 @@ def _cmd_test(args: argparse.Namespace) -> int:
     try:
         requested = args.ensemble or [args.model or args.weights]
         pretrained = args.weights if (args.model and args.weights and not args.ensemble) else True
-        members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
-                              crops=args.crops, backend=args.backend, precision=args.precision,
-                              calibration=_calibration_images(args.calibration))
-                   for name in requested]
         class_names = read_class_names(args.classes) if args.classes else None
         dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing).head(args.limit)
+        members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
+                              crops=args.crops, backend=args.backend, precision=args.precision,
+                              calibration=_calibration_images(args.calibration),
+                              expected_images=len(dataset) * args.crops)
+                   for name in requested]
         config = EvalConfig(data=str(args.data), ann=args.ann, models=tuple(requested), batch_size=args.batch_size,
                             limit=args.limit, crops=args.crops, real_labels=args.real_labels)
         outcome = evaluate(members, dataset, config, progress=not args.quiet)
@@ -392,11 +394,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     cpu = platform.processor() or platform.machine()
     print(f"# {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
           f"{', random weights (speed does not depend on them)' if not args.weights else ''}")
-    print("| backend | precision | batch | img/s | latency (ms) | x eager fp32 | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| backend | precision | batch | img/s | latency (ms) | x eager fp32 | GFLOP/s | % of matmul peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        peak = f"{100 * r['fraction_of_peak']:.0f} % of {r['matmul_peak_gflop_per_s']:.0f}" if r[
+            "fraction_of_peak"] else "-"
         print(f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['img_per_s']:.1f} | {r['latency_ms']:.1f} "
-              f"| {r['ratio_to_eager_fp32']:.2f} | {r['gflop_per_s']:.0f} |")
+              f"| {r['ratio_to_eager_fp32']:.2f} | {r['gflop_per_s']:.0f} | {peak} |")
     return 0
 
 
@@ -422,8 +426,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--workers", type=int, help="decoding threads per process (default: up to 4)")
-    p.add_argument("--backend", choices=BACKENDS, default="eager",
-                   help="eager (exact), compile, openvino, onnxruntime, or auto: the fastest installed")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (default): the fastest installed; eager: the reference's exact arithmetic")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: OpenVINO post-training quantisation, calibrated on --calibration")
     p.add_argument("--calibration", metavar="DIR", help="images like yours, for int8 (a few hundred)")
@@ -542,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="inception-v3_3rdparty_8xb32_in1k", help="zoo entry (random weights)")
     p.add_argument("--weights", help="a checkpoint file instead")
     p.add_argument("--backends", default="eager,compile,openvino,onnxruntime")
-    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, int8 (calibrated on the "
+                   "benchmark's own photo crops)")
     p.add_argument("--batch-sizes", default="1,16")
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per path and batch size")
     p.set_defaults(func=_cmd_benchmark)

@@ -192,6 +192,8 @@ def _describe_member(member: Classifier, requested: str) -> dict:
         "weights_sha256": file_digest(path) if path and Path(path).is_file() else None,
         "source": info.source if info is not None else None,
         "preprocessing": member.preprocess.describe(),
+        "backend": member.backend,
+        "precision": member.precision,
     }
 
 
