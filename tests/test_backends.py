@@ -81,6 +81,36 @@ def test_compile_runs_every_batch_size_through_one_compilation(trained_like_chec
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+def test_concurrent_runners_build_the_export_once(model_and_batch, monkeypatch):
+    """Two torchrun ranks start at once: one builds, the other waits and reuses it (the lock is per open file, so
+    threads show it as well as processes)."""
+    import threading
+    import time
+
+    model, batch = model_and_batch
+    builds = []
+    real_export = backends.export_model
+
+    def slow_export(*args, **kwargs):
+        builds.append(args[1])
+        time.sleep(1.0)  # widen the window in which the other thread arrives
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(backends, "export_model", slow_export)
+    runners = [None, None]
+
+    def make(i):
+        runners[i] = backends.make_runner(model, "onnxruntime", "fp32", torch.device("cpu"), 299)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert builds == ["onnx"]
+    torch.testing.assert_close(runners[0](batch[:2]), runners[1](batch[:2]))
+
+
 def test_classifier_with_a_backend_predicts_like_eager(trained_like_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
     photos = [str(p) for p in photo_paths()[:6]]

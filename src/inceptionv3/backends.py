@@ -85,24 +85,48 @@ def _cache_hit(folder: Path, files: list[Path], what: str) -> bool:
     return False
 
 
-def _write_manifest(folder: Path, files: list[Path]) -> None:
-    (folder / "manifest.json").write_text(json.dumps({f.name: file_digest(f) for f in files}))
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """One process at a time builds a cache entry (two torchrun ranks start together); others wait, then reuse it."""
+    with open(lock_path, "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; the manifest still keeps half-written files out
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached_files(name: str, filename: str, what: str, build: Callable[[Path], None]) -> Path:
+    """``compiled/<name>/<filename>`` (with its OpenVINO ``.bin``), built once by ``build(path)``. The manifest is
+    written last, so a crash mid-build leaves a miss, and a lock makes concurrent processes build it once."""
+    folder = cache_dir() / "compiled" / name
+    target = folder / filename
+    files = [target] + ([target.with_suffix(".bin")] if target.suffix == ".xml" else [])
+    if _cache_hit(folder, files, what):
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder.parent / f"{name}.lock"):
+        if not _cache_hit(folder, files, what):  # unless another process built it while this one waited
+            logger.info("building the %s in %s (once; later runs reuse it)", what, folder)
+            build(target)
+            (folder / "manifest.json").write_text(json.dumps({f.name: file_digest(f) for f in files}))
+    return target
 
 
 def _cached_export(model: nn.Module, fmt: str, shape: tuple[int, ...], precision: str) -> Path:
     """The exported file for these weights and shape, made once; a mismatching file is rebuilt."""
-    folder = cache_dir() / "compiled" / f"{weights_key(model)}-{fmt}-{precision}-{'x'.join(map(str, shape[1:]))}"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / ("model.xml" if fmt == "openvino" else "model.onnx")
-    files = [target] + ([target.with_suffix(".bin")] if fmt == "openvino" else [])
-    if _cache_hit(folder, files, f"{fmt} export"):
-        return target
-    written = export_model(model, fmt, target, example=torch.zeros(2, *shape[1:]), dynamic_batch=True)
-    _write_manifest(folder, files)
-    return written
+    name = f"{weights_key(model)}-{fmt}-{precision}-{'x'.join(map(str, shape[1:]))}"
+    return _cached_files(name, "model.xml" if fmt == "openvino" else "model.onnx", f"{fmt} export",
+                         lambda target: export_model(model, fmt, target, example=torch.zeros(2, *shape[1:]),
+                                                     dynamic_batch=True))
 
 
-def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Tensor):
+def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Tensor) -> Path:
     """Post-training int8 quantisation of the cached OpenVINO model with NNCF, calibrated on ``calibration``
     (normalised images from the data the model will see), cached by the calibration data's hash too."""
     require("nncf", "openvino", extra="int8")
@@ -111,19 +135,16 @@ def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Ten
 
     calibration_key = hashlib.sha256(calibration.contiguous().numpy().tobytes()).hexdigest()[:12]
     fp32_path = _cached_export(model, "openvino", shape, "fp32")
-    folder = fp32_path.parent.with_name(fp32_path.parent.name.replace("-fp32-", f"-int8-{calibration_key}-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / "model.xml"
-    files = [target, target.with_suffix(".bin")]
-    if _cache_hit(folder, files, "int8 model"):
-        return target
-    samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
-    with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout, where results go
-        quantized = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(samples),
-                                  subset_size=len(samples))
-    ov.save_model(quantized, str(target), compress_to_fp16=False)
-    _write_manifest(folder, files)
-    return target
+
+    def quantize(target: Path) -> None:
+        samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
+        with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout, where results go
+            quantized = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(samples),
+                                      subset_size=len(samples))
+        ov.save_model(quantized, str(target), compress_to_fp16=False)
+
+    name = fp32_path.parent.name.replace("-fp32-", f"-int8-{calibration_key}-")
+    return _cached_files(name, "model.xml", "int8 model", quantize)
 
 
 def fixed_batch(run: Runner) -> Runner:
