@@ -125,3 +125,23 @@ def test_demo_image_ships_with_attribution_and_fails_clearly_offline(tmp_path, m
     assert main(["predict", str(demo), "--model", "inception-v3_3rdparty_8xb32_in1k",
                  "--weights", str(trained_like_checkpoint)]) == 0
     assert capsys.readouterr().out.startswith(str(demo))
+
+
+def test_cache_lists_and_clears_downloads_and_exports(tmp_path, monkeypatch, capsys):
+    from inceptionv3.cli import main
+
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+    (tmp_path / "weights.pth").write_bytes(b"w" * 3_000_000)
+    export = tmp_path / "compiled" / "abc-openvino-fp32-3x299x299"
+    export.mkdir(parents=True)
+    (export / "model.bin").write_bytes(b"b" * 2_000_000)
+    (export / "model.xml").write_bytes(b"x" * 500_000)
+    assert main(["cache"]) == 0
+    listing = capsys.readouterr().out
+    assert f"3.0 MB  {tmp_path / 'weights.pth'}\n" in listing and f"2.5 MB  {export}\n" in listing
+    assert listing.rstrip().endswith(f"5.5 MB in {tmp_path}")
+    assert main(["cache", "--clear", "compiled"]) == 0
+    assert "2.5 MB freed" in capsys.readouterr().out
+    assert not export.exists() and (tmp_path / "weights.pth").exists()
+    assert main(["cache", "--clear", "all"]) == 0
+    assert not (tmp_path / "weights.pth").exists()

@@ -70,6 +70,29 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    """Downloads and compiled exports (about 100 MB each) accumulate; this shows them and frees the space."""
+    import shutil
+
+    from .weights import cache_dir
+
+    root = cache_dir()
+    entries = sorted([*root.glob("*"), *(root / "compiled").glob("*")]) if root.is_dir() else []
+    entries = [e for e in entries if e.name != "compiled" and not e.name.endswith(".lock")]
+    total = freed = 0
+    for entry in entries:
+        files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]
+        size = sum(f.stat().st_size for f in files)
+        total += size
+        remove = args.clear == "all" or (args.clear == "compiled" and entry.parent.name == "compiled")
+        print(f"{size / 1e6:9.1f} MB  {entry}{'  (removed)' if remove else ''}")
+        if remove:
+            freed += size
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    print(f"{total / 1e6:9.1f} MB in {root}" + (f", {freed / 1e6:.1f} MB freed" if args.clear else ""))
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import build_model
     from .weights import _class_names_for, _preset_for
@@ -453,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a retry")
     p.set_defaults(func=_cmd_download)
+
+    p = commands.add_parser("cache", help="list the downloaded weights and compiled exports, or clear them")
+    p.add_argument("--clear", choices=["compiled", "all"], help="remove the compiled exports, or everything")
+    p.set_defaults(func=_cmd_cache)
 
     p = commands.add_parser("convert", help="convert any supported checkpoint to canonical safetensors")
     p.add_argument("src", type=Path)
