@@ -14,7 +14,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from timing import model_only_rate
 
@@ -35,7 +34,7 @@ def main() -> None:
     classifier = Classifier(InceptionV3().eval(), batch_size=args.batch_size, workers=args.workers)
     batches = len(photos) // args.batch_size
     preset = classifier.preprocess
-    tensor = preset.normalize(np.stack([preset.load(p) for p in photos[:args.batch_size]]))
+    tensor = preset.batch(photos[:args.batch_size])
     classifier.scores(tensor)  # warm-up
 
     model_only, end_to_end = [], []

@@ -15,7 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from timing import model_only_rate
 
@@ -45,7 +44,7 @@ def main() -> None:
 
     classifier = Classifier(InceptionV3().eval(), batch_size=args.batch_size)
     preset = classifier.preprocess
-    tensor = preset.normalize(np.stack([preset.load(p) for p in dataset.items[:args.batch_size]]))
+    tensor = preset.batch(dataset.items[:args.batch_size])
     classifier.scores(tensor)  # warm-up
     batches = -(-len(dataset) // args.batch_size)
     model_only, end_to_end = [], []

@@ -9,7 +9,15 @@ import torch
 
 from inceptionv3 import get_model
 from inceptionv3.cli import main
-from inceptionv3.export import FP32_TOLERANCE, ExportError, load_runner, require, sample_batch, verify_export
+from inceptionv3.export import (
+    FP32_TOLERANCE,
+    OPENVINO_PRECISION_KEY,
+    ExportError,
+    load_runner,
+    require,
+    sample_batch,
+    verify_export,
+)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino", "torchscript", "torch-export"])
@@ -24,6 +32,10 @@ def test_dynamic_batch_exports_match_eager_on_real_pixels(fmt, trained_like_chec
     assert batch.shape == (10, 3, 299, 299)
     check = verify_export(model, load_runner(written, fmt), batch, (3,))  # a size the export never saw
     assert check.passed and check.max_abs_diff <= FP32_TOLERANCE * check.logit_range and check.logit_range > 1.0
+    if fmt == "openvino":  # fp32 is recorded in the file: OpenVINO would otherwise pick bf16 on bf16 CPUs
+        import openvino as ov
+
+        assert ov.Core().read_model(str(written)).get_rt_info(list(OPENVINO_PRECISION_KEY)).astype(str) == "f32"
 
 
 def test_a_fixed_batch_export_is_checked_at_its_size(trained_like_checkpoint, tmp_path, capsys):
@@ -58,3 +70,57 @@ def test_the_check_batch_is_made_of_real_photo_crops():
     batch = sample_batch(model.weights_info.preprocess)
     assert batch.shape[0] == 10 and torch.equal(batch[5:], batch[:5].flip(-1))  # 5 crops and their mirrors
     assert -3 < float(batch.min()) < -1 and 1 < float(batch.max()) < 3  # ImageNet-normalised photo pixels
+
+
+def test_bf16_export_really_computes_in_bf16_and_is_checked(trained_like_checkpoint, tmp_path, capsys):
+    import openvino as ov
+
+    from inceptionv3.export import BF16_TOLERANCE
+
+    out = tmp_path / "model-bf16.xml"
+    assert main(["export", str(trained_like_checkpoint), "--format", "openvino", "--precision", "bf16",
+                 "--dynamic-batch", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "openvino bf16" in printed and "top-1 agreement" in printed and ": ok" in printed
+    assert ov.Core().read_model(str(out)).get_rt_info(list(OPENVINO_PRECISION_KEY)).astype(str) == "bf16"
+    model = get_model(trained_like_checkpoint)
+    check = verify_export(model, load_runner(out, "openvino"), sample_batch(model.weights_info.preprocess), (4,),
+                          BF16_TOLERANCE)
+    # Visibly not fp32, and within the stated bf16 tolerance.
+    assert FP32_TOLERANCE * check.logit_range < check.max_abs_diff <= BF16_TOLERANCE * check.logit_range
+
+
+def test_int8_export_is_calibrated_and_checked_by_top1_agreement(trained_like_checkpoint, tmp_path, capsys):
+    import openvino as ov
+    from conftest import photo_paths
+
+    out = tmp_path / "model-int8.xml"
+    common = ["export", str(trained_like_checkpoint), "--format", "openvino", "--precision", "int8",
+              "--dynamic-batch", "--out", str(out)]
+    assert main(common) == 2
+    assert "int8 needs calibration images" in capsys.readouterr().err
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for photo in photo_paths()[:8]:
+        (calibration / photo.name).write_bytes(photo.read_bytes())
+    assert main([*common, "--calibration", str(calibration), "--min-agreement", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "openvino int8" in printed and not (tmp_path / "model-int8.fp32.xml").exists()
+    types = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
+    assert "FakeQuantize" in types  # really quantised
+    model = get_model(trained_like_checkpoint)
+    batch = sample_batch(model.weights_info.preprocess)
+    run = load_runner(out, "openvino")
+    with torch.no_grad():  # the check's own slices: batch sizes 1 and 7
+        same = [run(batch[:n]).argmax(1) == model(batch[:n]).argmax(1) for n in (1, 7)]
+    assert f"top-1 agreement {100 * float(torch.cat(same).float().mean()):.1f} %" in printed
+    # An agreement the export cannot reach fails it, and the file is removed.
+    assert main([*common, "--calibration", str(calibration), "--min-agreement", "1.01"]) == 1
+    assert "failed its check and was removed" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_low_precision_exports_other_than_openvino_are_refused(fmt, trained_like_checkpoint, tmp_path, capsys):
+    assert main(["export", str(trained_like_checkpoint), "--format", fmt, "--precision", "bf16",
+                 "--out", str(tmp_path / "m")]) == 2
+    assert "bf16 exports are OpenVINO models: use --format openvino" in capsys.readouterr().err

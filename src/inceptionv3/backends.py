@@ -13,14 +13,13 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .export import ExportError, export_model, require
+from .export import ExportError, export_model, quantize_openvino, require
 from .weights import cache_dir, file_digest
 
 logger = logging.getLogger("inceptionv3")
@@ -130,21 +129,11 @@ def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Ten
     """Post-training int8 quantisation of the cached OpenVINO model with NNCF, calibrated on ``calibration``
     (normalised images from the data the model will see), cached by the calibration data's hash too."""
     require("nncf", "openvino", extra="int8")
-    import nncf
-    import openvino as ov
-
     calibration_key = hashlib.sha256(calibration.contiguous().numpy().tobytes()).hexdigest()[:12]
     fp32_path = _cached_export(model, "openvino", shape, "fp32")
-
-    def quantize(target: Path) -> None:
-        samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
-        with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout, where results go
-            quantized = nncf.quantize(ov.Core().read_model(str(fp32_path)), nncf.Dataset(samples),
-                                      subset_size=len(samples))
-        ov.save_model(quantized, str(target), compress_to_fp16=False)
-
     name = fp32_path.parent.name.replace("-fp32-", f"-int8-{calibration_key}-")
-    return _cached_files(name, "model.xml", "int8 model", quantize)
+    return _cached_files(name, "model.xml", "int8 model",
+                         lambda target: quantize_openvino(fp32_path, calibration, target))
 
 
 def fixed_batch(run: Runner) -> Runner:

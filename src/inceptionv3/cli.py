@@ -377,7 +377,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model, load_runner, sample_batch, verify_export
+    from .export import LOW_PRECISION_MIN_AGREEMENT, TOLERANCES, export_model, load_runner, sample_batch, verify_export
     from .weights import get_model
 
     model = get_model(args.model, args.weights or True)
@@ -385,9 +385,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     batch = sample_batch(preset, args.check_images or ())
     example = batch[:2] if args.dynamic_batch else batch[:args.batch_size]  # size 1 would be traced as a constant
     sizes = (1, min(7, len(batch))) if args.dynamic_batch else (args.batch_size,)
-    path = export_model(model, args.format, args.out, example=example, dynamic_batch=args.dynamic_batch)
+    calibration = None
+    if args.calibration:
+        calibration = preset.batch(_calibration_images(args.calibration))
+    path = export_model(model, args.format, args.out, example=example, dynamic_batch=args.dynamic_batch,
+                        precision=args.precision, calibration=calibration)
+    min_agreement = args.min_agreement if args.min_agreement is not None else (
+        0.0 if args.precision == "fp32" else LOW_PRECISION_MIN_AGREEMENT)
     try:
-        check = verify_export(model, load_runner(path, args.format), batch, sizes)
+        check = verify_export(model, load_runner(path, args.format), batch, sizes, TOLERANCES[args.precision],
+                              min_agreement)
     except Exception as exc:  # an artefact that does not even run is a failed export
         check = None
         message = f"{type(exc).__name__}: {exc}"
@@ -397,7 +404,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         reason = check.describe() if check is not None else message
         print(f"inceptionv3 export: error: {path} failed its check and was removed: {reason}", file=sys.stderr)
         return 1
-    print(f"{path}: {args.format}, input N x 3 x {preset.crop} x {preset.crop} "
+    print(f"{path}: {args.format} {args.precision}, input N x 3 x {preset.crop} x {preset.crop} "
           f"({'dynamic' if args.dynamic_batch else args.batch_size} batch), preprocessing {preset.describe()}")
     print(f"check on real pixels: {check.describe()}")
     return 0
@@ -566,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (checked at two sizes)")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (without --dynamic-batch)")
     p.add_argument("--check-images", nargs="+", help="photos for the check (default: the packaged demo photo)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="bf16 and int8 (with --calibration): openvino only")
+    p.add_argument("--calibration", metavar="DIR", help="images like yours, for int8 (a few hundred)")
+    p.add_argument("--min-agreement", type=float,
+                   help="least top-1 agreement with eager fp32 on the check images (default 0.9 for bf16, int8)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export)
 

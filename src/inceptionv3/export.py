@@ -26,8 +26,18 @@ FORMATS = ("onnx", "openvino", "torchscript", "torch-export")
 #: Largest |logit difference| accepted for an fp32 export, as a fraction of the largest |logit| (at least 1):
 #: exporters reorder and fuse float operations, which costs about 1e-6 to 3e-5 of the range.
 FP32_TOLERANCE = 1e-4
+#: For bf16 (8 bits of mantissa) the difference measured 0.03 of the range on the digits model of the training
+#: section and up to 0.14 on the tests' random model (calibrated batch norm, head scaled x20).
+BF16_TOLERANCE = 0.25
+#: int8 moves single logits a long way (0.91 of the range on the digits model) while keeping the answers (199 of
+#: 200 top-1 the same), so bf16 and int8 exports must also agree with eager fp32 on the top-1 answer of at least
+#: this share of the check images; for int8 that is the whole check.
+LOW_PRECISION_MIN_AGREEMENT = 0.9
+TOLERANCES = {"fp32": FP32_TOLERANCE, "bf16": BF16_TOLERANCE, "int8": float("inf")}
 
 _EXTRAS = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
+OPENVINO_PRECISION_KEY = ("runtime_options", "INFERENCE_PRECISION_HINT")
+OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers left unquantised run in f32
 
 
 class ExportError(RuntimeError):
@@ -51,12 +61,51 @@ def sample_batch(preprocess: Preprocess, photos: Sequence[str | os.PathLike] = (
     return preprocess.normalize(np.concatenate(views))
 
 
+def quantize_openvino(fp32_xml: str | os.PathLike, calibration: torch.Tensor, out: str | os.PathLike) -> Path:
+    """NNCF post-training int8 quantisation of an OpenVINO fp32 model, calibrated on ``calibration`` (normalised
+    images like the real inputs), written to ``out``."""
+    import contextlib
+    import sys
+
+    require("nncf", "openvino", extra="int8")
+    import nncf
+    import openvino as ov
+
+    samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout, where results go
+        quantized = nncf.quantize(ov.Core().read_model(str(fp32_xml)), nncf.Dataset(samples),
+                                  subset_size=len(samples))
+    out = Path(out).with_suffix(".xml")
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return out
+
+
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, *, example: torch.Tensor,
-                 dynamic_batch: bool = False) -> Path:
-    """Write ``model`` in ``fmt`` to ``out``. ``example`` fixes the input shape (its batch too, unless dynamic)."""
+                 dynamic_batch: bool = False, precision: str = "fp32",
+                 calibration: torch.Tensor | None = None) -> Path:
+    """Write ``model`` in ``fmt`` to ``out``. ``example`` fixes the input shape (its batch too, unless dynamic).
+
+    ``precision="bf16"``: OpenVINO only, recorded as the model's inference precision (a whole-bf16 TorchScript
+    program lost 1 top-1 answer in 8 on the tests' model, where OpenVINO's bf16 lost none; for PyTorch, export fp32
+    and run it under ``torch.autocast``). ``"int8"``: OpenVINO only, quantised with NNCF on ``calibration``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    if precision not in TOLERANCES:
+        raise ExportError(f"precision must be one of {', '.join(TOLERANCES)}, got {precision!r}")
+    if precision != "fp32" and fmt != "openvino":
+        raise ExportError(f"{precision} exports are OpenVINO models: use --format openvino, or export {fmt} in fp32"
+                          + (" and run it under torch.autocast" if fmt in ("torchscript", "torch-export") else ""))
+    if precision == "int8":
+        if calibration is None or len(calibration) == 0:
+            raise ExportError("int8 needs calibration images from your data (--calibration DIR)")
+        fp32_xml = export_model(model, fmt, out.with_name(out.stem + ".fp32.xml"), example=example,
+                                dynamic_batch=dynamic_batch)
+        try:
+            return quantize_openvino(fp32_xml, calibration, out)
+        finally:
+            fp32_xml.unlink(missing_ok=True)
+            fp32_xml.with_suffix(".bin").unlink(missing_ok=True)
     if fmt == "onnx":
         require("onnx", extra="onnx")
         with warnings.catch_warnings():
@@ -72,6 +121,9 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, *, example:
         with warnings.catch_warnings():  # OpenVINO traces through torch.jit, which warns of its deprecation
             warnings.simplefilter("ignore")
             converted = ov.convert_model(model, example_input=example, input=[shape])
+        # OpenVINO quietly runs fp32 models in bf16 on CPUs that have bf16 (this one does), unless the application
+        # passes INFERENCE_PRECISION_HINT. The file records the precision it was checked at; load_runner reads it.
+        converted.set_rt_info(OPENVINO_HINTS[precision], list(OPENVINO_PRECISION_KEY))
         ov.save_model(converted, str(out.with_suffix(".xml")), compress_to_fp16=False)
         out = out.with_suffix(".xml")
     elif fmt == "torchscript":
@@ -102,7 +154,11 @@ def load_runner(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor], t
         require("openvino", extra="openvino")
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        core = ov.Core()
+        model = core.read_model(str(path))
+        recorded = model.get_rt_info(list(OPENVINO_PRECISION_KEY)).astype(str) if model.has_rt_info(
+            list(OPENVINO_PRECISION_KEY)) else "f32"
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": recorded})
         return lambda x: torch.from_numpy(compiled(x.numpy())[0].copy())
     if fmt == "torchscript":
         module = torch.jit.load(str(path)).eval()
@@ -120,12 +176,14 @@ def load_runner(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor], t
 
 @dataclass
 class ExportCheck:
-    """How an exported artefact compared with eager PyTorch on real pixels."""
+    """How an exported artefact compared with eager PyTorch fp32 on real pixels."""
 
     batch_sizes: tuple[int, ...]
     max_abs_diff: float
     tolerance: float
     logit_range: float
+    top1_agreement: float = 1.0
+    min_agreement: float = 0.0
 
     @property
     def limit(self) -> float:
@@ -133,19 +191,21 @@ class ExportCheck:
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= self.limit
+        return self.max_abs_diff <= self.limit and self.top1_agreement >= self.min_agreement
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
+        bound = f"limit {self.limit:.1e} = {self.tolerance:.0e} of it" if self.tolerance != float("inf") else "no limit"
         return (f"max |logit difference| {self.max_abs_diff:.2e} over batch sizes {list(self.batch_sizes)} "
-                f"(logits span +-{self.logit_range:.1f}; limit {self.limit:.1e} = {self.tolerance:.0e} of it): "
-                f"{verdict}")
+                f"(logits span +-{self.logit_range:.1f}; {bound}); top-1 agreement {100 * self.top1_agreement:.1f} %"
+                f"{f' (at least {100 * self.min_agreement:.0f} %)' if self.min_agreement else ''}: {verdict}")
 
 
 def verify_export(model: nn.Module, runner: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
-                  batch_sizes: Sequence[int], tolerance: float = FP32_TOLERANCE) -> ExportCheck:
-    """Run eager and exported side by side on slices of ``batch`` of each size."""
-    worst, span = 0.0, 0.0
+                  batch_sizes: Sequence[int], tolerance: float = FP32_TOLERANCE,
+                  min_agreement: float = 0.0) -> ExportCheck:
+    """Run eager fp32 and the export side by side on slices of ``batch`` of each size."""
+    worst, span, agree, seen = 0.0, 0.0, 0, 0
     for size in batch_sizes:
         x = batch[:size].contiguous()
         with torch.no_grad():
@@ -156,4 +216,6 @@ def verify_export(model: nn.Module, runner: Callable[[torch.Tensor], torch.Tenso
                               f"eager {tuple(expected.shape)}")
         worst = max(worst, float((got.float() - expected).abs().max()))
         span = max(span, float(expected.abs().max()))
-    return ExportCheck(tuple(batch_sizes), worst, tolerance, span)
+        agree += int((got.argmax(1) == expected.argmax(1)).sum())
+        seen += size
+    return ExportCheck(tuple(batch_sizes), worst, tolerance, span, agree / seen, min_agreement)

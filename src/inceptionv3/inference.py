@@ -178,7 +178,7 @@ class Classifier:
 
         images = None
         if calibration:
-            images = self.preprocess.normalize(np.stack([self.preprocess.load(item) for item in calibration]))
+            images = self.preprocess.batch(calibration)
         return make_runner(self.model, self.backend, self.precision, self.device, self.preprocess.crop,
                            calibration=images)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -212,6 +213,11 @@ class Preprocess:
     def __call__(self, item: ImageInput) -> torch.Tensor:
         """One input -> a normalised 3 x crop x crop tensor, like ``weights.transforms()(image)`` in torchvision."""
         return self.normalize(self.load(item)[None])[0]
+
+    def batch(self, items: Sequence[ImageInput]) -> torch.Tensor:
+        """Several inputs -> one normalised N x 3 x crop x crop batch, in order, decoded here (calibration data,
+        benchmarks); streaming work decodes in threads instead (``Classifier.predict``)."""
+        return self.normalize(np.stack([self.load(item) for item in items]))
 
 
 _warned_crops: set[tuple[str, int]] = set()
