@@ -201,7 +201,7 @@ def test_ensemble_averages_the_members(trained_like_checkpoint, tmp_path, labell
     state["state_dict"]["backbone.fc.bias"] += torch.randn(1000, generator=torch.Generator().manual_seed(1)) * 3
     torch.save(state, other)
     dataset = load_dataset(labelled / "val", labelled / "val.txt").head(4)
-    members = [Classifier(path, batch_size=4) for path in (trained_like_checkpoint, other)]
+    members = [Classifier(path, batch_size=4, backend="eager") for path in (trained_like_checkpoint, other)]
     config = EvalConfig(data=str(labelled / "val"), models=("a", "b"))
     report, scores, _ = evaluate(members, dataset, config, progress=False)
     single = EvalConfig(data=str(labelled / "val"), models=("x",))

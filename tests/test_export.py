@@ -88,6 +88,10 @@ def test_bf16_export_really_computes_in_bf16_and_is_checked(trained_like_checkpo
                           BF16_TOLERANCE)
     # Visibly not fp32, and within the stated bf16 tolerance.
     assert FP32_TOLERANCE * check.logit_range < check.max_abs_diff <= BF16_TOLERANCE * check.logit_range
+    # An agreement the export cannot reach fails it, and the file is removed.
+    assert main(["export", str(trained_like_checkpoint), "--format", "openvino", "--precision", "bf16",
+                 "--min-agreement", "1.01", "--out", str(out)]) == 1
+    assert "(at least 101 %): FAILED" in capsys.readouterr().err and not out.exists()
 
 
 def test_int8_export_is_calibrated_and_checked_by_top1_agreement(trained_like_checkpoint, tmp_path, capsys):
@@ -114,9 +118,6 @@ def test_int8_export_is_calibrated_and_checked_by_top1_agreement(trained_like_ch
     with torch.no_grad():  # the check's own slices: batch sizes 1 and 7
         same = [run(batch[:n]).argmax(1) == model(batch[:n]).argmax(1) for n in (1, 7)]
     assert f"top-1 agreement {100 * float(torch.cat(same).float().mean()):.1f} %" in printed
-    # An agreement the export cannot reach fails it, and the file is removed.
-    assert main([*common, "--calibration", str(calibration), "--min-agreement", "1.01"]) == 1
-    assert "failed its check and was removed" in capsys.readouterr().err and not out.exists()
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

@@ -139,8 +139,8 @@ def test_small_crop_on_imagenet_weights_warns_once(monkeypatch):
     monkeypatch.setattr("inceptionv3.preprocess._warned_crops", set())
     model = InceptionV3()
     with pytest.warns(UserWarning, match="crop 224 is smaller than the 299"):
-        Classifier(model, crop_size=224)
+        Classifier(model, crop_size=224, backend="eager")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Classifier(model, crop_size=224)  # the second time is silent
-        Classifier(InceptionV3(num_classes=10), crop_size=224)  # not ImageNet weights: no warning
+        Classifier(model, crop_size=224, backend="eager")  # the second time is silent
+        Classifier(InceptionV3(num_classes=10), crop_size=224, backend="eager")  # not ImageNet weights: no warning
