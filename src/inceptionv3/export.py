@@ -73,8 +73,10 @@ def quantize_openvino(fp32_xml: str | os.PathLike, calibration: torch.Tensor, ou
 
     samples = [calibration[i:i + 1].numpy() for i in range(len(calibration))]
     with contextlib.redirect_stdout(sys.stderr):  # NNCF draws progress bars on stdout, where results go
+        # Full bias correction (not NNCF's fast one): on the digits model it keeps 178 of 179 held-out answers
+        # instead of 173, for 1.5x the calibration time; on the Omniglot model both keep 254 of 272.
         quantized = nncf.quantize(ov.Core().read_model(str(fp32_xml)), nncf.Dataset(samples),
-                                  subset_size=len(samples))
+                                  subset_size=len(samples), fast_bias_correction=False)
     out = Path(out).with_suffix(".xml")
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
