@@ -12,14 +12,13 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .export import ExportError, export_model, quantize_openvino, require
+from .export import ExportError, export_model, load_runner, quantize_openvino, require
 from .weights import cache_dir, file_digest
 
 logger = logging.getLogger("inceptionv3")
@@ -31,10 +30,10 @@ Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
 def available(backend: str) -> bool:
+    """Whether the backend's package is installed (the PyTorch ones always are)."""
     import importlib.util
 
-    module = {"openvino": "openvino", "onnxruntime": "onnxruntime"}.get(backend)
-    return module is None or importlib.util.find_spec(module) is not None
+    return backend not in ("openvino", "onnxruntime") or importlib.util.find_spec(backend) is not None
 
 
 # Where the fast paths start to pay, measured on 2 CPU cores at 299 x 299 (README). OpenVINO saves about 45 ms
@@ -51,14 +50,17 @@ def choose_backend(device: torch.device, precision: str = "fp32", images: int | 
     takes 5 s once, then 0.25 s from the cache); then ONNX Runtime for fp32; then ``torch.compile`` when the run
     is long enough to repay its warm-up; else eager. Eager on GPUs and MPS (with AMP for bf16)."""
     if precision == "int8":
-        return "openvino"
-    if device.type != "cpu" or (images is not None and images < FAST_PATH_WORTH_IT_IMAGES):
-        return "eager"
-    if available("openvino"):
-        return "openvino"
-    if precision == "fp32" and available("onnxruntime"):
-        return "onnxruntime"
-    return "compile" if images is not None and images >= COMPILE_WORTH_IT_IMAGES else "eager"
+        chosen = "openvino"
+    elif device.type != "cpu" or (images is not None and images < FAST_PATH_WORTH_IT_IMAGES):
+        chosen = "eager"
+    elif available("openvino"):
+        chosen = "openvino"
+    elif precision == "fp32" and available("onnxruntime"):
+        chosen = "onnxruntime"
+    else:
+        chosen = "compile" if images is not None and images >= COMPILE_WORTH_IT_IMAGES else "eager"
+    logger.info("backend %s %s (auto, %s, %s images)", chosen, precision, device, images or "unknown")
+    return chosen
 
 
 def weights_key(model: nn.Module) -> str:
@@ -168,7 +170,6 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend == "auto":
         backend = choose_backend(device, precision)
-        logger.info("backend %s (auto, %s)", backend, device.type)
     if precision == "int8" and backend != "openvino":
         raise ValueError("int8 runs on the openvino backend (NNCF post-training quantisation)")
     if precision == "int8" and (calibration is None or len(calibration) == 0):
@@ -196,26 +197,14 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
         return fixed_batch(run_fixed)
     if backend == "openvino":
         require("openvino", extra="openvino")
-        import openvino as ov
-
         path = _int8_model(model, shape, calibration) if precision == "int8" else _cached_export(
             model, "openvino", shape, "fp32")
-        hint = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                "PERFORMANCE_HINT": "THROUGHPUT" if os.cpu_count() and os.cpu_count() > 4 else "LATENCY"}
-        compiled_ov = ov.Core().compile_model(str(path), "CPU", hint)
-        return lambda x: torch.from_numpy(compiled_ov(x.numpy())[0].copy())
+        return load_runner(path, "openvino", precision)  # bf16: the fp32 file, compiled for bf16
     # onnxruntime
     if precision != "fp32":
         raise ValueError("onnxruntime runs fp32 here; use openvino or compile for bf16")
     require("onnxruntime", extra="onnx")
-    import onnxruntime as ort
-
-    path = _cached_export(model, "onnx", shape, "fp32")
-    options = ort.SessionOptions()
-    # Spinning worker threads would keep the cores busy between calls, slowing whatever runs next.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    return load_runner(_cached_export(model, "onnx", shape, "fp32"), "onnx")
 
 
 def matmul_peak(precision: str, seconds: float = 1.0, size: int = 2048) -> float:

@@ -161,9 +161,8 @@ class Classifier:
             from .backends import choose_backend
 
             backend = choose_backend(self.device, precision, expected_images)
-            logger.info("backend %s %s (auto, %s)", backend, precision, self.device)
         self.backend, self.precision = backend, precision
-        self._runner = None if backend == "eager" and precision == "fp32" else self._make_runner(calibration)
+        self._runner = self._make_runner(calibration)
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
 
@@ -186,8 +185,7 @@ class Classifier:
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         """Softmax scores for a normalised N x 3 x H x W batch, on the CPU, float32."""
         batch = batch.to(self.device, non_blocking=True)
-        logits = self.model(batch) if self._runner is None else self._runner(batch)
-        return torch.softmax(logits.float(), dim=1).cpu()
+        return torch.softmax(self._runner(batch).float(), dim=1).cpu()
 
     def _load(self, item: ImageInput, name: str) -> np.ndarray:
         rgb = load_image(item, decoder=self.preprocess.backend, name=name, max_pixels=self.max_pixels)
