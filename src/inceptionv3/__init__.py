@@ -2,6 +2,7 @@
 
 from .checkpoints import CheckpointError, fold_transform_input, read_checkpoint, save_canonical
 from .decode import ImageLoadError, load_image
+from .errors import DatasetError, DownloadError, ExportError, InceptionV3Error, InputError
 from .inference import Classifier, Prediction, PredictionError, inference_model
 from .model import InceptionOutputs, InceptionV3, count_flops, count_parameters
 from .preprocess import PRESETS, Preprocess
@@ -24,4 +25,5 @@ __all__ = [
     "read_checkpoint", "save_canonical", "fold_transform_input", "CheckpointError", "WeightsDownloadError",
     "inference_model", "Classifier", "Prediction", "PredictionError", "ImageLoadError", "load_image",
     "Preprocess", "PRESETS",
+    "InceptionV3Error", "InputError", "DatasetError", "DownloadError", "ExportError",
 ]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import CheckpointError
 from .model import InceptionV3
 
 SOURCES = ("mmpretrain", "torchvision", "timm", "keras", "tf-slim", "inceptionv3")
@@ -44,10 +45,6 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 def count_include_pad_for(source: str) -> bool:
     """The average-pool padding convention of a checkpoint source (True unless TensorFlow-trained)."""
     return _COUNT_INCLUDE_PAD.get(source, True)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
 
 @dataclass

@@ -24,13 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from .decode import IMAGE_EXTENSIONS, ImageInput, find_images
+from .errors import DatasetError
 from .weights import imagenet_wnids
 
 _SHOW = 5  # offenders named in an error message
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be scored as given; the message names the first few offenders."""
 
 
 def _first(offenders: Sequence[str], total: int | None = None) -> str:

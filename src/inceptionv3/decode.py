@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 #: Pillow's own hard limit: twice its warning threshold. A larger image is refused before it is decoded.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 
@@ -40,7 +42,7 @@ DECODERS = ("cv2", "pil")
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError):
     """An input that cannot become an image. ``source`` names it (a path, or ``<bytes #3>``), ``reason`` says why."""
 
     def __init__(self, source: str, reason: str):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .decode import load_image
+from .errors import ExportError
 from .preprocess import Preprocess
 
 FORMATS = ("onnx", "openvino", "torchscript", "torch-export")
@@ -38,10 +39,6 @@ TOLERANCES = {"fp32": FP32_TOLERANCE, "bf16": BF16_TOLERANCE, "int8": float("inf
 _EXTRAS = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 OPENVINO_PRECISION_KEY = ("runtime_options", "INFERENCE_PRECISION_HINT")
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers left unquantised run in f32
-
-
-class ExportError(RuntimeError):
-    """An export that could not be written or did not reproduce eager PyTorch."""
 
 
 def require(*modules: str, extra: str) -> None:

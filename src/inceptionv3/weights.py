@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import torch
 
 from .checkpoints import Checkpoint, CheckpointError, build_model, count_include_pad_for, read_checkpoint
+from .errors import DownloadError
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
 
@@ -244,8 +245,7 @@ def get_entry(name: str) -> WeightsEntry:
 # Download
 
 
-class WeightsDownloadError(RuntimeError):
-    """No URL gave a verified file; the message lists what was tried and what to do instead."""
+WeightsDownloadError = DownloadError  # the name earlier releases exported
 
 
 def cache_dir() -> Path:
