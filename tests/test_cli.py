@@ -64,3 +64,34 @@ def test_convert_bad_file_names_it(tmp_path, capsys):
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "inceptionv3", "list"], capture_output=True, text=True, check=True)
     assert "inception_v3.tv_in1k" in result.stdout
+
+
+def test_version_is_the_installed_one(capsys):
+    import importlib.metadata
+
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"inceptionv3 {importlib.metadata.version('inceptionv3')}"
+
+
+def test_our_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import pytest
+
+    from inceptionv3 import cli
+    from inceptionv3.errors import CheckpointError
+
+    def user_error(args):
+        raise CheckpointError("weights.pth: not a checkpoint")
+
+    def bug(args):
+        raise KeyError("a real bug")
+
+    monkeypatch.setattr(cli, "_cmd_list", user_error)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "inceptionv3 list: error: weights.pth: not a checkpoint\n"
+    monkeypatch.setattr(cli, "_cmd_list", bug)
+    with pytest.raises(KeyError, match="a real bug"):
+        main(["list"])

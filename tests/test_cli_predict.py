@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -145,3 +146,122 @@ def test_cache_lists_and_clears_downloads_and_exports(tmp_path, monkeypatch, cap
     assert not export.exists() and (tmp_path / "weights.pth").exists()
     assert main(["cache", "--clear", "all"]) == 0
     assert not (tmp_path / "weights.pth").exists()
+
+
+def _checkpoint_like(source: Path, dest: Path, edit=None, classes=None) -> Path:
+    """A copy of an mmpretrain-layout checkpoint with its state dict edited or its class names replaced."""
+    import torch
+
+    saved = torch.load(source, weights_only=True)
+    if edit:
+        edit(saved["state_dict"])
+    if classes is not None:
+        saved["meta"]["dataset_meta"]["classes"] = classes
+    torch.save(saved, dest)
+    return dest
+
+
+def _strict_json(line: str) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_nan_weights_fail_each_file_and_jsonl_stays_strict_json(trained_like_checkpoint, tmp_path, capsys):
+    broken = _checkpoint_like(trained_like_checkpoint, tmp_path / "nan.pth",
+                              edit=lambda state: state["backbone.fc.weight"][0].fill_(float("nan")))
+    photos = [str(p) for p in photo_paths()[:2]]
+    out = tmp_path / "rows.jsonl"
+    assert main(["predict", *photos, "--weights", str(broken), "--output", str(out), "--backend", "eager"]) == 1
+    records = [_strict_json(line) for line in out.read_text().splitlines()]
+    assert [r["path"] for r in records] == photos
+    assert all("not finite" in r["error"] and r["pred_score"] is None for r in records)
+    assert "0 ok, 2 failed" in capsys.readouterr().err
+
+
+def test_names_that_are_not_utf8_are_escaped_and_no_row_is_lost(trained_like_checkpoint, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    raw_names = [b"caf\xe9.jpg", b"plain.jpg", b"\xff\xfe.jpg"]
+    for raw, photo in zip(raw_names, photo_paths(), strict=False):
+        shutil.copy(photo, os.path.join(os.fsencode(folder), raw))
+    out = tmp_path / "rows.csv"
+    assert main(["predict", str(folder), "--weights", str(trained_like_checkpoint), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(["caf\\xe9.jpg", "plain.jpg", "\\xff\\xfe.jpg"])
+    assert all(r["pred_label"] and not r["error"] for r in rows)
+
+
+def test_csv_cells_that_look_like_formulas_are_neutralised(trained_like_checkpoint, tmp_path, monkeypatch):
+    names = ["=HYPERLINK(1).jpg", "@sum.jpg"]
+    for name, photo in zip(names, photo_paths(), strict=False):
+        shutil.copy(photo, tmp_path / name)
+    monkeypatch.chdir(tmp_path)  # relative names, so that the cells start with = and @
+    classes = [f"+cmd{i}" if i % 2 else f"-cmd{i}" for i in range(1000)]
+    weights = _checkpoint_like(trained_like_checkpoint, tmp_path / "classes.pth", classes=classes)
+    out = tmp_path / "rows.csv"
+    assert main(["predict", *names, "--weights", str(weights), "--output", str(out), "--topk", "2"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == ["'=HYPERLINK(1).jpg", "'@sum.jpg"]
+    for row in rows:
+        label = int(row["pred_label"])  # numbers stay numbers
+        assert row["pred_class"] == "'" + classes[label] and row["top2_class"].startswith(("'+", "'-"))
+        assert 0 < float(row["pred_score"]) <= 1
+
+
+def test_ctrl_c_keeps_the_rows_written_and_prints_the_summary(trained_like_checkpoint, tmp_path, monkeypatch,
+                                                              capsys):
+    from inceptionv3.inference import Classifier
+
+    real_run_chunk, calls = Classifier._run_chunk, []
+
+    def interrupt_on_second_batch(self, chunk, batch_size):
+        calls.append(len(chunk))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_chunk(self, chunk, batch_size)
+
+    monkeypatch.setattr(Classifier, "_run_chunk", interrupt_on_second_batch)
+    photos = [str(p) for p in photo_paths()[:3]]
+    out = tmp_path / "rows.csv"
+    try:
+        code = main(["predict", *photos, "--weights", str(trained_like_checkpoint), "--batch-size", "1",
+                     "--output", str(out)])
+    except KeyboardInterrupt:
+        code = "the interrupt escaped"
+    assert code == 130
+    assert [r["path"] for r in csv.DictReader(out.open())] == photos[:1]
+    assert "interrupted after 1 of 3 inputs: 1 ok, 0 failed" in capsys.readouterr().err
+
+
+def test_a_bad_output_name_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from inceptionv3 import inference
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before --output was checked")
+
+    monkeypatch.setattr(inference, "Classifier", must_not_load)
+    assert main(["predict", str(photo_paths()[0]), "--output", str(tmp_path / "rows.xlsx")]) == 2
+    assert "rows.xlsx" in capsys.readouterr().err
+
+
+def test_every_command_that_loads_weights_takes_transform_input(trained_like_checkpoint, monkeypatch):
+    from inceptionv3 import weights
+
+    seen = []
+    real_get_model = weights.get_model
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("transform_input"))
+        return real_get_model(*args, **kwargs)
+
+    monkeypatch.setattr(weights, "get_model", spy)
+    monkeypatch.setattr("inceptionv3.inference.get_model", spy)
+    assert main(["predict", str(photo_paths()[0]), "--weights", str(trained_like_checkpoint),
+                 "--transform-input"]) == 0
+    assert seen == [True]
+    from inceptionv3.cli import build_parser
+
+    for argv in (["test", "--data", "d"], ["export", "m", "--format", "onnx", "--out", "o"], ["benchmark"],
+                 ["convert", "a", "b"]):
+        assert build_parser().parse_args([*argv, "--transform-input"]).transform_input is True, argv[0]

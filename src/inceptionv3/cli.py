@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import SOURCES, CheckpointError, read_checkpoint, save_canonical
+from . import __version__
+from .checkpoints import SOURCES, read_checkpoint, save_canonical
+from .errors import InceptionV3Error, InputError
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -143,8 +145,34 @@ def expand_inputs(arguments: list[str], stdin=None) -> Iterator[tuple[str, str |
             yield argument, None
 
 
+def printable(name: str) -> str:
+    """A file name as text that any UTF-8 file or terminal accepts: bytes that are not UTF-8 (which Python keeps
+    as lone surrogates) are written as ``\\xNN``, so a row is never lost to an odd name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run: text starting with ``= + - @``, tab or carriage return gets a
+    leading apostrophe (OWASP's advice against CSV injection). Numbers are left alone."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def output_format(output: str | None, fmt: str | None) -> str:
+    """text, csv or jsonl, from ``--format`` or the ``--output`` suffix; checked before any model is loaded."""
+    fmt = fmt or (Path(output).suffix.lstrip(".").lower() if output else "text")
+    if fmt not in ("text", "csv", "jsonl"):
+        raise InputError(f"--output {output}: use a .csv or .jsonl file name, or --format")
+    return fmt
+
+
 class _Rows:
-    """Writes result rows as they arrive, in text, CSV or JSONL, so that a long run can be followed."""
+    """Writes result rows as they arrive, in text, CSV or JSONL, so that a long run can be followed. Names are
+    written with ``printable``; CSV cells are guarded by ``csv_cell``; JSONL is strict JSON (no bare NaN)."""
 
     def __init__(self, stream, fmt: str, topk: int):
         self.stream, self.fmt, self.topk = stream, fmt, topk
@@ -156,17 +184,18 @@ class _Rows:
             self.writer.writerow(header + ["error"])
 
     def write(self, path: str, top: list[tuple[int, str | None, float]], error: str | None) -> None:
+        path, error = printable(path), error and printable(error)
         best = top[0] if top else (None, None, None)
         if self.fmt == "jsonl":
             record = {"path": path, "pred_label": best[0], "pred_class": best[1], "pred_score": best[2],
                       "topk": [{"label": label, "class": name, "score": score} for label, name, score in top],
                       "error": error or ""}
-            self.stream.write(json.dumps(record) + "\n")
+            self.stream.write(json.dumps(record, allow_nan=False) + "\n")
         elif self.fmt == "csv":
             row = [path, *("" if v is None else v for v in best)]
             for rank in range(self.topk):
                 row += list(top[rank]) if rank < len(top) else ["", "", ""]
-            self.writer.writerow(row + [error or ""])
+            self.writer.writerow([csv_cell(cell) for cell in row + [error or ""]])
         elif error:
             self.stream.write(f"{path}\n  error: {error}\n")
         else:
@@ -193,30 +222,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .inference import Classifier
     from .visualize import save_topk
 
+    fmt = output_format(args.output, args.format)  # a typo in --output fails now, not after the model loads
     model = args.model or args.weights
     pretrained = args.weights if (args.model and args.weights) else True
     entries = list(expand_inputs(args.inputs))
     classifier = Classifier(model, pretrained, device=args.device, batch_size=args.batch_size,
                             workers=args.workers, crop_size=args.crop_size, backend=args.backend,
                             precision=args.precision, calibration=_calibration_images(args.calibration),
-                            expected_images=len(entries))
+                            expected_images=len(entries), transform_input=args.transform_input)
     print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
           f"backend: {classifier.backend} {classifier.precision}", file=sys.stderr)
 
     problems = {i: problem for i, (_, problem) in enumerate(entries) if problem}
-    fmt = args.format or (Path(args.output).suffix.lstrip(".").lower() if args.output else "text")
-    if fmt not in ("text", "csv", "jsonl"):
-        raise ValueError(f"--output {args.output}: use a .csv or .jsonl file name, or --format")
     stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     rows = _Rows(stream, fmt, args.topk)
     failures: Counter[str] = Counter()
     failed_paths: list[str] = []
     used_names: set[str] = set()
+    written = 0
+    interrupted = False
     progress = tqdm(total=len(entries), unit="img", file=sys.stderr, dynamic_ncols=True,
                     disable=None if len(entries) > args.batch_size and not args.quiet else True)
+    readable = (path for i, (path, _) in enumerate(entries) if i not in problems)
+    predictions = classifier.predict(readable)
     try:
-        readable = (path for i, (path, _) in enumerate(entries) if i not in problems)
-        predictions = iter(classifier.predict(readable))
         for path, problem in entries:
             if problem:
                 top, error = [], problem
@@ -224,24 +253,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 prediction = next(predictions)
                 top, error = prediction.topk(args.topk, classifier.class_names), prediction.error
             rows.write(path, top, error)
+            written += 1
             progress.update(1)
             if error:
                 failures[error.split(" (")[0]] += 1
-                failed_paths.append(path)
+                failed_paths.append(printable(path))
             elif args.save_vis:
                 save_topk(_unique_png(Path(args.save_vis), path, used_names), load_image(path), top,
-                          title=f"{Path(path).name} | {model}")
+                          title=f"{printable(Path(path).name)} | {model}")
+    except KeyboardInterrupt:  # Ctrl-C: keep every row written so far and still say how far it got
+        interrupted = True
     finally:
+        predictions.close()
         progress.close()
         if stream is not sys.stdout:
             stream.close()
 
-    ok = len(entries) - len(failed_paths)
+    ok = written - len(failed_paths)
     summary = f"{ok} ok, {len(failed_paths)} failed"
+    if interrupted:
+        summary = f"interrupted after {written} of {len(entries)} inputs: " + summary
     if failures:
         summary += ": " + "; ".join(f"{count} x {reason}" for reason, count in failures.most_common())
         summary += "\n  failed: " + ", ".join(failed_paths[:10]) + (" ..." if len(failed_paths) > 10 else "")
     print(summary + (f" (results in {args.output})" if args.output else ""), file=sys.stderr)
+    if interrupted:
+        return 130
     return 1 if failed_paths and not args.allow_failures else 0
 
 
@@ -282,6 +319,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
         dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing).head(args.limit)
         members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
                               crops=args.crops, backend=args.backend, precision=args.precision,
+                              transform_input=args.transform_input,
                               calibration=_calibration_images(args.calibration),
                               expected_images=len(dataset) * args.crops)
                    for name in requested]
@@ -347,9 +385,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             trainer = Trainer.resume(args.resume)
         else:
             if not args.data or not args.out:
-                raise ValueError("--data and --out are required (or --resume RUN_DIR)")
+                raise InputError("--data and --out are required (or --resume RUN_DIR)")
             if args.epochs is not None and args.max_steps is not None:
-                raise ValueError("give --epochs or --max-steps, not both")
+                raise InputError("give --epochs or --max-steps, not both")
             config = TrainConfig(
                 data=args.data, out=args.out, recipe=args.recipe, val=args.val, val_split=args.val_split,
                 label_by=args.label_by, model=args.model, weights=args.weights, epochs=args.epochs,
@@ -380,7 +418,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import LOW_PRECISION_MIN_AGREEMENT, TOLERANCES, export_model, load_runner, sample_batch, verify_export
     from .weights import get_model
 
-    model = get_model(args.model, args.weights or True)
+    model = get_model(args.model, args.weights or True, transform_input=args.transform_input)
     preset = model.weights_info.preprocess
     batch = sample_batch(preset, args.check_images or ())
     example = batch[:2] if args.dynamic_batch else batch[:args.batch_size]  # size 1 would be traced as a constant
@@ -417,7 +455,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .export import sample_batch
     from .weights import get_model
 
-    model = get_model(args.weights) if args.weights else get_model(args.model, pretrained=False)
+    model = (get_model(args.weights, transform_input=args.transform_input) if args.weights
+             else get_model(args.model, pretrained=False))
     batch = sample_batch(model.weights_info.preprocess)
     rows = benchmark(model.eval(), batch, args.backends.split(","), args.precision.split(","),
                      [int(b) for b in args.batch_sizes.split(",")], seconds=args.seconds)
@@ -441,13 +480,20 @@ def _calibration_images(folder: str | None) -> list[str] | None:
         return None
     images = [str(p) for p in find_images(folder)][:300]
     if not images:
-        raise ValueError(f"--calibration {folder}: no images there")
+        raise InputError(f"--calibration {folder}: no images there")
     return images
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
     p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
+    _add_transform_input(p)
+
+
+def _add_transform_input(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--transform-input", action="store_true",
+                   help="the checkpoint expects torchvision's transform_input (folded into the weights); "
+                        "torchvision's own Google file is recognised without it")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -469,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
 
     parser = argparse.ArgumentParser(prog="inceptionv3", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("list", help="list the weight zoo")
@@ -492,8 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--source", choices=SOURCES, help="checkpoint format (detected when omitted)")
-    p.add_argument("--transform-input", action="store_true",
-                   help="the checkpoint expects torchvision's transform_input (folded into the weights)")
+    _add_transform_input(p)
     p.add_argument("--preprocess", choices=sorted(PRESETS), help="preset to record (default: the source's)")
     p.add_argument("--drop-aux", action="store_true", help="leave out the auxiliary head")
     p.set_defaults(func=_cmd_convert)
@@ -569,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="export to ONNX, OpenVINO, TorchScript or torch.export, then check it")
     p.add_argument("model", help="zoo name or checkpoint file")
     p.add_argument("--weights", help="with a zoo name: load this file into it")
+    _add_transform_input(p)
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (checked at two sizes)")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (without --dynamic-batch)")
@@ -584,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("benchmark", help="images per second of each backend against eager fp32, one run")
     p.add_argument("--model", default="inception-v3_3rdparty_8xb32_in1k", help="zoo entry (random weights)")
     p.add_argument("--weights", help="a checkpoint file instead")
+    _add_transform_input(p)
     p.add_argument("--backends", default="eager,compile,openvino,onnxruntime")
     p.add_argument("--precision", default="fp32,bf16", help="comma-separated: fp32, bf16, int8 (calibrated on the "
                    "benchmark's own photo crops)")
@@ -594,9 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .export import ExportError
-    from .weights import WeightsDownloadError
-
+    """Our errors (a bad file, argument, download or dataset) print one line naming the culprit and exit 2;
+    anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
     if args.command in ("predict", "test") and args.model is None and args.weights is None:
         from .inference import DEFAULT_MODEL
@@ -609,8 +656,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (CheckpointError, WeightsDownloadError, ExportError, KeyError, ValueError, FileNotFoundError,
-            FileExistsError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"inceptionv3 {args.command}: error: {message}", file=sys.stderr)
+    except InceptionV3Error as exc:
+        print(f"inceptionv3 {args.command}: error: {printable(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug or the system, keep the traceback
+            raise
+        print(f"inceptionv3 {args.command}: error: {printable(str(exc.filename))}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"inceptionv3 {args.command}: interrupted", file=sys.stderr)
+        return 130

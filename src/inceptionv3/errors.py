@@ -15,6 +15,13 @@ class InputError(InceptionV3Error, ValueError):
     """An argument or input file that cannot be used as given."""
 
 
+class UnknownModelError(InputError, KeyError):
+    """A name that is neither in the zoo nor an existing file (a ``KeyError`` too, as it was before)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
 class CheckpointError(InceptionV3Error, ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
 
@@ -31,4 +38,5 @@ class ExportError(InceptionV3Error, RuntimeError):
     """An export that could not be written or did not reproduce eager PyTorch."""
 
 
-__all__ = ["CheckpointError", "DatasetError", "DownloadError", "ExportError", "InceptionV3Error", "InputError"]
+__all__ = ["CheckpointError", "DatasetError", "DownloadError", "ExportError", "InceptionV3Error", "InputError",
+           "UnknownModelError"]

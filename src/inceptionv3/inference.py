@@ -24,12 +24,16 @@ import torch
 from torch import nn
 
 from .decode import MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input, load_image
+from .errors import InputError
 from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
 from .weights import get_model, imagenet_classes
 
 logger = logging.getLogger("inceptionv3")
 
 DEFAULT_MODEL = "inception-v3_3rdparty_8xb32_in1k"
+
+#: The per-image error when the model's scores are NaN or infinite (broken weights, or an fp16 overflow).
+NON_FINITE_OUTPUT = "the model's output is not finite (NaN or inf); check the weights for NaN or inf values"
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -38,9 +42,9 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         chosen = torch.device(device)
         if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r}: CUDA is not available on this machine")
+            raise InputError(f"device={str(device)!r}: CUDA is not available on this machine")
         if chosen.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError(f"device={str(device)!r}: Apple MPS is not available on this machine")
+            raise InputError(f"device={str(device)!r}: Apple MPS is not available on this machine")
         logger.info("device %s (requested)", chosen)
         return chosen
     if torch.cuda.is_available():
@@ -130,16 +134,18 @@ class Classifier:
         calibration: Sequence[ImageInput] | None = None,
         max_pixels: int = MAX_IMAGE_PIXELS,
         expected_images: int | None = None,
+        transform_input: bool = False,
     ):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if crops not in VIEW_COUNTS:
-            raise ValueError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
-        self.model = model if isinstance(model, nn.Module) else get_model(model, pretrained)
+            raise InputError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
+        self.model = model if isinstance(model, nn.Module) else get_model(model, pretrained,
+                                                                          transform_input=transform_input)
         info = getattr(self.model, "weights_info", None)
         if isinstance(preprocess, str):
             if preprocess not in PRESETS:
-                raise ValueError(f"preprocess={preprocess!r}: choose one of {', '.join(PRESETS)}")
+                raise InputError(f"preprocess={preprocess!r}: choose one of {', '.join(PRESETS)}")
             preprocess = PRESETS[preprocess]
         self.preprocess = preprocess or (info.preprocess if info else PRESETS["torchvision"])
         if crop_size is not None:
@@ -150,7 +156,7 @@ class Classifier:
         if class_names is None and num_classes == 1000:
             class_names = imagenet_classes()
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
+            raise InputError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
         self.class_names = tuple(class_names) if class_names is not None else None
         warn_if_small_crop(self.preprocess, num_classes or 0)
         self.device = select_device(device)
@@ -216,12 +222,15 @@ class Classifier:
                     name = describe_input(item, index)
                     pending.append((index, name, pool.submit(self._load, item, name)))
 
-            refill()
-            while pending:
-                chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
-                refill()  # keep the workers busy while the model runs on this chunk
-                yield from self._run_chunk(chunk, batch_size)
+            try:
                 refill()
+                while pending:
+                    chunk = [pending.popleft() for _ in range(min(chunk_size, len(pending)))]
+                    refill()  # keep the workers busy while the model runs on this chunk
+                    yield from self._run_chunk(chunk, batch_size)
+                    refill()
+            finally:  # stopped early (Ctrl-C, a closed generator): drop the queued decodes instead of running them
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _run_chunk(self, chunk: list[tuple[int, str, Future]], batch_size: int) -> list[Prediction]:
         results: list[Prediction] = []
@@ -240,7 +249,10 @@ class Classifier:
                                 for i in range(0, len(stacked), batch_size)]).numpy()
             if self.crops > 1:  # average the softmax over each image's views
                 scores = scores.reshape(len(views), self.crops, -1).mean(axis=1)
-            for prediction, row in zip((p for p in results if p.ok), scores, strict=True):
+            for prediction, row in zip([p for p in results if p.ok], scores, strict=True):
+                if not np.isfinite(row).all():  # NaN or inf weights: an error, never a NaN score
+                    prediction.error = NON_FINITE_OUTPUT
+                    continue
                 label = int(row.argmax())
                 prediction.scores, prediction.label, prediction.score = row, label, float(row[label])
                 prediction.class_name = self.class_names[label] if self.class_names else None

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import torch
 
 from .checkpoints import Checkpoint, CheckpointError, build_model, count_include_pad_for, read_checkpoint
-from .errors import DownloadError
+from .errors import DownloadError, UnknownModelError
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
 
@@ -238,7 +238,7 @@ def get_entry(name: str) -> WeightsEntry:
     try:
         return ZOO[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
+        raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,7 +452,7 @@ def get_model(
     if entry is None:
         path = Path(name_or_path)
         if not path.exists():
-            raise KeyError(
+            raise UnknownModelError(
                 f"{name_or_path!r} is neither a zoo model ({', '.join(list_models())}) nor an existing file"
             )
         if pretrained is False:
