@@ -80,7 +80,7 @@ def run(command: list[str], env: dict) -> tuple[float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "images"))
+    parser.add_argument("--images", default=str(Path(__file__).resolve().parents[1] / "tests" / "data" / "images"))
     parser.add_argument("--copies", type=int, default=12, help="copies of each photo in the folder")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", default="auto")

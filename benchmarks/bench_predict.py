@@ -3,7 +3,7 @@
 The target (issue 3): end-to-end images per second >= 90 % of model-only. Decoding and cropping run in worker
 threads while the model runs, so the gap is only the CPU time the workers take from the model.
 
-    .venv/bin/python benchmarks/bench_predict.py [--images ../shared/data/images] [--repeat 8] [--batch-size 16]
+    .venv/bin/python benchmarks/bench_predict.py [--images tests/data/images] [--repeat 8] [--batch-size 16]
 
 Weights are random (no real weights can be downloaded here); speed does not depend on their values.
 """
@@ -23,7 +23,7 @@ from inceptionv3.decode import find_images
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "images"))
+    parser.add_argument("--images", default=str(Path(__file__).resolve().parents[1] / "tests" / "data" / "images"))
     parser.add_argument("--repeat", type=int, default=8, help="pass over the photos this many times")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=None)

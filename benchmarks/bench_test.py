@@ -26,7 +26,7 @@ from inceptionv3.evaluate import EvalConfig, evaluate
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "images"))
+    parser.add_argument("--photos", default=str(Path(__file__).resolve().parents[1] / "tests" / "data" / "images"))
     parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)

@@ -7,7 +7,6 @@ statistics are measured on real photos, which makes every layer's activations re
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,20 +17,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _find_shared_data() -> Path:
-    """``$INCEPTIONV3_SHARED_DATA``, else ``../shared/data`` beside this checkout or beside the
-    local repository it was cloned from (a scratch clone in /tmp still finds the data)."""
-    if os.environ.get("INCEPTIONV3_SHARED_DATA"):
-        return Path(os.environ["INCEPTIONV3_SHARED_DATA"])
-    candidates = [REPO.parent / "shared" / "data"]
-    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
-                            capture_output=True, text=True).stdout.strip()
-    if origin and Path(origin).is_dir():
-        candidates.append(Path(origin).resolve().parent / "shared" / "data")
-    return next((c for c in candidates if c.is_dir()), candidates[0])
-
-
-SHARED_DATA = _find_shared_data()
+#: Real photos, ImageNet class lists and labels, and small training sets, all redistributable; tests/data/README.md
+#: names each file's source and licence. A fresh clone has everything the tests read.
+SHARED_DATA = REPO / "tests" / "data"
 
 
 def pytest_configure(config):
