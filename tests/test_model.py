@@ -63,6 +63,14 @@ def test_reset_classifier_replaces_both_heads():
         assert model.eval()(torch.randn(1, 3, 299, 299)).shape == (1, 5)
 
 
+def test_a_reset_head_starts_near_uniform_as_training_draws_it():
+    torch.manual_seed(0)
+    model = InceptionV3(num_classes=1000, aux_logits=True)
+    model.reset_classifier(1000)
+    for head in (model.fc, model.AuxLogits.fc):
+        assert abs(float(head.weight.std()) - 0.01) < 0.0005 and float(head.bias.abs().max()) == 0.0
+
+
 @pytest.mark.parametrize("size", [(75, 75), (75, 300), (123, 97), (512, 384)])
 def test_any_input_of_at_least_75_works(size):
     with torch.no_grad():

@@ -243,50 +243,107 @@ class InceptionV3(nn.Module):
             )
 
     def _stem_to_6e(self, x: Tensor) -> Tensor:
-        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        """The stem and the 35x35 and 17x17 blocks; the auxiliary head branches off here."""
+        # N x 3 x 299 x 299
+        x = self.Conv2d_1a_3x3(x)
+        # N x 32 x 149 x 149
+        x = self.Conv2d_2a_3x3(x)
+        # N x 32 x 147 x 147
+        x = self.Conv2d_2b_3x3(x)
+        # N x 64 x 147 x 147
         x = self.maxpool1(x)
-        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        # N x 64 x 73 x 73
+        x = self.Conv2d_3b_1x1(x)
+        # N x 80 x 73 x 73
+        x = self.Conv2d_4a_3x3(x)
+        # N x 192 x 71 x 71
         x = self.maxpool2(x)
-        x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
+        # N x 192 x 35 x 35
+        x = self.Mixed_5b(x)
+        # N x 256 x 35 x 35
+        x = self.Mixed_5c(x)
+        # N x 288 x 35 x 35
+        x = self.Mixed_5d(x)
+        # N x 288 x 35 x 35
         x = self.Mixed_6a(x)
-        return self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
+        # N x 768 x 17 x 17
+        x = self.Mixed_6b(x)
+        # N x 768 x 17 x 17
+        x = self.Mixed_6c(x)
+        # N x 768 x 17 x 17
+        x = self.Mixed_6d(x)
+        # N x 768 x 17 x 17
+        x = self.Mixed_6e(x)
+        # N x 768 x 17 x 17
+        return x
 
     def _7a_to_7c(self, x: Tensor) -> Tensor:
-        return self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
+        """The 8x8 blocks."""
+        # N x 768 x 17 x 17
+        x = self.Mixed_7a(x)
+        # N x 1280 x 8 x 8
+        x = self.Mixed_7b(x)
+        # N x 2048 x 8 x 8
+        x = self.Mixed_7c(x)
+        # N x 2048 x 8 x 8
+        return x
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The N x 2048 map before pooling: 8x8 at 299x299, smaller or larger with the input."""
         if not torch.jit.is_tracing():
             self._check_input(x)
-        return self._7a_to_7c(self._stem_to_6e(x))
+        x = self._stem_to_6e(x)
+        return self._7a_to_7c(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global pool, dropout and fc; ``pre_logits=True`` stops at the 2048-d pooled vector (FID)."""
-        x = torch.flatten(self.avgpool(x), 1)
+        # N x 2048 x 8 x 8
+        x = self.avgpool(x)
+        # N x 2048 x 1 x 1
+        x = torch.flatten(x, 1)
+        # N x 2048
         if pre_logits:
             return x
-        return self.fc(self.dropout(x))
+        x = self.dropout(x)
+        # N x 2048
+        return self.fc(x)
+        # N x num_classes
 
     def forward(self, x: Tensor) -> Tensor | InceptionOutputs:
         if self.training and self.AuxLogits is not None:
             if not torch.jit.is_tracing():
                 self._check_input(x)
             x = self._stem_to_6e(x)
+            # N x 768 x 17 x 17
             aux = self.AuxLogits(x)
-            return InceptionOutputs(self.forward_head(self._7a_to_7c(x)), aux)
-        return self.forward_head(self.forward_features(x))
+            # N x num_classes
+            x = self._7a_to_7c(x)
+            return InceptionOutputs(self.forward_head(x), aux)
+        x = self.forward_features(x)
+        return self.forward_head(x)
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
 
+    def heads(self) -> list[nn.Linear]:
+        """The classifier layers that a new label set replaces: ``fc``, and the auxiliary head's when present."""
+        return [self.fc] + ([self.AuxLogits.fc] if self.AuxLogits is not None else [])
+
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head (and the auxiliary head, if any) for a new label set."""
+        """Replace the head (and the auxiliary head, if any) for a new label set, drawn as training draws it."""
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes)
-        nn.init.trunc_normal_(self.fc.weight, std=0.1, a=-0.2, b=0.2)
-        nn.init.zeros_(self.fc.bias)
         if self.AuxLogits is not None:
             self.AuxLogits.fc = nn.Linear(768, num_classes)
+        for head in self.heads():
+            init_new_head(head)
+
+
+def init_new_head(head: nn.Linear) -> None:
+    """A new classifier starts near uniform: weights at std 0.01, zero bias. The TF reference's std 0.1 gives a
+    2048-input head logits of std about 3, and a first loss far above log(classes)."""
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
 
 
 def count_parameters(model: nn.Module) -> int:
