@@ -194,7 +194,7 @@ class Classifier:
         return torch.softmax(self._runner(batch).float(), dim=1).cpu()
 
     def _load(self, item: ImageInput, name: str) -> np.ndarray:
-        rgb = load_image(item, decoder=self.preprocess.backend, name=name, max_pixels=self.max_pixels)
+        rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels)
         return self.preprocess.views(rgb, self.crops)
 
     def images_per_chunk(self, batch_size: int | None = None) -> int:

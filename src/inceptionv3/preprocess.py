@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 
 from .decode import MAX_IMAGE_PIXELS, ImageInput, load_image
+from .imagenet import MEAN, STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = MEAN, STD
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 
@@ -56,15 +56,15 @@ class Preprocess:
     rounded half to even (Python's ``round``, as both do). ``order='crop_resize'`` (TF-slim) centre-crops
     ``crop_fraction`` of each side, then resizes to ``crop`` x ``crop``.
 
-    ``backend='cv2'`` decodes with OpenCV and resizes with ``cv2.resize`` (no antialiasing);
-    ``backend='pil'`` decodes and resizes with Pillow (antialiased), as torchvision and timm do on PIL images.
+    ``decoder='cv2'`` decodes with OpenCV and resizes with ``cv2.resize`` (no antialiasing);
+    ``decoder='pil'`` decodes and resizes with Pillow (antialiased), as torchvision and timm do on PIL images.
     """
 
     name: str
     resize: int
     crop: int
     interpolation: str
-    backend: str
+    decoder: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     scale: float = 1.0
@@ -75,8 +75,8 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.interpolation not in _CV2_INTERPOLATION:
             raise ValueError(f"interpolation must be one of {sorted(_CV2_INTERPOLATION)}, got {self.interpolation!r}")
-        if self.backend not in ("cv2", "pil"):
-            raise ValueError(f"backend must be 'cv2' or 'pil', got {self.backend!r}")
+        if self.decoder not in ("cv2", "pil"):
+            raise ValueError(f"decoder must be 'cv2' or 'pil', got {self.decoder!r}")
         if self.order not in ("resize_crop", "crop_resize"):
             raise ValueError(f"order must be 'resize_crop' or 'crop_resize', got {self.order!r}")
         if self.crop < 1 or (self.order == "resize_crop" and self.resize < self.crop):
@@ -85,13 +85,19 @@ class Preprocess:
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
 
+    @property
+    def backend(self) -> str:
+        """Deprecated name of ``decoder`` (``backend`` now means the inference engine only)."""
+        warnings.warn("Preprocess.backend is now Preprocess.decoder", DeprecationWarning, stacklevel=2)
+        return self.decoder
+
     def describe(self) -> str:
         if self.order == "crop_resize":
             steps = f"centre crop {self.crop_fraction:g} -> {self.interpolation} resize to {self.crop}"
         else:
             steps = f"{self.interpolation} short-edge resize to {self.resize} -> centre crop {self.crop}"
         scaled = f"x / {self.scale:g}, " if self.scale != 1.0 else ""
-        return f"{self.name}: {steps} ({self.backend}), RGB, {scaled}mean {list(self.mean)}, std {list(self.std)}"
+        return f"{self.name}: {steps} ({self.decoder}), RGB, {scaled}mean {list(self.mean)}, std {list(self.std)}"
 
     def with_crop(self, crop: int) -> Preprocess:
         """The same pipeline at another crop size, keeping the resize-to-crop ratio (342/299 -> 256/224)."""
@@ -123,7 +129,7 @@ class Preprocess:
     def _resize(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray:
         if rgb.shape[0] == height and rgb.shape[1] == width:
             return rgb
-        if self.backend == "cv2":
+        if self.decoder == "cv2":
             return cv2.resize(rgb, (width, height), interpolation=_CV2_INTERPOLATION[self.interpolation])
         resized = Image.fromarray(rgb).resize((width, height), _PIL_INTERPOLATION[self.interpolation])
         return np.asarray(resized)
@@ -199,7 +205,7 @@ class Preprocess:
 
     def load(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
         """Decode any supported input with this preset's decoder and crop it: a crop x crop x 3 uint8 array."""
-        return self.crop_image(load_image(item, decoder=self.backend, name=name, max_pixels=max_pixels))
+        return self.crop_image(load_image(item, decoder=self.decoder, name=name, max_pixels=max_pixels))
 
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """N x H x W x 3 uint8 -> N x 3 x H x W float32, with the source's own order of float operations."""
