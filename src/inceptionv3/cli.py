@@ -17,6 +17,7 @@ import torch
 from . import __version__
 from .checkpoints import SOURCES, read_checkpoint, save_canonical
 from .errors import InceptionV3Error, InputError
+from .runtime import init_distributed
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -286,23 +287,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 # test
 
 
-def _init_distributed() -> torch.device | None:
-    """Under torchrun (WORLD_SIZE > 1): join the group, gloo on CPU and nccl on GPU, one GPU per rank."""
-    import os
-
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return None
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return torch.device("cpu")
-
-
 def _cmd_test(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
@@ -311,7 +295,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     from .inference import Classifier
     from .visualize import save_eval_plot
 
-    device = _init_distributed() or args.device
+    device = init_distributed() or args.device
     try:
         requested = args.ensemble or [args.model or args.weights]
         pretrained = args.weights if (args.model and args.weights and not args.ensemble) else True
@@ -379,7 +363,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from .train import TrainConfig, Trainer
 
-    device = _init_distributed()
+    device = init_distributed()
     try:
         if args.resume:
             trainer = Trainer.resume(args.resume)

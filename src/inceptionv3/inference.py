@@ -26,6 +26,7 @@ from torch import nn
 from .decode import MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input, load_image
 from .errors import InputError
 from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
+from .runtime import select_device
 from .weights import get_model, imagenet_classes
 
 logger = logging.getLogger("inceptionv3")
@@ -34,27 +35,6 @@ DEFAULT_MODEL = "inception-v3_3rdparty_8xb32_in1k"
 
 #: The per-image error when the model's scores are NaN or infinite (broken weights, or an fp16 overflow).
 NON_FINITE_OUTPUT = "the model's output is not finite (NaN or inf); check the weights for NaN or inf values"
-
-
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, or the best available one: CUDA, then Apple MPS, then the CPU. Logged, so it is
-    never a surprise which one ran."""
-    if device is not None:
-        chosen = torch.device(device)
-        if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device={str(device)!r}: CUDA is not available on this machine")
-        if chosen.type == "mps" and not torch.backends.mps.is_available():
-            raise InputError(f"device={str(device)!r}: Apple MPS is not available on this machine")
-        logger.info("device %s (requested)", chosen)
-        return chosen
-    if torch.cuda.is_available():
-        chosen, why = torch.device("cuda"), torch.cuda.get_device_name(0)
-    elif torch.backends.mps.is_available():
-        chosen, why = torch.device("mps"), "Apple MPS"
-    else:
-        chosen, why = torch.device("cpu"), f"no CUDA or MPS; {torch.get_num_threads()} threads"
-    logger.info("device %s (%s)", chosen, why)
-    return chosen
 
 
 @dataclass

@@ -1,0 +1,56 @@
+"""Where the work runs: the device, and the process group under torchrun."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+from .errors import InputError
+
+logger = logging.getLogger("inceptionv3")
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or the best available one: CUDA (the current one), then Apple MPS, then the CPU.
+    Logged, so it is never a surprise which one ran."""
+    if device is not None:
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device={str(device)!r}: CUDA is not available on this machine")
+        if chosen.type == "mps" and not torch.backends.mps.is_available():
+            raise InputError(f"device={str(device)!r}: Apple MPS is not available on this machine")
+        logger.info("device %s (requested)", chosen)
+        return chosen
+    if torch.cuda.is_available():
+        chosen, why = torch.device("cuda", torch.cuda.current_device()), torch.cuda.get_device_name()
+    elif torch.backends.mps.is_available():
+        chosen, why = torch.device("mps"), "Apple MPS"
+    else:
+        chosen, why = torch.device("cpu"), f"no CUDA or MPS; {torch.get_num_threads()} threads"
+    logger.info("device %s (%s)", chosen, why)
+    return chosen
+
+
+def rank_world() -> tuple[int, int]:
+    """(this process's rank, the number of processes): (0, 1) outside torchrun."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def init_distributed() -> torch.device | None:
+    """Under torchrun (WORLD_SIZE > 1): join the group, gloo on CPU and nccl on GPU, one GPU per rank; the
+    device this rank uses. None outside torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return None
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+__all__ = ["init_distributed", "rank_world", "select_device"]
