@@ -622,6 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,16")
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per path and batch size")
     p.set_defaults(func=_cmd_benchmark)
+
+    from .metrics import add_commands as add_metric_commands
+
+    add_metric_commands(commands)  # fid, features
     return parser
 
 
