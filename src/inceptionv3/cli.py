@@ -410,8 +410,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     calibration = None
     if args.calibration:
         calibration = preset.batch(_calibration_images(args.calibration))
+    print(f"exporting {args.model} to {args.format} {args.precision} (Inception V3 takes 5-30 s)...", file=sys.stderr)
     path = export_model(model, args.format, args.out, example=example, dynamic_batch=args.dynamic_batch,
                         precision=args.precision, calibration=calibration)
+    print(f"checking {path} against eager PyTorch on {len(batch)} views at batch sizes {sizes}...", file=sys.stderr)
     min_agreement = args.min_agreement if args.min_agreement is not None else (
         0.0 if args.precision == "fp32" else LOW_PRECISION_MIN_AGREEMENT)
     try:
