@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
+import logging
 import os
+import random
+import shutil
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -15,7 +25,7 @@ import torch
 import torchvision
 from conftest import calibrate, max_abs_diff
 
-from inceptionv3 import CheckpointError, InceptionV3, get_model, read_checkpoint, save_canonical
+from inceptionv3 import CheckpointError, InceptionV3, checkpoints, get_model, read_checkpoint, save_canonical
 from inceptionv3.checkpoints import fold_transform_input
 
 
@@ -389,3 +399,250 @@ def test_tf_slim_variables_map_onto_the_model(inception_batch):
     model = build_model(Checkpoint(converted, "tf-slim", count_include_pad=False), aux_logits=True)
     assert len(notes) == 2
     assert torch.equal(logits(model, inception_batch), logits(source, inception_batch))
+
+
+# --- torchvision's Google file passed by hand (recognised, folded) ----------------------------------
+
+
+def test_torchvision_google_file_is_recognised_by_sha256_and_folded(tmp_path, monkeypatch, caplog,
+                                                                   torchvision_google_style, imagenet_batch):
+    """Passed with --weights, torchvision's file must still get its transform_input folded (it used not to)."""
+    path = tmp_path / "a_copy_under_any_name.pth"
+    torch.save(torchvision_google_style.state_dict(), path)  # torchvision's layout: a plain state dict, aux included
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    known = checkpoints.KnownFile("inception_v3_google-0cc3c7bd.pth", digest, "the test's Google file")
+    monkeypatch.setattr(checkpoints, "TRANSFORM_INPUT_FILES", (known,))
+    reference = logits(torchvision_google_style, imagenet_batch)  # torchvision applies transform_input itself
+    with caplog.at_level(logging.WARNING, logger="inceptionv3"):
+        ours = get_model(path)
+    assert max_abs_diff(logits(ours, imagenet_batch), reference) <= 3e-4
+    assert any(str(path) in r.getMessage() and "folded" in r.getMessage() for r in caplog.records)
+    assert any("recognised as the test's Google file" in note for note in ours.weights_info.notes)
+    assert ours.weights_info.preprocess.source_note.endswith("; transform_input folded into the weights")
+    # Asking for the fold as well must not fold twice.
+    twice = get_model(path, transform_input=True)
+    assert max_abs_diff(logits(twice, imagenet_batch), reference) <= 3e-4
+
+
+def test_unrecognised_file_is_not_folded_and_its_notes_say_so(tmp_path, torchvision_google_style, imagenet_batch):
+    """Same name, other bytes: nothing is folded, and nothing attached to the model claims that it was."""
+    path = tmp_path / "inception_v3_google-0cc3c7bd.pth"
+    torch.save(torchvision_google_style.state_dict(), path)
+    model = get_model("inception_v3.tv_in1k", pretrained=path)
+    note = model.weights_info.preprocess.source_note
+    assert "transform_input not folded" in note and "with transform_input folded" not in note
+    assert not any("folded" in n for n in model.weights_info.notes)
+    assert "is folded into the first conv" not in model.weights_info.entry.notes
+    plain = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=False)
+    plain.load_state_dict(torchvision_google_style.state_dict())
+    assert max_abs_diff(logits(model, imagenet_batch), logits(plain, imagenet_batch)) <= 1e-4
+    assert checkpoints.recognise_transform_input_file(path) is None
+
+
+def test_prefix_only_known_file_needs_its_published_name(tmp_path, monkeypatch):
+    """Where only the 8-hex prefix is published, the prefix alone (32 bits) is not enough to act on."""
+    named = tmp_path / "inception_v3_google-test.pth"
+    torch.save({"x": torch.arange(5.0)}, named)
+    prefix = hashlib.sha256(named.read_bytes()).hexdigest()[:8]
+    monkeypatch.setattr(checkpoints, "TRANSFORM_INPUT_FILES", (checkpoints.KnownFile(named.name, prefix, "old"),))
+    assert checkpoints.recognise_transform_input_file(named).description == "old"
+    renamed = shutil.copy(named, tmp_path / "renamed.pth")
+    assert checkpoints.recognise_transform_input_file(Path(renamed)) is None
+
+
+def test_the_real_google_file_is_known_by_its_full_digest():
+    known = {k.filename: k.sha256 for k in checkpoints.TRANSFORM_INPUT_FILES}
+    digest = known["inception_v3_google-0cc3c7bd.pth"]
+    assert len(digest) == 64 and digest.startswith("0cc3c7bd") and int(digest, 16)
+
+
+# --- NaN / inf -------------------------------------------------------------------------------------
+
+
+def test_non_finite_weights_warn_naming_the_file_the_count_and_the_tensors(tmp_path):
+    state = InceptionV3(init_weights=False).state_dict()
+    state["Mixed_6b.branch1x1.conv.weight"][0, 0, 0, 0] = float("nan")
+    state["fc.bias"][:3] = float("inf")
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    with pytest.warns(RuntimeWarning, match="non-finite") as record:
+        read_checkpoint(path)
+    message = next(str(w.message) for w in record if "non-finite" in str(w.message))
+    assert message.startswith(f"{path}: 4 non-finite values (NaN or inf) in 2 tensors")
+    assert "Mixed_6b.branch1x1.conv.weight (1)" in message and "fc.bias (3)" in message
+
+
+def test_finite_weights_do_not_warn(tmp_path):
+    path = tmp_path / "fine.pth"
+    torch.save(InceptionV3(init_weights=False).state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        read_checkpoint(path)
+
+
+# --- crafted and malformed files: one line, fast, bounded memory -------------------------------------
+
+
+@contextlib.contextmanager
+def address_space_cap(extra: int = 1 << 30):
+    """Allow at most ``extra`` more bytes of address space while a crafted file is read, so that a loader
+    that believes it fails with a MemoryError instead of exhausting the machine (Linux; elsewhere a no-op)."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        yield
+        return
+    import resource
+
+    vm_kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmSize:"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = vm_kb * 1024 + extra
+    resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def refused(path, match, **kwargs) -> str:
+    """The CheckpointError that loading ``path`` gives: one line naming the file, within seconds and 1 GiB."""
+    start = time.monotonic()
+    with address_space_cap(), pytest.raises(CheckpointError, match=match) as info:
+        get_model(path, **kwargs)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message, message
+    assert time.monotonic() - start < 10
+    return message
+
+
+def test_deflated_torch_zip_bomb_is_refused_before_unpacking(tmp_path):
+    """torch.save stores members uncompressed, but torch.load also inflates deflated ones: 64 MB here from
+    64 KB (a 9 MB file would give 9 GB). The declared sizes are checked first."""
+    plain, bomb = tmp_path / "plain.pth", tmp_path / "bomb.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(16 << 20)}, plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(bomb, "w") as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    assert bomb.stat().st_size < 200_000
+    message = refused(bomb, "zip bomb")
+    declared = sum(info.file_size for info in zipfile.ZipFile(bomb).infolist())
+    assert declared > 64 << 20 and f"unpack to {declared:,} bytes from a {bomb.stat().st_size:,}-byte file" in message
+
+
+def test_tensor_larger_than_any_inception_tensor_is_refused(tmp_path):
+    """A stride-0 view of one stored value can declare a 10-million-class head in a few hundred bytes."""
+    path = tmp_path / "huge_head.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3),
+                "fc.weight": torch.zeros(1).expand(10_000_000, 2048)}, path)
+    assert path.stat().st_size < 10_000
+    refused(path, r"tensor 'fc.weight' declares shape \(10000000, 2048\)")
+
+
+def test_broadcast_view_is_refused_even_when_its_shape_is_allowed(tmp_path):
+    path = tmp_path / "view.pth"
+    state = InceptionV3(init_weights=False).state_dict()
+    state["fc.weight"] = torch.zeros(1).expand(50_000, 2048)
+    state["fc.bias"] = torch.zeros(50_000)
+    torch.save(state, path)
+    refused(path, r"'fc.weight' \(50000, 2048\) is a broadcast view of 4 stored bytes")
+
+
+def test_empty_head_cannot_declare_a_billion_classes(tmp_path):
+    path = tmp_path / "empty_head.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3), "fc.weight": torch.zeros(10**9, 0)}, path)
+    refused(path, r"fc.weight has shape \(1000000000, 0\); .* 1 to 100,000 classes")
+
+
+def test_preset_crop_in_safetensors_metadata_is_bounded(tmp_path):
+    """``preprocess: torchvision@20000`` would make every image allocate gigabytes in preprocessing."""
+    from safetensors.torch import save_file
+
+    state = InceptionV3(num_classes=10, init_weights=False).state_dict()
+    metadata = {"format": "inceptionv3", "source": "torchvision", "count_include_pad": "true", "class_names": ""}
+    path = tmp_path / "crop.safetensors"
+    save_file(state, str(path), metadata={**metadata, "preprocess": "torchvision@20000"})
+    refused(path, r"preprocess 'torchvision@20000': the crop must be a size from 75 to 2048")
+    save_file(state, str(path), metadata={**metadata, "preprocess": "mmpretrain@75"})
+    assert get_model(path).weights_info.preprocess.crop == 75
+
+
+def keras2_skeleton(path, *, replace=None, rename=None):
+    """Keras 2's weights-file layout for Inception V3 (conv2d_1 ..., batch_normalization_1 ..., predictions)
+    with every dataset declared but none written: HDF5 reads its fill value, and the file stays small.
+    ``replace`` maps a dataset name to another shape, ``rename`` to another name."""
+    with torch.device("meta"):
+        model = InceptionV3(init_weights=False)
+    blocks = [m for m in model.modules() if hasattr(m, "conv") and hasattr(m, "bn")]
+    layers = {}
+    for number, block in enumerate(blocks, start=1):
+        out, inp, kh, kw = block.conv.weight.shape
+        layers[f"conv2d_{number}"] = {"kernel": (kh, kw, inp, out)}
+        layers[f"batch_normalization_{number}"] = {k: (out,) for k in ("beta", "moving_mean", "moving_variance")}
+    layers["predictions"] = {"kernel": (2048, 1000), "bias": (1000,)}
+    with h5py.File(path, "w") as handle:
+        for name, weights in layers.items():
+            group = handle.create_group(name)
+            keys = {f"{name}/{role}:0": shape for role, shape in weights.items()}
+            keys = {(rename or {}).get(key, key): (replace or {}).get(key, shape) for key, shape in keys.items()}
+            group.attrs["weight_names"] = [key.encode() for key in keys]
+            for key, shape in keys.items():
+                group.create_dataset(key, shape=shape, dtype="f4", chunks=True, compression="gzip")
+        handle.attrs["layer_names"] = [n.encode() for n in layers]
+    return path
+
+
+def test_keras_skeleton_reads(tmp_path):
+    """The skeleton itself is a valid file: the refusals below are about what was changed in it."""
+    checkpoint = read_checkpoint(keras2_skeleton(tmp_path / "ok.h5"))
+    assert checkpoint.source == "keras" and checkpoint.num_classes == 1000
+
+
+def test_h5_dataset_declaring_gigabytes_is_refused_before_it_is_read(tmp_path):
+    """conv2d_1's kernel declared 3 x 3 x 3 x 2^31: 232 GB of fill value for a 300 KB file."""
+    path = keras2_skeleton(tmp_path / "bomb.h5", replace={"conv2d_1/kernel:0": (3, 3, 3, 2**31)})
+    assert path.stat().st_size < 2_000_000
+    refused(path, r"not a Keras Inception V3 file: layer 'conv2d_1' 'kernel' has shape \(3, 3, 3, 2147483648\), "
+                  r"Inception V3 needs \(3, 3, 3, 32\)")
+
+
+@pytest.mark.parametrize(("renamed", "message"), [
+    (("conv2d_1/kernel:0", "conv2d_1/weights:0"), "layer 'conv2d_1' has no 'kernel'"),
+    (("batch_normalization_5/beta:0", "batch_normalization_5/offset:0"), "layer 'batch_normalization_5' has no 'beta'"),
+])
+def test_keras_file_missing_a_weight_names_the_layer(tmp_path, renamed, message):
+    """These used to end as `error: kernel` / `error: beta` (a bare KeyError)."""
+    path = keras2_skeleton(tmp_path / "partial.h5", rename=dict([renamed]))
+    refused(path, f"not a Keras Inception V3 file: {message}")
+
+
+def test_keras_without_h5py_says_what_to_install(tmp_path, monkeypatch):
+    path = tmp_path / "model.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    monkeypatch.setitem(sys.modules, "h5py", None)  # `import h5py` now raises ImportError
+    with pytest.raises(CheckpointError, match=r"needs h5py: pip install 'inceptionv3\[keras\]'") as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("content", "what"), [
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(300), "a JPEG image"),
+    (random.Random(0).randbytes(4096), "unrecognised content"),
+    (b"<!DOCTYPE html><html>Not Found</html>", "text or HTML"),
+])
+def test_non_checkpoints_say_so_rather_than_blaming_pickles(tmp_path, content, what):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    message = refused(path, "not a checkpoint")
+    assert what in message and "pickle" not in message
+
+
+def test_save_canonical_respects_the_umask(tmp_path):
+    """The renamed file is readable as any new file would be (0666 less the umask), not mkstemp's 0600."""
+    model = InceptionV3(num_classes=3, init_weights=False)
+    for umask, mode in ((0o022, 0o644), (0o027, 0o640)):
+        previous = os.umask(umask)
+        try:
+            path = save_canonical(model, tmp_path / f"m{umask:o}.safetensors", source="torchvision")
+        finally:
+            os.umask(previous)
+        assert path.stat().st_mode & 0o777 == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m22.safetensors", "m27.safetensors"]  # no temp files left

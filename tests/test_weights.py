@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
+import os
 import threading
 import time
 
 import pytest
 import torch
-from conftest import SHARED_DATA
+import torchvision
+from conftest import SHARED_DATA, max_abs_diff
 
-from inceptionv3 import InceptionV3, count_flops, count_parameters, get_model, list_models
+from inceptionv3 import InceptionV3, count_flops, count_parameters, get_model, list_models, weights
 from inceptionv3.weights import ZOO, WeightFile, WeightsDownloadError, WeightsEntry, download_weights, imagenet_classes
 
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        pass  # a client that gave up on a trickle breaks the pipe: expected here
+
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Behaviour by first path segment: good, missing, truncated, stall, flaky (fails once)."""
+    """Behaviour by first path segment: good, missing, truncated, stall, flaky (fails once), trickle (one
+    byte every 20 ms, for ever if the client waits: 100 KB would take half an hour)."""
 
     def log_message(self, *args):
         pass
@@ -31,6 +38,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.server.requests.append(self.path)
         if mode == "missing" or body is None:
             self.send_error(404)
+            return
+        if mode == "trickle":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(len(body)):
+                self.wfile.write(body[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.02)
             return
         if mode == "stall":
             self.send_response(200)
@@ -164,13 +180,21 @@ def test_corrupted_cache_entry_is_replaced(server, mmpretrain_file_bytes, isolat
     assert path.read_bytes() == mmpretrain_file_bytes and len(server.requests) == 2
 
 
-def test_mirror_keeps_the_file_name(server, mmpretrain_file_bytes, monkeypatch):
+def test_mirror_keeps_the_file_name(server, mmpretrain_file_bytes, monkeypatch, imagenet_batch):
     name = hosted(server, mmpretrain_file_bytes)
     monkeypatch.setenv("INCEPTIONV3_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/good/")
     entry = entry_for(WeightFile(f"https://download.example.invalid/some/dir/{name}", "mmpretrain",
                                  f"sha256:{name[-12:-4]}"))
     path, _ = download_weights(entry, progress=False)
     assert path.read_bytes() == mmpretrain_file_bytes and server.requests == [f"/good/{name}"]
+    # The downloaded file is the served model: its logits are those of the served bytes, run by torchvision.
+    served = torch.load(io.BytesIO(mmpretrain_file_bytes), weights_only=True)["state_dict"]
+    reference = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False).eval()
+    reference.load_state_dict({k.removeprefix("backbone."): v for k, v in served.items()})
+    batch = imagenet_batch[:2]
+    with torch.no_grad():
+        ours, theirs = get_model(path)(batch), reference(batch)
+    assert theirs.abs().max() > 1e-3 and max_abs_diff(ours, theirs) <= 1e-5
 
 
 def test_offline_mode_uses_only_the_cache(server, mmpretrain_file_bytes, monkeypatch):
@@ -240,3 +264,95 @@ def test_cached_file_shows_in_the_entry(isolated_cache, mmpretrain_file_bytes):
     isolated_cache.mkdir(parents=True)
     (isolated_cache / "inception_v3_google-0cc3c7bd.pth").write_bytes(mmpretrain_file_bytes)
     assert entry.cached_file() == isolated_cache / "inception_v3_google-0cc3c7bd.pth"
+
+
+# --- deadlines, rates and leftovers ---------------------------------------------------------------
+
+
+def test_trickling_server_hits_the_whole_transfer_deadline(server, mmpretrain_file_bytes, isolated_cache):
+    """A byte every 20 ms never trips the per-read timeout; the deadline ends it, without a retry."""
+    name = hosted(server, mmpretrain_file_bytes[:100_000])
+    entry = entry_for(WeightFile(url(server, "trickle", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match=r"not finished within the 0.5 s deadline") as info:
+        download_weights(entry, progress=False, retries=3, timeout=5, deadline=0.5, min_rate=0)
+    assert time.monotonic() - start < 3
+    assert "attempt" not in str(info.value) and len(server.requests) == 1
+    assert not list(isolated_cache.glob("*.partial"))
+
+
+def test_too_slow_transfer_is_abandoned_after_its_window(server, mmpretrain_file_bytes, isolated_cache):
+    name = hosted(server, mmpretrain_file_bytes[:100_000])
+    entry = entry_for(WeightFile(url(server, "trickle", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    start = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match=r"too slow: \d+ B/s over the last 0.\d+ s \(minimum 1,000 B/s\)"):
+        download_weights(entry, progress=False, min_rate=1000, rate_window=0.4)
+    assert 0.4 <= time.monotonic() - start < 3
+    assert not list(isolated_cache.glob("*.partial"))
+
+
+def test_a_fast_transfer_is_not_held_to_the_window(server, mmpretrain_file_bytes):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    path, _ = download_weights(entry, progress=False, min_rate=1000, rate_window=0.001, deadline=60)
+    assert path.read_bytes() == mmpretrain_file_bytes
+
+
+def test_ctrl_c_midway_leaves_no_partial_file(server, mmpretrain_file_bytes, isolated_cache, monkeypatch):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    seen = []
+
+    def interrupt(pace, received):
+        seen.append(list(isolated_cache.glob("*.partial")))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(weights._Pace, "check", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        download_weights(entry, progress=False)
+    assert len(seen[0]) == 1  # the partial file existed while the transfer ran ...
+    assert not any(isolated_cache.iterdir())  # ... and is gone
+
+
+def test_partial_files_of_dead_downloads_are_removed(server, mmpretrain_file_bytes, isolated_cache):
+    """A download killed outright (SIGKILL, power loss) cannot clean up; the next download of the file does."""
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    isolated_cache.mkdir(parents=True)
+    dead = isolated_cache / f"{name}.999999999.0badf00d.partial"  # beyond any pid_max
+    old_style = isolated_cache / f"{name}.999999998.partial"
+    running = isolated_cache / f"{name}.{os.getppid()}.cafe.partial"  # a live process: maybe still downloading
+    for leftover in (dead, old_style, running):
+        leftover.write_bytes(b"half a file")
+    download_weights(entry, progress=False)
+    assert not dead.exists() and not old_style.exists() and running.exists()
+
+
+def test_downloaded_file_gets_the_umask_permissions(server, mmpretrain_file_bytes, isolated_cache):
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    previous = os.umask(0o027)
+    try:
+        path, _ = download_weights(entry, progress=False)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_full_digest_is_checked_when_known(server, mmpretrain_file_bytes):
+    """The name's 8 hex digits match, the rest of the known digest does not: refused."""
+    name = hosted(server, mmpretrain_file_bytes)
+    digest = hashlib.sha256(mmpretrain_file_bytes).hexdigest()
+    wrong = digest[:8] + ("0" if digest[8] != "0" else "1") + digest[9:]
+    entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{wrong}"))
+    with pytest.raises(WeightsDownloadError, match="hash mismatch"):
+        download_weights(entry, progress=False)
+
+
+def test_zoo_gives_torchvisions_file_its_full_sha256():
+    """Its name carries 32 bits of the hash, which can be matched on purpose; the full digest is known."""
+    files = [f for entry in ZOO.values() for f in entry.files if f.filename == "inception_v3_google-0cc3c7bd.pth"]
+    assert len(files) == 2
+    for weight_file in files:
+        algorithm, _, digest = weight_file.hash.partition(":")
+        assert algorithm == "sha256" and len(digest) == 64 and digest.startswith("0cc3c7bd")

@@ -3,13 +3,25 @@
 Each source gets a converter that returns a :class:`Checkpoint`; :func:`build_model` then loads it
 strictly. Files are opened only with ``torch.load(weights_only=True)``, safetensors or h5py, so a
 checkpoint can never run code on load.
+
+A file may not declare more than Inception V3 holds: zip members may not unpack to much more than the
+file's own size, tensor and dataset shapes are checked before their data is read (safetensors, HDF5)
+or before anything is computed from them (torch), the head may have at most :data:`MAX_CLASSES`
+classes, and a preset's crop must lie in :data:`CROP_RANGE`. So a crafted file of a few megabytes
+gets a one-line :class:`CheckpointError` instead of exhausting memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
+import os
 import pickle
 import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +32,9 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
-from .model import InceptionV3
+from .model import MIN_INPUT_SIZE, InceptionV3
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("mmpretrain", "torchvision", "timm", "keras", "tf-slim", "inceptionv3")
 """Checkpoint formats ``get_model(source=...)`` accepts; ``None`` detects the format."""
@@ -42,6 +56,42 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+MAX_CLASSES = 100_000
+"""The largest head a checkpoint may declare. Its fc is then 100,000 x 2048 (820 MB in fp32), the
+biggest tensor a file may hold; anything larger is refused before memory is spent on it."""
+
+MAX_TENSOR_NUMEL = 2048 * (MAX_CLASSES + 1)  # TensorFlow heads carry one extra (background) row
+
+MAX_UNPACK_RATIO = 4
+"""torch.save stores zip members uncompressed, so a real checkpoint unpacks to its own size; a deflated
+one may unpack to this many times its size (float weights barely compress), a zip bomb to thousands."""
+
+CROP_RANGE = (MIN_INPUT_SIZE, 2048)
+"""Crop sizes a file's preset may ask for (``"mmpretrain@75"``): the network needs 75, and 2048 already
+costs 50 MB per image; a crafted 20000 would make every image allocate gigabytes."""
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A published checkpoint recognised by its content, so that it is read the way it must be."""
+
+    filename: str
+    sha256: str
+    """The full digest; where only the prefix in the file name is published, that prefix, and then the
+    file is recognised only under its published name (32 bits alone could be matched on purpose)."""
+    description: str
+
+
+TORCHVISION_GOOGLE_SHA256 = "0cc3c7bd75056d25e46cba549dc184522069b81e9787eff6df84f397bd52a5ef"
+
+TRANSFORM_INPUT_FILES: tuple[KnownFile, ...] = (
+    KnownFile("inception_v3_google-0cc3c7bd.pth", TORCHVISION_GOOGLE_SHA256,
+              "torchvision's Inception_V3_Weights.IMAGENET1K_V1"),
+    KnownFile("inception_v3_google-1a9a5a14.pth", "1a9a5a14", "torchvision's first upload of Google's weights"),
+)
+"""Files that expect torchvision's ``transform_input``: read from anywhere, they get it folded in."""
+
+
 def count_include_pad_for(source: str) -> bool:
     """The average-pool padding convention of a checkpoint source (True unless TensorFlow-trained)."""
     return _COUNT_INCLUDE_PAD.get(source, True)
@@ -58,10 +108,13 @@ class Checkpoint:
     preprocess: str | None = None
     count_include_pad: bool = True
     notes: list[str] = field(default_factory=list)
+    transform_input_folded: bool | None = None
+    """Whether torchvision's transform_input was folded in on reading; None where that is not known
+    (a converted file was folded, or not, when it was written)."""
 
     @property
     def num_classes(self) -> int:
-        return int(self.state_dict["fc.weight"].shape[0])
+        return _num_classes(self.state_dict, self.path)
 
     @property
     def has_aux(self) -> bool:
@@ -72,7 +125,69 @@ class Checkpoint:
 # Reading files
 
 
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The file's hex digest, read in 1 MiB blocks."""
+    hasher = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled magic number of torch < 1.6
+_NOT_CHECKPOINTS = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"RIFF", "a RIFF file (a WebP image?)"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "gzip data (a .tar.gz archive? extract the checkpoint from it first)"),
+    (b"<", "text or HTML (an error page saved in place of the download?)"),
+)
+
+
+def _what_it_is(head: bytes) -> str:
+    if not head:
+        return "an empty file"
+    for magic, name in _NOT_CHECKPOINTS:
+        if head.startswith(magic):
+            return name
+    return f"unrecognised content starting {head[:8]!r}"
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Refuse a torch zip whose members claim bytes it does not hold, before torch.load allocates them."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path}: a damaged zip archive, not a readable PyTorch checkpoint ({exc})") from None
+    if not any(m.filename == "data.pkl" or m.filename.endswith("/data.pkl") for m in members):
+        raise CheckpointError(f"{path}: not a checkpoint (a zip archive without the data.pkl torch.save writes)")
+    for member in members:
+        if member.header_offset + member.compress_size > size:
+            raise CheckpointError(
+                f"{path}: zip member {member.filename!r} claims {member.compress_size:,} bytes past the end "
+                f"of the {size:,}-byte file"
+            )
+    unpacked = sum(member.file_size for member in members)
+    if unpacked > MAX_UNPACK_RATIO * size + (1 << 20):
+        raise CheckpointError(
+            f"{path}: its zip members unpack to {unpacked:,} bytes from a {size:,}-byte file (at most "
+            f"{MAX_UNPACK_RATIO}x is accepted; torch.save does not compress): refused as a zip bomb"
+        )
+
+
 def _torch_load(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        _check_torch_zip(path)
+    elif not head.startswith(_LEGACY_TORCH_MAGIC):
+        raise CheckpointError(
+            f"{path}: not a checkpoint ({_what_it_is(head)}; expected a PyTorch .pth, .safetensors or Keras .h5 file)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -82,7 +197,33 @@ def _torch_load(path: Path) -> Any:
             "or convert it from a trusted environment."
         ) from None
     except Exception as exc:  # torch.load raises many types on junk (struct.error, EOFError, ...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {reason})") from None
+
+
+def _check_declared_sizes(shapes: Mapping[str, tuple[int, ...]], path: Path) -> None:
+    """No tensor may be larger than Inception V3's largest (its fc at MAX_CLASSES classes)."""
+    for key, shape in shapes.items():
+        numel = math.prod(shape)
+        if numel > MAX_TENSOR_NUMEL:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} declares shape {tuple(shape)} ({numel:,} values), more than any "
+                f"Inception V3 tensor with up to {MAX_CLASSES:,} classes"
+            )
+
+
+def _check_torch_tensors(tensors: Mapping[str, Tensor], path: Path) -> None:
+    """Sizes as for any file, and no tensor may view more elements than its data holds (a stride-0 view
+    of one stored value could declare gigabytes, which the first copy would then allocate)."""
+    _check_declared_sizes({key: tuple(value.shape) for key, value in tensors.items()}, path)
+    for key, value in tensors.items():
+        if value.layout != torch.strided:
+            raise CheckpointError(f"{path}: tensor {key!r} is {value.layout}, not a dense tensor")
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise CheckpointError(
+                f"{path}: tensor {key!r} {tuple(value.shape)} is a broadcast view of "
+                f"{value.untyped_storage().nbytes():,} stored bytes, not saved weights"
+            )
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -91,8 +232,11 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
+            _check_declared_sizes({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}, path)
             return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
     except (SafetensorError, OSError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
@@ -111,7 +255,7 @@ def _is_safetensors(path: Path) -> bool:
 def _unwrap_torch_object(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split a loaded torch object into (flat tensor dict, meta) for the common wrappers."""
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        raise CheckpointError(f"{path}: not a checkpoint (expected a dict of tensors, found {type(obj).__name__})")
     meta = obj.get("meta") if isinstance(obj.get("meta"), Mapping) else {}
     for wrapper in ("state_dict", "model", "module", "state_dict_ema", "model_ema"):
         inner = obj.get(wrapper)
@@ -177,11 +321,9 @@ def _drop_background_class(state_dict: dict[str, Tensor], notes: list[str]) -> d
 
 def _class_names_from_mmpretrain_meta(meta: Mapping[str, Any]) -> list[str] | None:
     dataset_meta = meta.get("dataset_meta")
-    if isinstance(dataset_meta, Mapping) and dataset_meta.get("classes"):
-        return [str(name) for name in dataset_meta["classes"]]
-    if meta.get("CLASSES"):
-        return [str(name) for name in meta["CLASSES"]]
-    return None
+    names = dataset_meta.get("classes") if isinstance(dataset_meta, Mapping) else None
+    names = names or meta.get("CLASSES")
+    return [str(name) for name in names] if isinstance(names, (list, tuple)) and names else None
 
 
 def _from_mmpretrain(tensors: dict[str, Tensor], meta: Mapping[str, Any], path: str) -> Checkpoint:
@@ -200,25 +342,76 @@ def _from_mmpretrain(tensors: dict[str, Tensor], meta: Mapping[str, Any], path: 
     )
 
 
-def _from_torch_layout(tensors: dict[str, Tensor], source: str, path: str, transform_input: bool) -> Checkpoint:
+def _from_torch_layout(tensors: dict[str, Tensor], source: str, path: str) -> Checkpoint:
     notes: list[str] = []
     state = {key.removeprefix("module."): value for key, value in tensors.items()}
     state = _drop_background_class(state, notes)
-    if transform_input:
-        state = fold_transform_input(state)
-        notes.append("folded torchvision's transform_input into Conv2d_1a_3x3")
     preset = "torchvision" if source == "torchvision" else "timm-inception"
     return Checkpoint(state, source, path, preprocess=preset, notes=notes)
 
 
+def recognise_transform_input_file(path: Path) -> KnownFile | None:
+    """The entry of :data:`TRANSFORM_INPUT_FILES` this file is: by its full sha256, or, where only a
+    prefix is published, by its exact published name plus that prefix."""
+    candidates = [k for k in TRANSFORM_INPUT_FILES if len(k.sha256) == 64 or k.filename == path.name]
+    if not candidates:
+        return None
+    digest = file_digest(path)
+    for known in candidates:
+        if digest == known.sha256 if len(known.sha256) == 64 else digest.startswith(known.sha256):
+            return known
+    return None
+
+
+def _fold_if_expected(checkpoint: Checkpoint, path: Path, transform_input: bool) -> None:
+    """Fold transform_input when asked to, or when the file is one known to need it (torchvision's
+    Google weights passed by hand would otherwise give wrong logits, silently)."""
+    known = None if transform_input else recognise_transform_input_file(path)
+    if not (transform_input or known):
+        return
+    checkpoint.state_dict = fold_transform_input(checkpoint.state_dict)
+    checkpoint.transform_input_folded = True
+    if known is None:
+        checkpoint.notes.append("folded torchvision's transform_input into Conv2d_1a_3x3 (as asked)")
+        return
+    how = "sha256" if len(known.sha256) == 64 else "name and sha256 prefix"
+    note = (f"recognised as {known.description} ({how} {known.sha256[:8]}): folded its transform_input "
+            "into Conv2d_1a_3x3")
+    checkpoint.notes.append(note)
+    log.warning("%s: %s", path, note)
+
+
+def preset_spec(spec: str, path: str | Path = "") -> tuple[str, int | None]:
+    """Split a file's preset, ``"mmpretrain@75"``, into its name and crop; a crop outside CROP_RANGE is
+    refused, since preprocessing allocates by it."""
+    base, sep, crop = spec.partition("@")
+    if not sep:
+        return base, None
+    low, high = CROP_RANGE
+    if not (crop.isascii() and crop.isdigit() and len(crop) <= 5 and low <= int(crop) <= high):
+        raise CheckpointError(f"{path or 'checkpoint'}: preprocess {spec[:40]!r}: the crop must be a size "
+                              f"from {low} to {high}")
+    return base, int(crop)
+
+
 def _from_canonical(tensors: dict[str, Tensor], metadata: Mapping[str, str], path: str) -> Checkpoint:
-    class_names = json.loads(metadata["class_names"]) if metadata.get("class_names") else None
+    try:
+        class_names = json.loads(metadata["class_names"]) if metadata.get("class_names") else None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: its class_names metadata is not JSON ({exc})") from None
+    if class_names is not None and not (
+        isinstance(class_names, list) and all(isinstance(name, str) for name in class_names)
+    ):
+        raise CheckpointError(f"{path}: its class_names metadata is not a list of names")
+    preprocess = metadata.get("preprocess") or None
+    if preprocess:
+        preset_spec(preprocess, path)
     return Checkpoint(
         dict(tensors),
         metadata.get("source", CANONICAL_FORMAT),
         path,
         class_names=class_names,
-        preprocess=metadata.get("preprocess") or None,
+        preprocess=preprocess,
         count_include_pad=metadata.get("count_include_pad", "true") == "true",
     )
 
@@ -261,80 +454,147 @@ _KERAS3_TOPOLOGICAL_TO_CREATION = (
 )
 
 
-def _keras3_creation_name(name: str) -> str:
+def _keras3_creation_name(name: str, path: Path) -> str:
     kind = re.fullmatch(r"(conv2d|batch_normalization)(_\d+)?", name)
     if not kind:
         return name
     position = _layer_number(name)
     if position >= len(_KERAS3_TOPOLOGICAL_TO_CREATION):
-        raise CheckpointError(f"layer {name}: more layers than Inception V3 has")
+        raise CheckpointError(f"{path}: not a Keras Inception V3 file: layer {name!r} is past its last layer")
     return f"{kind.group(1)}_{_KERAS3_TOPOLOGICAL_TO_CREATION[position]}"
 
 
-def _keras_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """{layer name: {weight role: array}} from any of the three Keras HDF5 layouts."""
+def _not_keras_inception(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a Keras Inception V3 file: {problem}")
+
+
+def _h5_names(obj: Any, attribute: str, path: Path, what: str, limit: int) -> list[str]:
+    """A list-of-names attribute, its length checked before it is read (attributes can be large too)."""
+    if attribute not in obj.attrs:
+        raise _not_keras_inception(path, f"{what} has no {attribute!r} attribute")
+    shape = obj.attrs.get_id(attribute).shape or ()
+    if math.prod(shape) > limit:
+        raise _not_keras_inception(path, f"{what} lists {math.prod(shape):,} {attribute} (Inception V3 has under "
+                                         f"{limit:,})")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(obj.attrs[attribute])]
+
+
+def _keras_layers(handle: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """{layer name: {weight role: h5py dataset}} from any of the three Keras HDF5 layouts.
+
+    Datasets are returned unread, so that their shapes can be checked before any data is.
+    """
     import h5py
 
     def role(weight_name: str) -> str:
         return weight_name.rsplit("/", 1)[-1].split(":")[0]
 
-    layers: dict[str, dict[str, np.ndarray]] = {}
-    with h5py.File(path, "r") as handle:
-        if "layers" in handle and "layer_names" not in handle.attrs:  # Keras 3 .weights.h5
-            for name, group in handle["layers"].items():
-                if "vars" not in group or not len(group["vars"]):
-                    continue
-                arrays = [group["vars"][str(i)][()] for i in range(len(group["vars"]))]
-                if name.startswith("batch_normalization"):
-                    roles = ["beta", "moving_mean", "moving_variance"]
-                    if len(arrays) == 4:
-                        roles = ["gamma"] + roles
-                elif len(arrays) == 2:
-                    roles = ["kernel", "bias"]
-                else:
-                    roles = ["kernel"]
-                layers[_keras3_creation_name(name)] = dict(zip(roles, arrays, strict=True))
-            return layers
-        # Keras 2 weights files and legacy full-model files share the "layer_names" layout.
-        root = handle["model_weights"] if "model_weights" in handle else handle
-        if "layer_names" not in root.attrs:
-            raise CheckpointError(f"{path}: an HDF5 file, but not a Keras model or weights file")
-        for raw_name in root.attrs["layer_names"]:
-            name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
-            group = root[name]
-            weight_names = [w.decode() if isinstance(w, bytes) else str(w) for w in group.attrs["weight_names"]]
-            if weight_names:
-                layers[name] = {role(w): group[w][()] for w in weight_names}
+    def member(group: Any, key: str, what: str) -> Any:
+        if key not in group:
+            raise _not_keras_inception(path, f"{what} has no {key!r}")
+        return group[key]
+
+    layers: dict[str, dict[str, Any]] = {}
+    if "layers" in handle and "layer_names" not in handle.attrs:  # Keras 3 .weights.h5
+        for name, group in handle["layers"].items():
+            if not isinstance(group, h5py.Group) or "vars" not in group or not len(group["vars"]):
+                continue
+            variables = member(group, "vars", f"layer {name!r}")
+            arrays = [member(variables, str(i), f"layer {name!r}") for i in range(len(variables))]
+            if name.startswith("batch_normalization"):
+                roles = ["beta", "moving_mean", "moving_variance"]
+                if len(arrays) == 4:
+                    roles = ["gamma"] + roles
+            elif len(arrays) == 2:
+                roles = ["kernel", "bias"]
+            else:
+                roles = ["kernel"]
+            if len(arrays) != len(roles):
+                raise _not_keras_inception(path, f"layer {name!r} holds {len(arrays)} variables")
+            layers[_keras3_creation_name(name, path)] = dict(zip(roles, arrays, strict=True))
+        return layers
+    # Keras 2 weights files and legacy full-model files share the "layer_names" layout.
+    root = handle["model_weights"] if "model_weights" in handle else handle
+    if "layer_names" not in root.attrs:
+        raise CheckpointError(f"{path}: an HDF5 file, but not a Keras model or weights file")
+    for name in _h5_names(root, "layer_names", path, "the file", limit=10_000):
+        group = member(root, name, "the file")
+        weight_names = _h5_names(group, "weight_names", path, f"layer {name!r}", limit=16)
+        if weight_names:
+            layers[name] = {role(w): member(group, w, f"layer {name!r}") for w in weight_names}
     return layers
 
 
-def _from_keras(path: Path) -> Checkpoint:
-    try:
-        layers = _keras_layers(path)
-    except (OSError, KeyError) as exc:
-        raise CheckpointError(f"{path}: not a readable Keras HDF5 file ({exc})") from None
+def _read_dataset(dataset: Any, shape: tuple[int, ...], what: str, path: Path) -> np.ndarray:
+    """Read one weight after checking that it is a float dataset of the shape Inception V3 needs."""
+    import h5py
+
+    if not isinstance(dataset, h5py.Dataset):
+        raise _not_keras_inception(path, f"{what} is not a dataset")
+    if tuple(dataset.shape) != tuple(shape):
+        raise _not_keras_inception(path, f"{what} has shape {tuple(dataset.shape)}, Inception V3 needs {tuple(shape)}")
+    if dataset.dtype.kind != "f":
+        raise _not_keras_inception(path, f"{what} holds {dataset.dtype}, not floats")
+    return np.asarray(dataset[()])
+
+
+def _keras_checkpoint(handle: Any, path: Path) -> Checkpoint:
+    layers = _keras_layers(handle, path)
     convs = sorted((n for n in layers if re.fullmatch(r"conv2d(_\d+)?", n)), key=_layer_number)
     bns = sorted((n for n in layers if re.fullmatch(r"batch_normalization(_\d+)?", n)), key=_layer_number)
-    dense = [n for n in layers if "bias" in layers[n] and layers[n]["kernel"].ndim == 2]
+    dense = [n for n in layers if "bias" in layers[n] and getattr(layers[n].get("kernel"), "ndim", 0) == 2]
     blocks = _conv_blocks(with_aux=False)
     if len(convs) != len(blocks) or len(bns) != len(blocks):
         raise CheckpointError(
             f"{path}: found {len(convs)} conv and {len(bns)} batch-norm layers, Inception V3 has {len(blocks)}"
         )
-    state: dict[str, Tensor] = {}
-    for prefix, conv, bn in zip(blocks, convs, bns, strict=True):
-        w = layers[bn]
-        _tf_conv_bn(state, prefix, layers[conv]["kernel"], w["beta"], w["moving_mean"], w["moving_variance"],
-                    w.get("gamma"))
-    notes = ["mapped Keras layers by creation order (their names are auto-numbered)"]
     if len(dense) != 1:
         raise CheckpointError(f"{path}: expected one Dense classifier layer, found {len(dense)} (include_top=False?)")
-    state["fc.weight"] = torch.from_numpy(np.ascontiguousarray(layers[dense[0]]["kernel"].T))
-    state["fc.bias"] = torch.from_numpy(layers[dense[0]]["bias"].copy())
+    shapes = _expected_shapes(1000, aux=False)
+
+    def weight(layer: str, role: str, shape: tuple[int, ...], optional: bool = False) -> np.ndarray | None:
+        if role not in layers[layer]:
+            if optional:
+                return None
+            raise _not_keras_inception(path, f"layer {layer!r} has no {role!r}")
+        return _read_dataset(layers[layer][role], shape, f"layer {layer!r} {role!r}", path)
+
+    state: dict[str, Tensor] = {}
+    for prefix, conv, bn in zip(blocks, convs, bns, strict=True):
+        out, inp, kh, kw = shapes[f"{prefix}.conv.weight"]
+        vector = (out,)
+        _tf_conv_bn(state, prefix, weight(conv, "kernel", (kh, kw, inp, out)), weight(bn, "beta", vector),
+                    weight(bn, "moving_mean", vector), weight(bn, "moving_variance", vector),
+                    weight(bn, "gamma", vector, optional=True))
+    notes = ["mapped Keras layers by creation order (their names are auto-numbered)"]
+    kernel = layers[dense[0]]["kernel"]
+    classes = kernel.shape[1]
+    if not 1 <= classes <= MAX_CLASSES + 1:
+        raise _not_keras_inception(path, f"layer {dense[0]!r} has {classes:,} outputs (at most {MAX_CLASSES:,} "
+                                         "classes are accepted)")
+    state["fc.weight"] = torch.from_numpy(np.ascontiguousarray(weight(dense[0], "kernel", (2048, classes)).T))
+    state["fc.bias"] = torch.from_numpy(weight(dense[0], "bias", (classes,)).copy())
     state = _drop_background_class(state, notes)
     return Checkpoint(
         state, "keras", str(path), preprocess="keras", count_include_pad=count_include_pad_for("keras"), notes=notes
     )
+
+
+def _from_keras(path: Path) -> Checkpoint:
+    try:
+        import h5py
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading a Keras .h5 file needs h5py: pip install 'inceptionv3[keras]'"
+        ) from None
+    try:
+        with h5py.File(path, "r") as handle:
+            return _keras_checkpoint(handle, path)
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a readable Keras HDF5 file ({type(exc).__name__}: {reason})") from None
 
 
 # --- TF-slim --------------------------------------------------------------------------------
@@ -401,7 +661,11 @@ def _from_tf_slim(path: Path) -> Checkpoint:
 
 
 def read_checkpoint(path: str | Path, source: str | None = None, transform_input: bool = False) -> Checkpoint:
-    """Read any supported checkpoint file and convert it to this package's layout."""
+    """Read any supported checkpoint file and convert it to this package's layout.
+
+    ``transform_input=True`` folds torchvision's input transform into a torch-layout file; a file
+    recognised as torchvision's Google weights (:data:`TRANSFORM_INPUT_FILES`) gets it folded either way.
+    """
     path = Path(path)
     if source is not None and source not in SOURCES:
         raise CheckpointError(f"{path}: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
@@ -409,52 +673,121 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    checkpoint, torch_layout = _convert(path, source)
+    check_fits(checkpoint.state_dict, str(path))  # before anything is computed from the tensors
+    if torch_layout:  # converted files (safetensors) were folded, if at all, when they were written
+        checkpoint.transform_input_folded = False
+        _fold_if_expected(checkpoint, path, transform_input)
+    _warn_if_not_finite(checkpoint.state_dict, path)
+    return checkpoint
+
+
+def _convert(path: Path, source: str | None) -> tuple[Checkpoint, bool]:
+    """The file converted to this layout, and whether it is a torchvision/timm layout file."""
     if source == "tf-slim" or path.name.endswith((".index", ".ckpt")) or ".data-" in path.name:
-        return _from_tf_slim(path)
+        return _from_tf_slim(path), False
     if source == "keras" or _is_hdf5(path):
-        return _from_keras(path)
+        return _from_keras(path), False
     if _is_safetensors(path):
         tensors, metadata = _read_safetensors(path)
         meta: Mapping[str, Any] = {}
     else:
         tensors, meta = _unwrap_torch_object(_torch_load(path), path)
+        _check_torch_tensors(tensors, path)
         metadata = {}
-    detected = source or detect_source(tensors, metadata)
+    try:
+        detected = source or detect_source(tensors, metadata)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     if detected == CANONICAL_FORMAT:
         if metadata.get("format") != CANONICAL_FORMAT:
             raise CheckpointError(
                 f"{path}: source='inceptionv3' needs a safetensors file written by `inceptionv3 convert`"
             )
-        return _from_canonical(tensors, metadata, str(path))
+        return _from_canonical(tensors, metadata, str(path)), False
     if detected == "mmpretrain":
-        return _from_mmpretrain(tensors, meta, str(path))
+        return _from_mmpretrain(tensors, meta, str(path)), False
     if detected in ("torchvision", "timm"):
-        return _from_torch_layout(tensors, detected, str(path), transform_input)
+        return _from_torch_layout(tensors, detected, str(path)), True
     raise CheckpointError(f"{path}: source {detected!r} does not fit this file's format")
+
+
+def _warn_if_not_finite(state: Mapping[str, Tensor], path: Path) -> None:
+    """NaN or inf weights load without complaint and then make every output NaN: say so, naming them."""
+    bad = {}
+    for key, value in state.items():
+        if value.is_floating_point():
+            count = int(value.numel() - torch.isfinite(value).sum())
+            if count:
+                bad[key] = count
+    if bad:
+        names = ", ".join(f"{key} ({count:,})" for key, count in list(bad.items())[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        warnings.warn(
+            f"{path}: {sum(bad.values()):,} non-finite values (NaN or inf) in {len(bad)} tensors: {names}{more}; "
+            "the model's outputs will not be usable", RuntimeWarning, stacklevel=3,
+        )
+
+
+def _num_classes(state: Mapping[str, Tensor], path: str) -> int:
+    """The head's class count, refused beyond MAX_CLASSES before any model of that size is built."""
+    fc = state.get("fc.weight")
+    if fc is None:
+        raise CheckpointError(f"{path or 'checkpoint'}: no fc.weight, so not an Inception V3 classifier "
+                              "(a backbone without its head?)")
+    if fc.ndim != 2 or not 1 <= fc.shape[0] <= MAX_CLASSES:
+        raise CheckpointError(f"{path or 'checkpoint'}: fc.weight has shape {tuple(fc.shape)}; Inception V3's is "
+                              f"(classes, 2048) with 1 to {MAX_CLASSES:,} classes")
+    return int(fc.shape[0])
+
+
+def _expected_shapes(num_classes: int, aux: bool) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: no memory, whatever the head's size
+        model = InceptionV3(num_classes=num_classes, aux_logits=aux, init_weights=False)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _fit_error(
+    expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Tensor], path: str, optional: str = "\0"
+) -> CheckpointError | None:
+    """Every way ``state_dict`` misses Inception V3's layout, in one message; keys under ``optional`` may be absent."""
+    missing = [k for k in expected if k not in state_dict and not k.startswith(optional)]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v)
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return None
+
+    def show(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
+
+    parts = [f"{path or 'checkpoint'} does not fit InceptionV3:"]
+    if missing:
+        parts.append(f"  missing keys ({len(missing)}): {show(missing)}")
+    if unexpected:
+        parts.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+    if wrong_shape:
+        parts.append(f"  wrong shapes ({len(wrong_shape)}): {show(wrong_shape)}")
+    return CheckpointError("\n".join(parts))
+
+
+def check_fits(state_dict: Mapping[str, Tensor], path: str = "") -> None:
+    """Refuse a state dict that is not Inception V3 (the auxiliary head optional), checking shapes
+    against a model on the meta device, so that no real model is built for a head of any size."""
+    expected = _expected_shapes(_num_classes(state_dict, path), aux=True)
+    error = _fit_error(expected, state_dict, path, optional="AuxLogits.")
+    if error is not None:
+        raise error
 
 
 def load_state_dict_strict(model: InceptionV3, state_dict: Mapping[str, Tensor], path: str = "") -> None:
     """``load_state_dict(strict=True)`` with an error that lists every problem and names the file."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f" ... (+{len(items) - 8} more)" if len(items) > 8 else "")
-
-        parts = [f"{path or 'checkpoint'} does not fit InceptionV3:"]
-        if missing:
-            parts.append(f"  missing keys ({len(missing)}): {show(missing)}")
-        if unexpected:
-            parts.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
-        if wrong_shape:
-            parts.append(f"  wrong shapes ({len(wrong_shape)}): {show(wrong_shape)}")
-        raise CheckpointError("\n".join(parts))
+    error = _fit_error({k: tuple(v.shape) for k, v in model.state_dict().items()}, state_dict, path)
+    if error is not None:
+        raise error
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -474,6 +807,9 @@ def build_model(
         state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
     elif not checkpoint.has_aux:
         raise CheckpointError(f"{checkpoint.path}: aux_logits=True, but the checkpoint has no AuxLogits weights")
+    error = _fit_error(_expected_shapes(checkpoint.num_classes, aux_logits), state, checkpoint.path)
+    if error is not None:  # before the model is allocated
+        raise error
     model = InceptionV3(
         num_classes=checkpoint.num_classes, aux_logits=aux_logits, dropout=dropout,
         count_include_pad=checkpoint.count_include_pad, init_weights=False,
@@ -496,6 +832,8 @@ def save_canonical(
     from safetensors.torch import save_file
 
     path = Path(path)
+    if preprocess:
+        preset_spec(preprocess, path)
     if class_names is not None and len(class_names) != model.num_classes:
         raise CheckpointError(f"{path}: {len(class_names)} class names for a {model.num_classes}-class model")
     metadata = {
@@ -507,7 +845,24 @@ def save_canonical(
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    tmp = unique_temp_path(path)
+    mode = tmp.stat().st_mode & 0o777  # what any new file gets here: 0666 less the umask
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors writes its files 0600, unreadable to anyone else
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def unique_temp_path(path: Path, suffix: str = ".tmp") -> Path:
+    """A fresh name beside ``path``, created empty with the permissions any new file gets (0666 less the
+    umask, unlike mkstemp's 0600), so that two writers never share it and the renamed file is readable."""
+    while True:
+        candidate = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
+        try:
+            with open(candidate, "xb"):
+                return candidate
+        except FileExistsError:
+            continue

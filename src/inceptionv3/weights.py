@@ -3,11 +3,13 @@
 Each :class:`WeightsEntry` carries what is needed to use its weights correctly: the files (in
 order of preference, each with its own format), the preprocessing preset, the class names and the
 published metrics. Downloads are streamed to a temporary file, hash-checked, and only then renamed
-into the cache, so a partial or wrong file is never used.
+into the cache, so a partial or wrong file is never used. A transfer must also finish within a deadline
+and keep up a minimum rate, since the per-read timeout alone lets a trickling server hold it forever.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import logging
@@ -17,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -25,7 +28,17 @@ from urllib.parse import urlsplit
 
 import torch
 
-from .checkpoints import Checkpoint, CheckpointError, build_model, count_include_pad_for, read_checkpoint
+from .checkpoints import (
+    TORCHVISION_GOOGLE_SHA256,
+    Checkpoint,
+    CheckpointError,
+    build_model,
+    count_include_pad_for,
+    file_digest,
+    preset_spec,
+    read_checkpoint,
+    unique_temp_path,
+)
 from .errors import DownloadError, UnknownModelError
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
@@ -57,7 +70,8 @@ class WeightFile:
     """One downloadable file and how to read it.
 
     ``hash`` is ``sha256:<hex>`` (a full digest or a prefix, as torch.hub checks the prefix in a
-    file name) or ``md5:<hex>`` (Keras publishes md5). ``None`` means no published hash: such a
+    file name) or ``md5:<hex>`` (Keras publishes md5). Where the full sha256 is known it is given, since
+    the 32-bit prefix in a file name can be matched on purpose. ``None`` means no published hash: such a
     file is never downloaded automatically.
     """
 
@@ -118,6 +132,7 @@ def _file(url: str, source: str, *, transform_input: bool = False, hash: str | N
 
 
 TORCHVISION_GOOGLE = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+TORCHVISION_GOOGLE_HASH = "sha256:" + TORCHVISION_GOOGLE_SHA256  # its name carries only the first 8 hex digits
 TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
 
 ZOO: dict[str, WeightsEntry] = {
@@ -133,7 +148,7 @@ ZOO: dict[str, WeightsEntry] = {
                 ),
                 # download.openmmlab.com has been unreachable since mid-2026; mmpretrain converted
                 # its file from these torchvision weights, so they load with the input transform folded.
-                _file(TORCHVISION_GOOGLE, "torchvision", transform_input=True),
+                _file(TORCHVISION_GOOGLE, "torchvision", transform_input=True, hash=TORCHVISION_GOOGLE_HASH),
             ),
             preprocess=PRESETS["mmpretrain"],
             metrics=(Metrics(77.57, 93.58, "mmpretrain metafile (ImageNet-1k val)"),),
@@ -147,7 +162,7 @@ ZOO: dict[str, WeightsEntry] = {
         WeightsEntry(
             name="inception_v3.tv_in1k",
             files=(
-                _file(TORCHVISION_GOOGLE, "torchvision", transform_input=True),
+                _file(TORCHVISION_GOOGLE, "torchvision", transform_input=True, hash=TORCHVISION_GOOGLE_HASH),
                 _file("https://download.pytorch.org/models/inception_v3_google-1a9a5a14.pth", "torchvision",
                       transform_input=True),
             ),
@@ -158,7 +173,8 @@ ZOO: dict[str, WeightsEntry] = {
             ),
             license="BSD-3-Clause",
             origin=("https://github.com/pytorch/vision/blob/main/torchvision/models/inception.py",),
-            notes="Google's weights as published by torchvision; transform_input is folded into the first conv.",
+            notes="Google's weights as published by torchvision. They expect torchvision's transform_input, which "
+            "loading folds into the first conv; weights_info.notes says whether it was folded.",
         ),
         WeightsEntry(
             name="inception_v3.tf_in1k",
@@ -265,20 +281,20 @@ def _mirrored(url: str) -> str:
     return mirror.rstrip("/") + "/" + Path(urlsplit(url).path).name
 
 
+DEADLINE_S = 1800.0
+"""Default limit on one transfer, whole: the per-read timeout alone never ends a server that trickles."""
+
+MIN_RATE = 10_000.0
+"""Default minimum rate in bytes/s, averaged over RATE_WINDOW_S once a transfer has run that long."""
+
+RATE_WINDOW_S = 60.0
+
+
 def _hasher(expected: str):
     algorithm, _, digest = expected.partition(":")
     if algorithm not in ("sha256", "md5") or not digest:
         raise ValueError(f"bad hash spec {expected!r}; use sha256:<hex> or md5:<hex>")
     return hashlib.new(algorithm), digest.lower()
-
-
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """The file's hex digest, read in 1 MiB blocks."""
-    hasher = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def file_hash_matches(path: Path, expected: str) -> bool:
@@ -303,11 +319,72 @@ def _is_verified(path: Path, expected: str) -> bool:
     return False
 
 
-def _stream_to(url: str, dest: Path, expected: str, timeout: float, progress: bool) -> None:
-    """One attempt: stream ``url`` into a temporary file next to ``dest``, verify, rename."""
+class _Abandoned(Exception):
+    """A transfer that is too slow to finish: retrying the same URL would not help."""
+
+
+class _Pace:
+    """Ends a transfer past its deadline, or when the last ``window`` seconds averaged under ``min_rate``.
+
+    It is checked after every read, and a read returns as soon as any data arrives (or fails after the
+    per-read timeout), so the deadline is overshot by at most that timeout.
+    """
+
+    def __init__(self, deadline: float, min_rate: float, window: float) -> None:
+        self.deadline, self.min_rate, self.window = deadline, min_rate, window
+        self.start = time.monotonic()
+        self.samples: deque[tuple[float, int]] = deque([(self.start, 0)])
+
+    def check(self, received: int) -> None:
+        now = time.monotonic()
+        if now - self.start > self.deadline:
+            raise _Abandoned(f"not finished within the {self.deadline:g} s deadline ({received:,} bytes received)")
+        self.samples.append((now, received))
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()  # keep the newest sample that is at least a window old
+        then, then_received = self.samples[0]
+        if now - then < self.window:
+            return  # the first window is the grace period
+        rate = (received - then_received) / (now - then)
+        if rate < self.min_rate:
+            raise _Abandoned(f"too slow: {rate:,.0f} B/s over the last {now - then:.3g} s "
+                             f"(minimum {self.min_rate:,.0f} B/s)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as someone else's
+        return True
+    return True
+
+
+def _remove_stale_partials(dest: Path) -> None:
+    """Remove the ``.partial`` files (``<name>.<pid>.<random>.partial``) of downloads whose process died
+    without cleaning up: killed, or the machine lost power. Without POSIX pids, a day untouched is stale."""
+    for partial in dest.parent.glob(f"{dest.name}.*.partial"):
+        pid = partial.name[len(dest.name) + 1:].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        if os.name == "posix":
+            stale = not _pid_alive(int(pid))
+        else:
+            stale = time.time() - partial.stat().st_mtime > 86400
+        if stale:
+            partial.unlink(missing_ok=True)
+
+
+def _stream_to(url: str, dest: Path, expected: str, timeout: float, progress: bool, pace: _Pace) -> None:
+    """One attempt: stream ``url`` into a temporary file next to ``dest``, verify, rename.
+
+    The temporary file has a name of its own (two downloads never share it) and is removed on every way
+    out, an exception or Ctrl-C included.
+    """
     hasher, digest = _hasher(expected)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
     request = urllib.request.Request(url, headers={"User-Agent": "inceptionv3"})
+    tmp = unique_temp_path(dest, ".partial")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -318,12 +395,13 @@ def _stream_to(url: str, dest: Path, expected: str, timeout: float, progress: bo
 
                 bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, file=sys.stderr, leave=False)
             try:
-                while chunk := response.read(1 << 16):
+                while chunk := response.read1(1 << 16):  # whatever has arrived: a trickle cannot hold a read
                     out.write(chunk)
                     hasher.update(chunk)
                     received += len(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
+                    pace.check(received)
             finally:
                 if bar is not None:
                     bar.close()
@@ -344,11 +422,15 @@ def download_weights(
     timeout: float = 30.0,
     retries: int = 3,
     progress: bool = True,
+    deadline: float = DEADLINE_S,
+    min_rate: float = MIN_RATE,
+    rate_window: float = RATE_WINDOW_S,
 ) -> tuple[Path, WeightFile]:
     """Return a verified local copy of the first of ``entry.files`` that can be had.
 
-    Each URL is tried ``retries`` times with backoff; a 404 or a wrong hash moves straight on to
-    the next URL, since repeating it cannot help.
+    Each URL is tried ``retries`` times with backoff; a 404, a wrong hash, or a transfer past
+    ``deadline`` seconds or under ``min_rate`` bytes/s (over ``rate_window`` s) moves straight on to
+    the next URL, since repeating it cannot help. ``timeout`` bounds each read.
     """
     directory = cache_dir()
     tried: list[str] = []
@@ -367,16 +449,17 @@ def download_weights(
             continue
         url = _mirrored(weight_file.url)
         directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(dest)
         for attempt in range(retries):
             try:
-                _stream_to(url, dest, weight_file.hash, timeout, progress)
+                _stream_to(url, dest, weight_file.hash, timeout, progress, _Pace(deadline, min_rate, rate_window))
                 _is_verified(dest, weight_file.hash)  # writes the marker
                 return dest, weight_file
             except urllib.error.HTTPError as exc:
                 tried.append(f"{url}: HTTP {exc.code} {exc.reason}")
                 if exc.code < 500:
                     break
-            except ValueError as exc:  # hash mismatch
+            except (ValueError, _Abandoned) as exc:  # hash mismatch, too slow
                 tried.append(f"{url}: {exc}")
                 break
             except (TimeoutError, urllib.error.URLError, OSError) as exc:
@@ -423,10 +506,24 @@ def _preset_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None) -> Pr
     if entry is not None:
         return entry.preprocess
     if checkpoint is not None and checkpoint.preprocess:
-        base, _, crop = checkpoint.preprocess.partition("@")  # "mmpretrain@75": a preset at another crop size
+        base, crop = preset_spec(checkpoint.preprocess, checkpoint.path)  # "mmpretrain@75": another crop size
         if base in PRESETS:
-            return PRESETS[base].with_crop(int(crop)) if crop.isdigit() else PRESETS[base]
+            return PRESETS[base].with_crop(crop) if crop else PRESETS[base]
     return PRESETS["torchvision"]
+
+
+_FOLD_CLAIM = re.compile(r",? with transform_input folded into the weights")
+
+
+def _note_what_was_done(preset: Preprocess, checkpoint: Checkpoint | None) -> Preprocess:
+    """The preset's note, as attached to a loaded model, says whether transform_input was folded into
+    these weights, not what the zoo's own file gets."""
+    note = _FOLD_CLAIM.sub("", preset.source_note)
+    if checkpoint is not None and checkpoint.transform_input_folded:
+        note += "; transform_input folded into the weights"
+    elif checkpoint is not None and checkpoint.transform_input_folded is False and checkpoint.source == "torchvision":
+        note += "; transform_input not folded (pass transform_input=True if these weights expect it)"
+    return preset if note == preset.source_note else dataclasses.replace(preset, source_note=note)
 
 
 def get_model(
@@ -444,7 +541,8 @@ def get_model(
 
     ``pretrained=False`` gives fresh weights; ``pretrained=PATH`` loads that file into the named
     model (keeping the entry's preprocessing). ``source`` forces a checkpoint format;
-    ``transform_input=True`` says the file expects torchvision's input transform, which is folded.
+    ``transform_input=True`` says the file expects torchvision's input transform, which is folded
+    (torchvision's own Google file is recognised by its sha256 and folded without being asked).
     The result carries ``model.weights_info`` (preset, class names, origin).
     """
     entry = ZOO.get(str(name_or_path))
@@ -479,7 +577,7 @@ def get_model(
         name=entry.name if entry else None,
         source=checkpoint.source if checkpoint else (entry.source if entry else "fresh"),
         path=checkpoint.path if checkpoint else None,
-        preprocess=_preset_for(checkpoint, entry),
+        preprocess=_note_what_was_done(_preset_for(checkpoint, entry), checkpoint),
         class_names=None if head_changed else _class_names_for(checkpoint, entry, model.num_classes),
         entry=entry,
         notes=tuple(checkpoint.notes) if checkpoint else (),
