@@ -68,7 +68,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     from .weights import download_weights, get_entry
 
-    path, weight_file = download_weights(get_entry(args.name), timeout=args.timeout)
+    path, weight_file = download_weights(get_entry(args.name), timeout=args.timeout, deadline=args.deadline,
+                                         min_rate=args.min_rate)
     print(f"{args.name}: {path} ({weight_file.url})")
     return 0
 
@@ -499,6 +500,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
+    from .weights import DEADLINE_S, MIN_RATE
 
     parser = argparse.ArgumentParser(prog="inceptionv3", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -514,7 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("download", help="fetch and verify a model's weights into the cache")
     p.add_argument("name")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds without data before a retry")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds one read may wait (the whole transfer is bounded by --deadline)")
+    p.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds one file's whole transfer may take")
+    p.add_argument("--min-rate", type=float, default=MIN_RATE,
+                   help="bytes per second below which a transfer is abandoned (averaged over a minute)")
     p.set_defaults(func=_cmd_download)
 
     p = commands.add_parser("cache", help="list the downloaded weights and compiled exports, or clear them")

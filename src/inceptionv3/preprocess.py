@@ -250,8 +250,7 @@ PRESETS: dict[str, Preprocess] = {
         ),
         Preprocess(
             "torchvision", 342, 299, "bilinear", "pil", IMAGENET_MEAN, IMAGENET_STD, scale=255.0,
-            source_note="torchvision Inception_V3_Weights.IMAGENET1K_V1: ImageClassification(crop 299, resize 342), "
-            "with transform_input folded into the weights",
+            source_note="torchvision Inception_V3_Weights.IMAGENET1K_V1: ImageClassification(crop 299, resize 342)",
         ),
         Preprocess(
             # timm resolves crop_pct 0.875 at 299 to a short edge of floor(299 / 0.875) = 341.

@@ -512,13 +512,10 @@ def _preset_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None) -> Pr
     return PRESETS["torchvision"]
 
 
-_FOLD_CLAIM = re.compile(r",? with transform_input folded into the weights")
-
-
 def _note_what_was_done(preset: Preprocess, checkpoint: Checkpoint | None) -> Preprocess:
     """The preset's note, as attached to a loaded model, says whether transform_input was folded into
     these weights, not what the zoo's own file gets."""
-    note = _FOLD_CLAIM.sub("", preset.source_note)
+    note = preset.source_note
     if checkpoint is not None and checkpoint.transform_input_folded:
         note += "; transform_input folded into the weights"
     elif checkpoint is not None and checkpoint.transform_input_folded is False and checkpoint.source == "torchvision":
