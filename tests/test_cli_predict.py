@@ -265,3 +265,31 @@ def test_every_command_that_loads_weights_takes_transform_input(trained_like_che
     for argv in (["test", "--data", "d"], ["export", "m", "--format", "onnx", "--out", "o"], ["benchmark"],
                  ["convert", "a", "b"]):
         assert build_parser().parse_args([*argv, "--transform-input"]).transform_input is True, argv[0]
+
+
+def test_max_bytes_refuses_a_large_file_and_keeps_the_others(trained_like_checkpoint, tmp_path):
+    small, large = tmp_path / "small.png", tmp_path / "large.bmp"
+    Image.open(photo_paths()[0]).convert("RGB").resize((80, 80)).save(small)
+    shutil.copy(next(p for p in photo_paths() if p.suffix == ".bmp"), large)
+    limit = small.stat().st_size + 1000
+    assert large.stat().st_size > limit
+    out = tmp_path / "rows.csv"
+    assert main(["predict", str(small), str(large), "--weights", str(trained_like_checkpoint),
+                 "--max-bytes", str(limit), "--output", str(out)]) == 1
+    rows = list(csv.DictReader(out.open()))
+    assert rows[0]["error"] == "" and rows[0]["pred_label"]
+    assert "limit (max_bytes)" in rows[1]["error"] and rows[1]["pred_label"] == ""
+
+
+def test_test_predictions_csv_escapes_odd_names_and_formula_classes(trained_like_checkpoint, tmp_path):
+    classes = [f"=cls{i}" for i in range(1000)]
+    weights = _checkpoint_like(trained_like_checkpoint, tmp_path / "classes.pth", classes=classes)
+    folder = tmp_path / "data" / "=cls7"
+    folder.mkdir(parents=True)
+    shutil.copy(photo_paths()[0], os.path.join(os.fsencode(folder), b"caf\xe9.jpg"))
+    predictions = tmp_path / "preds.csv"
+    assert main(["test", "--data", str(tmp_path / "data"), "--weights", str(weights), "--predictions",
+                 str(predictions), "--quiet"]) == 0
+    rows = list(csv.DictReader(predictions.open(encoding="utf-8")))
+    assert len(rows) == 1 and rows[0]["path"].endswith("caf\\xe9.jpg") and rows[0]["label"] == "7"
+    assert rows[0]["top1_class"] == "'" + classes[int(rows[0]["top1_label"])]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,9 +61,107 @@ def test_folders_named_like_the_models_classes_are_matched_by_name(tmp_path):
         shutil.copy(IMAGES / "coral_cat.bmp", tmp_path / name / "x.bmp")
     dataset = folder_dataset(tmp_path)
     assert align_to_model(dataset, ("cat", "zebra", "ant"), 3).labels.tolist() == [2, 1]
-    assert align_to_model(dataset, None, 2).labels.tolist() == [0, 1]  # no names: ImageFolder's indices
+    # A model without class names has nothing to match folders against: an error, unless the folder order is asked.
+    with pytest.raises(DatasetError, match=r"no class names to match the data's 2 classes.*--label-by-folder-order"):
+        align_to_model(dataset, None, 2)
+    by_order = folder_dataset(tmp_path, label_by_folder_order=True)
+    assert align_to_model(by_order, None, 2).labels.tolist() == [0, 1]  # ImageFolder's indices
     with pytest.raises(DatasetError, match="outside 0..0"):
-        align_to_model(dataset, None, 1)
+        align_to_model(by_order, None, 1)
+
+
+def _tsv_rows() -> list[tuple[str, list[str]]]:
+    """(wnid, names) per ImageNet class, read from the shared classes.tsv, apart from the package's own lists."""
+    rows = [line.split("\t") for line in (IMAGENET / "classes.tsv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == list(range(1000))
+    return [(r[1], r[2].split(", ")) for r in rows]
+
+
+def _index_of(main_name: str) -> int:
+    """The one class whose first name is ``main_name``, looked up in classes.tsv."""
+    found = [i for i, (_, names) in enumerate(_tsv_rows()) if names[0] == main_name]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _make_folders(root, layout: dict[str, list[str]]) -> None:
+    for folder, photos in layout.items():
+        (root / folder).mkdir(parents=True)
+        for photo in photos:
+            shutil.copy(IMAGES / photo, root / folder / photo)
+
+
+def test_plain_class_folder_names_match_by_name_synonym_or_wnid(tmp_path):
+    # issue 11: 'cheetah/' and 'cougar/' were scored as classes 0 and 1 (tench, goldfish) by their folder order.
+    tench_wnid = _tsv_rows()[0][0]
+    layout = {"cheetah": ["felix_220_cheetah.jpg", "felix_221_cheetah.jpg"],
+              "Mountain_Lion": ["felix_218_cougar.jpg"],  # a synonym of 'cougar, puma, catamount, mountain lion, ...'
+              "tiger-cat": ["coral_cat.bmp"], "Great White Shark": ["coral_bird.bmp"],
+              tench_wnid.upper(): ["skimage_coffee.png"], "harp": ["coral_parrot.jpg"],
+              "tank suit": ["coral_hot_dog.jpg"]}
+    _make_folders(tmp_path, layout)
+    expected = {"cheetah": _index_of("cheetah"), "Mountain_Lion": _index_of("cougar"),
+                "tiger-cat": _index_of("tiger cat"), "Great White Shark": _index_of("great white shark"),
+                tench_wnid.upper(): 0,
+                # 'harp' is also a synonym of 'harmonica, mouth organ, harp, ...': the class named 'harp' first wins.
+                "harp": _index_of("harp"),
+                "tank suit": next(i for i, (_, n) in enumerate(_tsv_rows()) if n == ["maillot", "tank suit"])}
+    aligned = align_to_model(folder_dataset(tmp_path), imagenet_classes(), 1000)
+    got = {Path(name).parent.name: int(label) for name, label in zip(aligned.names, aligned.labels, strict=True)}
+    assert got == expected
+    assert expected["cheetah"] == 293 and expected["Mountain_Lion"] == 286  # the README's indices for these photos
+    assert aligned.class_names == imagenet_classes()
+
+
+def test_unmatched_and_ambiguous_folders_are_an_error_naming_each(tmp_path):
+    _make_folders(tmp_path, {"cheetah": ["felix_220_cheetah.jpg"], "crane": ["coral_bird.bmp"],
+                             "maillot": ["coral_cat.bmp"], "cheetahs": ["felix_221_cheetah.jpg"]})
+    rows = _tsv_rows()
+    cranes = [(i, wnid) for i, (wnid, names) in enumerate(rows) if names == ["crane"]]
+    maillots = [(i, wnid) for i, (wnid, names) in enumerate(rows) if names[0] == "maillot"]
+    assert len(cranes) == 2 and len(maillots) == 2
+    with pytest.raises(DatasetError) as caught:
+        align_to_model(folder_dataset(tmp_path), imagenet_classes(), 1000)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}: 3 of 4 classes match none of the model's 1000 classes: ")
+    assert "\n" not in message and "--classes FILE" in message and "--label-by-folder-order" in message
+    for index, wnid in cranes + maillots:
+        assert f"{index} " in message and f"= {wnid}" in message
+    assert "cheetahs (no such class)" in message and "crane (ambiguous: " in message
+    assert "maillot (ambiguous: " in message and "cheetah (" not in message
+
+
+def test_explicit_classes_or_folder_order_label_the_folders(tmp_path):
+    _make_folders(tmp_path, {"Zebra": ["coral_cat.bmp"], "ant": ["coral_bird.bmp", "skimage_coffee.png"]})
+    def by_folder(dataset):
+        return sorted((Path(n).parent.name, int(label)) for n, label in zip(dataset.names, dataset.labels, strict=True))
+
+    classes = ("cat", "zebra", "ant")
+    given = load_dataset(tmp_path, class_names=classes)
+    assert by_folder(given) == [("Zebra", 1), ("ant", 2), ("ant", 2)]
+    assert given.class_names == classes and not given.by_name
+    assert by_folder(align_to_model(given, None, 3)) == [("Zebra", 1), ("ant", 2), ("ant", 2)]  # the list rules
+    ordered = load_dataset(tmp_path, label_by_folder_order=True)
+    assert by_folder(ordered) == [("Zebra", 0), ("ant", 1), ("ant", 1)] and ordered.class_names == ("Zebra", "ant")
+    # Folder order on a 1000-class model: 'Zebra' (sorted first) is output 0, as the caller asked.
+    assert by_folder(align_to_model(ordered, imagenet_classes(), 1000)) == [("Zebra", 0), ("ant", 1), ("ant", 1)]
+    with pytest.raises(DatasetError, match=r"1 of 2 classes match none of the 2 classes given: Zebra \(no such"):
+        load_dataset(tmp_path, class_names=("cat", "ant"))
+
+
+def test_match_classes_prefers_the_main_name_and_never_guesses():
+    from inceptionv3.data import match_classes
+
+    classes = imagenet_classes()
+    wnids = [wnid for wnid, _ in _tsv_rows()]
+    names = ["missile", "gong", "partridge", "Cardigan Welsh corgi", "panda", "Cardigan", "crane", "cougar"]
+    matched, problems = match_classes(names, classes, wnids)
+    assert matched[:4] == [_index_of("missile"), _index_of("gong"), _index_of("partridge"), _index_of("Cardigan")]
+    # 'panda' is a synonym of two classes, first of neither; 'Cardigan' is the main name of the corgi and, in
+    # another case, of the sweater; 'crane' names a bird and a machine.
+    assert matched[4:7] == [None, None, None] and matched[7] == _index_of("cougar")
+    assert [p.split(" (")[0] for p in problems] == ["panda", "Cardigan", "crane"]
+    assert match_classes(["tench"], ["tench", "tench"])[0] == [None]  # even an exact name, when two carry it
 
 
 @pytest.mark.parametrize("content, message", [
@@ -116,3 +215,32 @@ def test_photo_labels_cover_the_real_photos():
     labels = photo_labels()
     assert len(labels) == 21 and all(0 <= i < 1000 for v in labels.values() for i in v)
     assert np.unique([v[0] for v in labels.values()]).size >= 10
+
+
+@pytest.mark.parametrize("classes, num_classes, label, bound", [
+    (None, None, "99999999999", "0..999999"),  # issue 11: this built 10^11 class names
+    (None, None, "1" + "0" * 5000, "0..999999"),  # more digits than int() converts
+    (None, 10, "10", "0..9"),  # the model's class count, when the caller knows it
+    ("imagenet", None, "1000", "0..999"),
+])
+def test_huge_labels_are_refused_before_anything_is_sized_by_them(tmp_path, classes, num_classes, label, bound):
+    shutil.copy(IMAGES / "skimage_coffee.png", tmp_path / "img.jpg")
+    shutil.copy(IMAGES / "coral_cat.bmp", tmp_path / "ok.bmp")
+    ann = tmp_path / "val.txt"
+    ann.write_text(f"ok.bmp 3\n# a comment\nimg.jpg {label}\n")
+    class_names = imagenet_classes() if classes == "imagenet" else None
+    bound_by_model = {} if num_classes is None else {"num_classes": num_classes}
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(tmp_path, ann, class_names, **bound_by_model)
+    message = str(caught.value)
+    assert message.startswith(f"{ann}: 1 labels outside {bound}") and "line 3: img.jpg (label " in message
+    assert label[:20] in message and len(message) < 400
+    assert ("pass --classes FILE" in message) == (classes is None and num_classes is None)
+
+
+def test_labels_within_the_bound_still_load(tmp_path):
+    shutil.copy(IMAGES / "skimage_coffee.png", tmp_path / "a.png")
+    shutil.copy(IMAGES / "coral_cat.bmp", tmp_path / "b.bmp")
+    (tmp_path / "val.txt").write_text("a.png 0967\nb.bmp -0\n")
+    dataset = load_dataset(tmp_path, tmp_path / "val.txt", num_classes=1000)
+    assert dataset.labels.tolist() == [967, 0] and dataset.num_classes == 968

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import logging
@@ -108,7 +109,9 @@ def test_repeat_calls_reuse_the_loaded_model(trained_like_checkpoint, tmp_path, 
 
 def test_named_model_with_a_local_file_uses_the_entrys_preset(trained_like_checkpoint):
     classifier = Classifier("inception_v3.tv_in1k", pretrained=trained_like_checkpoint)
-    assert classifier.preprocess is PRESETS["torchvision"]
+    # the same pipeline; only the note differs, saying what was done to these weights
+    assert dataclasses.replace(classifier.preprocess, source_note="") == dataclasses.replace(
+        PRESETS["torchvision"], source_note="")
     assert classifier.class_names[0] == "tench, Tinca tinca"
 
 

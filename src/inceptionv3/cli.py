@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import logging
@@ -17,6 +16,7 @@ import torch
 from . import __version__
 from .checkpoints import SOURCES, read_checkpoint, save_canonical
 from .errors import InceptionV3Error, InputError
+from .files import SafeCSVWriter, display_name
 from .runtime import init_distributed
 
 
@@ -147,23 +147,6 @@ def expand_inputs(arguments: list[str], stdin=None) -> Iterator[tuple[str, str |
             yield argument, None
 
 
-def printable(name: str) -> str:
-    """A file name as text that any UTF-8 file or terminal accepts: bytes that are not UTF-8 (which Python keeps
-    as lone surrogates) are written as ``\\xNN``, so a row is never lost to an odd name."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(value: object) -> object:
-    """A CSV cell that a spreadsheet will not run: text starting with ``= + - @``, tab or carriage return gets a
-    leading apostrophe (OWASP's advice against CSV injection). Numbers are left alone."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 def output_format(output: str | None, fmt: str | None) -> str:
     """text, csv or jsonl, from ``--format`` or the ``--output`` suffix; checked before any model is loaded."""
     fmt = fmt or (Path(output).suffix.lstrip(".").lower() if output else "text")
@@ -174,19 +157,19 @@ def output_format(output: str | None, fmt: str | None) -> str:
 
 class _Rows:
     """Writes result rows as they arrive, in text, CSV or JSONL, so that a long run can be followed. Names are
-    written with ``printable``; CSV cells are guarded by ``csv_cell``; JSONL is strict JSON (no bare NaN)."""
+    written with ``display_name``; CSV cells are guarded against formulas; JSONL is strict JSON (no bare NaN)."""
 
     def __init__(self, stream, fmt: str, topk: int):
         self.stream, self.fmt, self.topk = stream, fmt, topk
         if fmt == "csv":
-            self.writer = csv.writer(stream)
+            self.writer = SafeCSVWriter(stream)
             header = ["path", "pred_label", "pred_class", "pred_score"]
             for rank in range(1, topk + 1):
                 header += [f"top{rank}_label", f"top{rank}_class", f"top{rank}_score"]
             self.writer.writerow(header + ["error"])
 
     def write(self, path: str, top: list[tuple[int, str | None, float]], error: str | None) -> None:
-        path, error = printable(path), error and printable(error)
+        path, error = display_name(path), error and display_name(error)
         best = top[0] if top else (None, None, None)
         if self.fmt == "jsonl":
             record = {"path": path, "pred_label": best[0], "pred_class": best[1], "pred_score": best[2],
@@ -197,7 +180,7 @@ class _Rows:
             row = [path, *("" if v is None else v for v in best)]
             for rank in range(self.topk):
                 row += list(top[rank]) if rank < len(top) else ["", "", ""]
-            self.writer.writerow([csv_cell(cell) for cell in row + [error or ""]])
+            self.writer.writerow(row + [error or ""])
         elif error:
             self.stream.write(f"{path}\n  error: {error}\n")
         else:
@@ -231,7 +214,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     classifier = Classifier(model, pretrained, device=args.device, batch_size=args.batch_size,
                             workers=args.workers, crop_size=args.crop_size, backend=args.backend,
                             precision=args.precision, calibration=_calibration_images(args.calibration),
-                            expected_images=len(entries), transform_input=args.transform_input)
+                            expected_images=len(entries), transform_input=args.transform_input,
+                            max_bytes=args.max_bytes)
     print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
           f"backend: {classifier.backend} {classifier.precision}", file=sys.stderr)
 
@@ -259,10 +243,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             progress.update(1)
             if error:
                 failures[error.split(" (")[0]] += 1
-                failed_paths.append(printable(path))
+                failed_paths.append(display_name(path))
             elif args.save_vis:
                 save_topk(_unique_png(Path(args.save_vis), path, used_names), load_image(path), top,
-                          title=f"{printable(Path(path).name)} | {model}")
+                          title=f"{display_name(Path(path).name)} | {model}")
     except KeyboardInterrupt:  # Ctrl-C: keep every row written so far and still say how far it got
         interrupted = True
     finally:
@@ -301,10 +285,12 @@ def _cmd_test(args: argparse.Namespace) -> int:
         requested = args.ensemble or [args.model or args.weights]
         pretrained = args.weights if (args.model and args.weights and not args.ensemble) else True
         class_names = read_class_names(args.classes) if args.classes else None
-        dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing).head(args.limit)
+        dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing,
+                               label_by_folder_order=args.label_by_folder_order).head(args.limit)
         members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
                               crops=args.crops, backend=args.backend, precision=args.precision,
-                              transform_input=args.transform_input,
+                              transform_input=args.transform_input, max_bytes=args.max_bytes,
+                              class_names=class_names,
                               calibration=_calibration_images(args.calibration),
                               expected_images=len(dataset) * args.crops)
                    for name in requested]
@@ -486,6 +472,7 @@ def _add_transform_input(p: argparse.ArgumentParser) -> None:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """What predict and test share: where and how the model runs, and how failures end the command."""
     from .backends import BACKENDS, PRECISIONS
+    from .decode import MAX_BYTES
 
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--workers", type=int, help="decoding threads per process (default: up to 4)")
@@ -494,6 +481,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: OpenVINO post-training quantisation, calibrated on --calibration")
     p.add_argument("--calibration", metavar="DIR", help="images like yours, for int8 (a few hundred)")
+    p.add_argument("--max-bytes", type=int, default=MAX_BYTES,
+                   help=f"refuse input files larger than this (default {MAX_BYTES // 1024**2} MB)")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs could not be read")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -557,7 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--crops", type=int, choices=(1, 10, 144), default=1,
                    help="1: the preset's centre crop; 10: corners and centre, mirrored; 144: the paper's protocol")
-    p.add_argument("--classes", help="class names, one per line (or classes.tsv), for non-ImageNet data")
+    p.add_argument("--classes", help="the model's class names in output order, one per line (or classes.tsv); "
+                   "class folders are matched to them by name, synonym or wnid")
+    p.add_argument("--label-by-folder-order", action="store_true",
+                   help="label class folders 0, 1, 2... in sorted order instead of matching their names")
     p.add_argument("--real-labels", help="ImageNet-ReaL real_labels.json, for ReaL accuracy")
     p.add_argument("--skip-missing", action="store_true", help="score the files that exist and report the count")
     p.add_argument("--out", help="report JSON; also writes OUT.confusion.csv and OUT.png beside it")
@@ -653,12 +645,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except InceptionV3Error as exc:
-        print(f"inceptionv3 {args.command}: error: {printable(str(exc))}", file=sys.stderr)
+        print(f"inceptionv3 {args.command}: error: {display_name(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.filename is None:  # not about a file the user named: a bug or the system, keep the traceback
             raise
-        print(f"inceptionv3 {args.command}: error: {printable(str(exc.filename))}: {exc.strerror}", file=sys.stderr)
+        print(f"inceptionv3 {args.command}: error: {display_name(str(exc.filename))}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"inceptionv3 {args.command}: interrupted", file=sys.stderr)

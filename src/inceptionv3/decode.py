@@ -22,17 +22,24 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
+from .files import display_name
 
 #: Pillow's own hard limit: twice its warning threshold. A larger image is refused before it is decoded.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
+
+#: Largest encoded image file (or bytes) read, by default: 100 MB, far above any real photo, far below a
+#: sparse or endless file that would fill memory.
+MAX_BYTES = 100 * 1024**2
 
 #: Extensions searched for in folders, in any letter case.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -43,10 +50,13 @@ ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | I
 
 
 class ImageLoadError(InputError):
-    """An input that cannot become an image. ``source`` names it (a path, or ``<bytes #3>``), ``reason`` says why."""
+    """An input that cannot become an image. ``source`` names it (a path, or ``<bytes #3>``), ``reason`` says why.
+
+    ``source`` is the path exactly as given (lone surrogates included, so ``os.fsencode`` gives the file's bytes);
+    the message shows it through ``display_name``, so that it can always be printed."""
 
     def __init__(self, source: str, reason: str):
-        super().__init__(f"{source}: {reason}")
+        super().__init__(f"{display_name(source)}: {reason}")
         self.source = source
         self.reason = reason
 
@@ -61,22 +71,87 @@ def describe_input(item: object, index: int | None = None) -> str:
     return f"<{kind}>" if index is None else f"<{kind} #{index}>"
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """The file's bytes, or an ``ImageLoadError`` that says which of the usual things went wrong."""
+def _megabytes(count: int) -> str:
+    return f"{count // 1024**2} MB" if count % 1024**2 == 0 else f"{count:,}-byte"
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(name: str, mode: int, what: str) -> str | None:
+    """Why a file of this mode cannot be read as ``what``, or None for a regular file. Reading a FIFO or a
+    device would block or never end, so they are refused from their mode, before they are read."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return f"is a directory, not {what}"
+    kind = next((kind for test, kind in _KINDS if test(mode)), "a special file")
+    if os.path.islink(name):
+        return f"is a symlink to {kind} ({display_name(os.path.realpath(name))}), not a regular file"
+    return f"is {kind}, not a regular file"
+
+
+def _too_big(size: str, max_bytes: int) -> str:
+    return f"larger than the {_megabytes(max_bytes)} limit (max_bytes): {size}"
+
+
+def open_regular(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = "an image file") -> BinaryIO:
+    """Open a regular file of at most ``max_bytes`` for reading, or raise an ``ImageLoadError`` saying why not.
+
+    ``stat`` comes first because merely opening a FIFO blocks until a writer appears. The file is then opened
+    with ``O_NONBLOCK`` and checked again with ``fstat``, so a file swapped for a FIFO in between cannot hang us.
+    """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        reason = "no such file" if not os.path.islink(name) else "broken symlink"
-        raise ImageLoadError(name, reason) from None
+        problem = _not_regular(name, os.stat(name).st_mode, what)
+        if problem:
+            raise ImageLoadError(name, problem)
+        handle = open(name, "rb", opener=lambda file, flags: os.open(file, flags | os.O_NONBLOCK))
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImageLoadError(name, "broken symlink" if os.path.islink(name) else "no such file") from None
     except IsADirectoryError:
-        raise ImageLoadError(name, "is a directory, not an image file") from None
+        raise ImageLoadError(name, f"is a directory, not {what}") from None
     except PermissionError:
         raise ImageLoadError(name, "permission denied") from None
     except OSError as exc:
         reason = "symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         raise ImageLoadError(name, reason) from None
+    info = os.fstat(handle.fileno())
+    problem = _not_regular(name, info.st_mode, what) or (
+        _too_big(f"{info.st_size:,} bytes", max_bytes) if info.st_size > max_bytes else None)
+    if problem:
+        handle.close()
+        raise ImageLoadError(name, problem)
+    return handle
+
+
+def _read_at_most(handle: BinaryIO, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes. Python allocates whatever ``read(n)`` asks for up front, so the first read
+    asks for the size ``fstat`` gave (plus one, to see growth) and later ones for 64 KB at a time."""
+    step = min(os.fstat(handle.fileno()).st_size, limit) + 1
+    chunks, total = [], 0
+    while total <= limit:
+        chunk = handle.read(min(step, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        step = 1 << 16
+    return b"".join(chunks)
+
+
+def read_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = "an image file") -> bytes:
+    """The file's bytes, or an ``ImageLoadError`` that says which of the usual things went wrong. At most
+    ``max_bytes + 1`` bytes are read, so a file that grows (or lies about its size) is refused all the same."""
+    name = os.fspath(path)
+    with open_regular(name, max_bytes, what) as handle:
+        try:
+            data = _read_at_most(handle, max_bytes)
+        except OSError as exc:
+            raise ImageLoadError(name, f"read error ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise ImageLoadError(name, _too_big(f"more than {max_bytes:,} bytes read", max_bytes))
     if not data:
         raise ImageLoadError(name, "empty file (0 bytes)")
     return data
@@ -168,12 +243,16 @@ def bgr_array_to_rgb(array: np.ndarray, name: str = "<array>") -> np.ndarray:
 
 
 def load_image(item: ImageInput, decoder: str = "cv2", name: str | None = None,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Any supported input to H x W x 3 uint8 RGB. NumPy arrays are read as **BGR**, as mmpretrain reads them."""
+               max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
+    """Any supported input to H x W x 3 uint8 RGB. NumPy arrays are read as **BGR**, as mmpretrain reads them.
+    A file or bytes over ``max_bytes``, or a path that is not a regular file, is refused before it is read."""
     name = name or describe_input(item)
     if isinstance(item, (str, os.PathLike)):
-        return decode_bytes(read_file(item), name, decoder, max_pixels)
+        return decode_bytes(read_file(item, max_bytes), name, decoder, max_pixels)
     if isinstance(item, (bytes, bytearray, memoryview)):
+        size = item.nbytes if isinstance(item, memoryview) else len(item)
+        if size > max_bytes:
+            raise ImageLoadError(name, _too_big(f"{size:,} bytes", max_bytes))
         return decode_bytes(bytes(item), name, decoder, max_pixels)
     if isinstance(item, np.ndarray):
         return bgr_array_to_rgb(item, name)
@@ -184,7 +263,9 @@ def load_image(item: ImageInput, decoder: str = "cv2", name: str | None = None,
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder``, recursively, matched by extension in any case, in sorted order."""
+    """Image files under ``folder``, recursively, matched by extension in any case, in sorted order. A name that
+    is not UTF-8 is kept, as a str with lone surrogates (``os.walk``'s surrogateescape; ``os.fsencode`` gives
+    its bytes back). Nothing is opened here: FIFOs and devices named like images are refused when loaded."""
     found = []
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs.sort()

@@ -9,7 +9,6 @@ order and checks that every index arrived once.
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import os
@@ -23,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from .data import ImageDataset, align_to_model, real_labels_for
+from .files import SafeCSVWriter, file_digest
 from .inference import Classifier, Prediction
-from .weights import file_digest
 
 TOPK = 5
 
@@ -148,10 +147,15 @@ def metrics(scores: Scores, num_classes: int, real: list[list[int]] | None = Non
     return result, matrix
 
 
+def _open_csv(path: str | os.PathLike):
+    """UTF-8 text, written through ``SafeCSVWriter``: non-UTF-8 names escaped, formula-like cells neutralised."""
+    return open(path, "w", newline="", encoding="utf-8")
+
+
 def write_confusion_csv(path: str | os.PathLike, matrix: np.ndarray, class_names: Sequence[str]) -> None:
     """A dense matrix: the header row and first column name the classes (rows true, columns predicted)."""
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with _open_csv(path) as handle:
+        writer = SafeCSVWriter(handle)
         writer.writerow(["true \\ predicted", *class_names])
         for name, row in zip(class_names, matrix, strict=True):
             writer.writerow([name, *row.tolist()])
@@ -159,8 +163,8 @@ def write_confusion_csv(path: str | os.PathLike, matrix: np.ndarray, class_names
 
 def write_predictions_csv(path: str | os.PathLike, scores: Scores, class_names: Sequence[str]) -> None:
     k = scores.topk.shape[1]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with _open_csv(path) as handle:
+        writer = SafeCSVWriter(handle)
         writer.writerow(["path", "label", "correct", *[f"top{r}_{c}" for r in range(1, k + 1)
                                                          for c in ("label", "class", "score")]])
         for name, label, top, top_scores in zip(scores.names, scores.labels, scores.topk, scores.topk_scores,

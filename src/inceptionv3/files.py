@@ -6,9 +6,10 @@ or Ctrl-C never leaves a half-written file under the final name."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -41,4 +42,33 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[P
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["atomic_path", "cache_dir", "file_digest"]
+def display_name(name: str | os.PathLike) -> str:
+    """A file name as text any UTF-8 stream accepts. Names that are not UTF-8 arrive as str with lone surrogates
+    (``os.listdir``'s surrogateescape); their odd bytes are written as ``\\xNN`` (``caf\\xe9.jpg``), so a row or
+    a message is never lost to an odd name."""
+    return os.fspath(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run: text starting with ``= + - @``, tab or carriage return gets a
+    leading apostrophe (OWASP's advice against CSV injection); non-UTF-8 names are escaped. Numbers stay numbers."""
+    if not isinstance(value, str):
+        return value
+    value = display_name(value)
+    return "'" + value if value.startswith(_FORMULA_STARTS) else value
+
+
+class SafeCSVWriter:
+    """``csv.writer`` whose every text cell goes through ``csv_cell``: the one way this package writes CSV."""
+
+    def __init__(self, handle) -> None:
+        self._writer = csv.writer(handle)
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._writer.writerow([csv_cell(cell) for cell in row])
+
+
+__all__ = ["SafeCSVWriter", "atomic_path", "cache_dir", "csv_cell", "display_name", "file_digest"]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .decode import MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input, load_image
+from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input, load_image
 from .errors import InputError
 from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
 from .runtime import select_device
@@ -113,6 +113,7 @@ class Classifier:
         precision: str = "fp32",
         calibration: Sequence[ImageInput] | None = None,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        max_bytes: int = MAX_BYTES,
         expected_images: int | None = None,
         transform_input: bool = False,
     ):
@@ -151,6 +152,7 @@ class Classifier:
         self._runner = self._make_runner(calibration)
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
 
     def __repr__(self) -> str:
         info = getattr(self.model, "weights_info", None)
@@ -174,7 +176,8 @@ class Classifier:
         return torch.softmax(self._runner(batch).float(), dim=1).cpu()
 
     def _load(self, item: ImageInput, name: str) -> np.ndarray:
-        rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels)
+        rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels,
+                         max_bytes=self.max_bytes)
         return self.preprocess.views(rgb, self.crops)
 
     def images_per_chunk(self, batch_size: int | None = None) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .decode import MAX_IMAGE_PIXELS, ImageInput, load_image
+from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageInput, load_image
 from .imagenet import MEAN, STD
 
 IMAGENET_MEAN, IMAGENET_STD = MEAN, STD
@@ -203,9 +203,11 @@ class Preprocess:
         views = np.stack(out)
         return np.concatenate([views, views[:, :, ::-1]])
 
-    def load(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    def load(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+             max_bytes: int = MAX_BYTES) -> np.ndarray:
         """Decode any supported input with this preset's decoder and crop it: a crop x crop x 3 uint8 array."""
-        return self.crop_image(load_image(item, decoder=self.decoder, name=name, max_pixels=max_pixels))
+        return self.crop_image(load_image(item, decoder=self.decoder, name=name, max_pixels=max_pixels,
+                                          max_bytes=max_bytes))
 
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """N x H x W x 3 uint8 -> N x 3 x H x W float32, with the source's own order of float operations."""
