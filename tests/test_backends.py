@@ -222,3 +222,45 @@ def test_cli_default_is_auto_sized_by_the_run(trained_like_checkpoint, tmp_path,
     exact = capsys.readouterr().out.splitlines()
     labels = [[row.split(",")[0], row.split(",")[1]] for row in fast.out.splitlines()]
     assert labels == [[row.split(",")[0], row.split(",")[1]] for row in exact] and len(labels) == len(photos) + 1
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_scores_follow_an_edit_made_after_loading(model_and_batch, backend):
+    model, batch = model_and_batch
+    before = Classifier(model, backend=backend).scores(batch[:2])
+    model.fc.weight.data.zero_()
+    model.fc.bias.data.zero_()  # every logit 0: a uniform softmax, whatever the image
+    after = Classifier(model, backend=backend).scores(batch[:2])
+    assert float(before.max()) > 0.01
+    assert torch.allclose(after, torch.full_like(after, 1 / 1000), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_reheaded_model_gets_its_own_export(model_and_batch, backend):
+    model, batch = model_and_batch
+    Classifier(model, backend=backend).scores(batch[:1])  # the 1000-class export is now cached
+    model.reset_classifier(10)
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(batch[:2]), dim=1)
+    got = Classifier(model, backend=backend, class_names=[str(i) for i in range(10)]).scores(batch[:2])
+    assert got.shape == (2, 10) and float((got - expected).abs().max()) < 1e-4
+
+
+def test_the_pool_convention_is_part_of_the_export_key(model_and_batch):
+    model, _ = model_and_batch
+    tf_pools = type(model)(count_include_pad=False)
+    tf_pools.load_state_dict(model.state_dict())
+    assert backends.weights_key(tf_pools) != backends.weights_key(model)
+
+
+def test_an_unwritable_cache_falls_back_to_eager_with_a_warning(model_and_batch, tmp_path, monkeypatch, caplog):
+    model, batch = model_and_batch
+    blocker = tmp_path / "a_file"
+    blocker.write_text("the cache folder would have to be inside a regular file")
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(blocker / "home"))
+    with caplog.at_level(logging.WARNING, logger="inceptionv3"):
+        classifier = Classifier(model, backend="openvino")
+        scores = classifier.scores(batch[:2])
+    assert classifier.backend == "eager" and "running eager fp32 instead" in caplog.text
+    with torch.no_grad():
+        assert torch.allclose(scores, torch.softmax(model(batch[:2]), dim=1), atol=1e-6)

@@ -63,15 +63,28 @@ def choose_backend(device: torch.device, precision: str = "fp32", images: int | 
     return chosen
 
 
+def _architecture(model: nn.Module) -> list[tuple[str, str, list[tuple[str, object]]]]:
+    """Every submodule's class and plain settings (classes, pool convention, kernel sizes, flags): what shapes the
+    computation besides the tensors, so a model rebuilt with other settings never reuses an export."""
+    described = []
+    for name, module in model.named_modules():
+        settings = sorted((key, value) for key, value in vars(module).items()
+                          if key != "training" and not key.startswith("_")
+                          and isinstance(value, (bool, int, float, str, tuple, type(None))))
+        described.append((name, type(module).__qualname__, settings))
+    return described
+
+
 def weights_key(model: nn.Module) -> str:
-    """What identifies the weights: the checkpoint file's sha256 when there is one, else a hash of the tensors."""
-    info = getattr(model, "weights_info", None)
-    if info is not None and info.path and Path(info.path).is_file():
-        return file_digest(info.path)[:16]
+    """What identifies the computation that runs: a hash of every tensor (name, dtype, shape, bytes) and of the
+    architecture's settings. Never the checkpoint file's hash: a model edited, re-headed or fine-tuned after
+    loading must not run the export of the file it came from."""
     digest = hashlib.sha256()
+    digest.update(repr(_architecture(model)).encode())
     for name, value in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -195,16 +208,24 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
             with torch.no_grad(), autocast():
                 return compiled(x).float()
         return fixed_batch(run_fixed)
-    if backend == "openvino":
-        require("openvino", extra="openvino")
-        path = _int8_model(model, shape, calibration) if precision == "int8" else _cached_export(
-            model, "openvino", shape, "fp32")
-        return load_runner(path, "openvino", precision)  # bf16: the fp32 file, compiled for bf16
-    # onnxruntime
-    if precision != "fp32":
+    if backend == "onnxruntime" and precision != "fp32":
         raise ValueError("onnxruntime runs fp32 here; use openvino or compile for bf16")
-    require("onnxruntime", extra="onnx")
-    return load_runner(_cached_export(model, "onnx", shape, "fp32"), "onnx")
+    require(*(("openvino",) if backend == "openvino" else ("onnxruntime",)),
+            extra="openvino" if backend == "openvino" else "onnx")
+    try:
+        if backend == "openvino":
+            path = _int8_model(model, shape, calibration) if precision == "int8" else _cached_export(
+                model, "openvino", shape, "fp32")
+            return load_runner(path, "openvino", precision)  # bf16: the fp32 file, compiled for bf16
+        return load_runner(_cached_export(model, "onnx", shape, "fp32"), "onnx")
+    except OSError as exc:  # a read-only or full cache folder: slower, not broken
+        if precision == "int8":
+            raise
+        logger.warning("cannot use the export cache in %s (%s); running eager %s instead", cache_dir(), exc,
+                       precision)
+        run = make_runner(model, "eager", precision, device, image_size)
+        run.backend = "eager"  # what actually runs, for the caller's report
+        return run
 
 
 def matmul_peak(precision: str, seconds: float = 1.0, size: int = 2048) -> float:

@@ -150,6 +150,7 @@ class Classifier:
             backend = choose_backend(self.device, precision, expected_images)
         self.backend, self.precision = backend, precision
         self._runner = self._make_runner(calibration)
+        self.backend = getattr(self._runner, "backend", backend)  # eager when the export cache was unusable
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
