@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import InputError
 from .export import ExportError, export_model, load_runner, quantize_openvino, require
 from .weights import cache_dir, file_digest
 
@@ -178,18 +179,18 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
     """A function from a float32 batch on ``device`` to logits, for the chosen backend and precision.
     ``int8`` (OpenVINO only) needs ``calibration``: a few hundred normalised images like the real inputs."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend == "auto":
         backend = choose_backend(device, precision)
     if precision == "int8" and backend != "openvino":
-        raise ValueError("int8 runs on the openvino backend (NNCF post-training quantisation)")
+        raise InputError("int8 runs on the openvino backend (NNCF post-training quantisation)")
     if precision == "int8" and (calibration is None or len(calibration) == 0):
-        raise ValueError("int8 needs calibration images from your data (--calibration DIR)")
+        raise InputError("int8 needs calibration images from your data (--calibration DIR)")
     shape = (1, 3, image_size, image_size)
     if backend in ("openvino", "onnxruntime") and device.type != "cpu":  # checked before any export
-        raise ValueError(f"backend {backend} runs on the CPU here; use eager or compile on {device.type}")
+        raise InputError(f"backend {backend} runs on the CPU here; use eager or compile on {device.type}")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else (
         contextlib.nullcontext)
 
@@ -209,7 +210,7 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
                 return compiled(x).float()
         return fixed_batch(run_fixed)
     if backend == "onnxruntime" and precision != "fp32":
-        raise ValueError("onnxruntime runs fp32 here; use openvino or compile for bf16")
+        raise InputError("onnxruntime runs fp32 here; use openvino or compile for bf16")
     require(*(("openvino",) if backend == "openvino" else ("onnxruntime",)),
             extra="openvino" if backend == "openvino" else "onnx")
     try:

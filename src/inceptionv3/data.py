@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .decode import IMAGE_EXTENSIONS, ImageInput, ImageLoadError, display_name, find_images, open_regular, read_file
-from .errors import DatasetError
+from .errors import DatasetError, InputError
 from .weights import imagenet_wnids
 
 _SHOW = 5  # offenders named in an error message
@@ -347,7 +347,7 @@ def omniglot_dataset(path: str | os.PathLike, label_by: str = "alphabet", max_me
     ``max_total_bytes`` in all, checked against the sizes the zip declares and again while inflating, since a
     zip bomb may declare anything."""
     if label_by not in ("alphabet", "character"):
-        raise ValueError(f"label_by must be 'alphabet' or 'character', got {label_by!r}")
+        raise InputError(f"label_by must be 'alphabet' or 'character', got {label_by!r}")
     shown = display_name(path)
     members: list[tuple[str, zipfile.ZipInfo]] = []
     with _open_data_file(path, 1 << 62) as handle:  # the archive may be any size: what it inflates to is bounded
@@ -408,7 +408,7 @@ def split_dataset(dataset: ImageDataset, fraction: float, seed: int = 0) -> tupl
     """A held-out split: ``fraction`` of each class (at least one image where a class has two or more), chosen
     by ``seed``, so that every class is in both parts and the split is the same on every run and rank."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"the validation fraction must be between 0 and 1, got {fraction}")
+        raise InputError(f"the validation fraction must be between 0 and 1, got {fraction}")
     rng = np.random.default_rng(seed)
     held = []
     for label in np.unique(dataset.labels):

@@ -218,7 +218,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", decoder: str = "cv2",
             return np.ascontiguousarray(bgr[:, :, ::-1])
         # cv2 says nothing about why; let Pillow decode it, which either works or names the problem.
     elif decoder != "pil":
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        raise InputError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     try:
         probe.load()
     except Exception as exc:  # truncated and corrupt files surface here under several types

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .data import ImageDataset, align_to_model, real_labels_for
+from .errors import InputError
 from .files import SafeCSVWriter, file_digest
 from .inference import Classifier, Prediction
 
@@ -208,7 +209,7 @@ def evaluate(members: Sequence[Classifier], dataset: ImageDataset, config: EvalC
     num_classes = first.model.num_classes
     for member in members[1:]:
         if member.model.num_classes != num_classes:
-            raise ValueError(f"ensemble members disagree on the number of classes ({num_classes} vs "
+            raise InputError(f"ensemble members disagree on the number of classes ({num_classes} vs "
                              f"{member.model.num_classes})")
     dataset = align_to_model(dataset, first.class_names, num_classes)
     start = time.perf_counter()

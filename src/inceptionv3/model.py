@@ -6,6 +6,8 @@ are constructor options rather than subclasses:
 
 * ``count_include_pad``: the 3x3 average pools inside the Inception blocks count the zero padding
   in torch ports (torchvision, timm, mmpretrain) and do not in TensorFlow ports (Keras, TF-slim).
+* ``mixed_7c_pool='max'``: the FID network (TensorFlow's 2015-12-05 graph, 1008 classes, no aux head,
+  ``count_include_pad=False``) max-pools in the last block's pool branch.
 * there is no hidden input transform: torchvision's ``transform_input`` is folded into the first
   conv when a checkpoint is loaded (see :func:`inceptionv3.checkpoints.fold_transform_input`).
 """
@@ -16,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
+
+from .errors import InputError
 
 MIN_INPUT_SIZE = 75
 """The smallest side the stem can reduce to a 1x1 map before Mixed_7c (as Keras also enforces)."""
@@ -134,10 +138,17 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(_PoolBranchBlock):
-    """8x8 block with expanded filter banks (parallel 1x3 and 3x1)."""
+    """8x8 block with expanded filter banks (parallel 1x3 and 3x1).
 
-    def __init__(self, in_channels: int, count_include_pad: bool = True) -> None:
+    ``pool='max'`` makes the pool branch a 3x3 stride-1 max pool: the 2015-12-05 TensorFlow graph that FID
+    is defined on has one in Mixed_7c (where every later release averages).
+    """
+
+    def __init__(self, in_channels: int, count_include_pad: bool = True, pool: str = "avg") -> None:
         super().__init__(count_include_pad)
+        if pool not in ("avg", "max"):
+            raise InputError(f"pool must be 'avg' or 'max', got {pool!r}")
+        self.pool = pool
         self.branch1x1 = BasicConv2d(in_channels, 320, kernel_size=1)
         self.branch3x3_1 = BasicConv2d(in_channels, 384, kernel_size=1)
         self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
@@ -153,7 +164,8 @@ class InceptionE(_PoolBranchBlock):
         branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
         branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
-        branch_pool = self.branch_pool(self._avg_pool(x))
+        pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1) if self.pool == "max" else self._avg_pool(x)
+        branch_pool = self.branch_pool(pooled)
         return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, branch_pool], 1)
 
 
@@ -189,6 +201,7 @@ class InceptionV3(nn.Module):
         dropout: float = 0.5,
         count_include_pad: bool = True,
         init_weights: bool = True,
+        mixed_7c_pool: str = "avg",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -214,7 +227,7 @@ class InceptionV3(nn.Module):
         self.AuxLogits = InceptionAux(768, num_classes) if aux_logits else None
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, count_include_pad=pad)
-        self.Mixed_7c = InceptionE(2048, count_include_pad=pad)
+        self.Mixed_7c = InceptionE(2048, count_include_pad=pad, pool=mixed_7c_pool)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(self.num_features, num_classes)
@@ -234,10 +247,10 @@ class InceptionV3(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"InceptionV3 expects an N x 3 x H x W batch, got shape {list(x.shape)}")
+            raise InputError(f"InceptionV3 expects an N x 3 x H x W batch, got shape {list(x.shape)}")
         smallest = self.min_input_size
         if x.shape[2] < smallest or x.shape[3] < smallest:
-            raise ValueError(
+            raise InputError(
                 f"InceptionV3 needs inputs of at least {smallest}x{smallest}, "
                 f"got {x.shape[2]}x{x.shape[3]}; resize the image first"
             )
@@ -384,7 +397,7 @@ def count_flops(model: nn.Module, size: int = 299, convention: str = "torchvisio
     1 per pooled input element (5,745,177,632 at 299, the metafile's number).
     """
     if convention not in ("torchvision", "mmpretrain"):
-        raise ValueError(f"convention must be 'torchvision' or 'mmpretrain', got {convention!r}")
+        raise InputError(f"convention must be 'torchvision' or 'mmpretrain', got {convention!r}")
     was_training = model.training
     counter = _OpCounter()
     try:

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageInput, load_image
+from .errors import InputError
 from .imagenet import MEAN, STD
 
 IMAGENET_MEAN, IMAGENET_STD = MEAN, STD
@@ -74,16 +75,16 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _CV2_INTERPOLATION:
-            raise ValueError(f"interpolation must be one of {sorted(_CV2_INTERPOLATION)}, got {self.interpolation!r}")
+            raise InputError(f"interpolation must be one of {sorted(_CV2_INTERPOLATION)}, got {self.interpolation!r}")
         if self.decoder not in ("cv2", "pil"):
-            raise ValueError(f"decoder must be 'cv2' or 'pil', got {self.decoder!r}")
+            raise InputError(f"decoder must be 'cv2' or 'pil', got {self.decoder!r}")
         if self.order not in ("resize_crop", "crop_resize"):
-            raise ValueError(f"order must be 'resize_crop' or 'crop_resize', got {self.order!r}")
+            raise InputError(f"order must be 'resize_crop' or 'crop_resize', got {self.order!r}")
         if self.crop < 1 or (self.order == "resize_crop" and self.resize < self.crop):
-            raise ValueError(
+            raise InputError(
                 f"preset {self.name!r}: need 1 <= crop <= resize, got crop {self.crop}, resize {self.resize}")
         if not 0.0 < self.crop_fraction <= 1.0:
-            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+            raise InputError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
 
     @property
     def backend(self) -> str:
@@ -169,7 +170,7 @@ class Preprocess:
             corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), (top, left)]
             return [(short, y, x, c, 0) for y, x in corners]
         if crops != 144:
-            raise ValueError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
+            raise InputError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
         boxes = []
         for scale in PAPER_SCALES:
             short = round(scale * c / PAPER_CROP)

@@ -39,7 +39,7 @@ from .checkpoints import (
     read_checkpoint,
     unique_temp_path,
 )
-from .errors import DownloadError, UnknownModelError
+from .errors import DownloadError, InputError, UnknownModelError
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
 
@@ -551,7 +551,7 @@ def get_model(
                 f"{name_or_path!r} is neither a zoo model ({', '.join(list_models())}) nor an existing file"
             )
         if pretrained is False:
-            raise ValueError(f"pretrained=False with a checkpoint path ({path}) would ignore the file")
+            raise InputError(f"pretrained=False with a checkpoint path ({path}) would ignore the file")
         checkpoint = read_checkpoint(path, source=source, transform_input=transform_input)
     elif pretrained is True:
         path, weight_file = download_weights(entry)
