@@ -293,3 +293,10 @@ def test_test_predictions_csv_escapes_odd_names_and_formula_classes(trained_like
     rows = list(csv.DictReader(predictions.open(encoding="utf-8")))
     assert len(rows) == 1 and rows[0]["path"].endswith("caf\\xe9.jpg") and rows[0]["label"] == "7"
     assert rows[0]["top1_class"] == "'" + classes[int(rows[0]["top1_label"])]
+
+
+def test_a_bad_option_combination_is_one_line_not_a_traceback(trained_like_checkpoint, capsys):
+    assert main(["predict", str(photo_paths()[0]), "--weights", str(trained_like_checkpoint),
+                 "--backend", "openvino", "--precision", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "inceptionv3 predict: error: int8 needs calibration images from your data (--calibration DIR)"
