@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import InputError
 from .export import ExportError, export_model, load_runner, quantize_openvino, require
-from .weights import cache_dir, file_digest
+from .files import cache_dir, file_digest
 
 logger = logging.getLogger("inceptionv3")
 

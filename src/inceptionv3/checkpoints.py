@@ -13,11 +13,9 @@ gets a one-line :class:`CheckpointError` instead of exhausting memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import pickle
 import re
 import warnings
@@ -32,7 +30,9 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
+from .files import atomic_path, file_digest
 from .model import MIN_INPUT_SIZE, InceptionV3
+from .preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,6 @@ class Checkpoint:
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
-
-
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """The file's hex digest, read in 1 MiB blocks."""
-    hasher = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickled magic number of torch < 1.6
@@ -826,12 +817,15 @@ def save_canonical(
     *,
     source: str,
     class_names: list[str] | None = None,
-    preprocess: str | None = None,
+    preprocess: Preprocess | str | None = None,
 ) -> Path:
-    """Write the canonical safetensors file: weights plus what is needed to use them correctly."""
+    """Write the canonical safetensors file: weights plus what is needed to use them correctly. The preset is
+    recorded by name (``mmpretrain@75`` for one rescaled to a 75 crop), which ``read_checkpoint`` resolves."""
     from safetensors.torch import save_file
 
     path = Path(path)
+    if isinstance(preprocess, Preprocess):
+        preprocess = preprocess.name
     if preprocess:
         preset_spec(preprocess, path)
     if class_names is not None and len(class_names) != model.num_classes:
@@ -844,25 +838,6 @@ def save_canonical(
         "class_names": json.dumps(class_names) if class_names else "",
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = unique_temp_path(path)
-    mode = tmp.stat().st_mode & 0o777  # what any new file gets here: 0666 less the umask
-    try:
+    with atomic_path(path) as tmp:  # safetensors writes 0600; atomic_path gives the umask's permissions
         save_file(state, str(tmp), metadata=metadata)
-        os.chmod(tmp, mode)  # safetensors writes its files 0600, unreadable to anyone else
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
-
-
-def unique_temp_path(path: Path, suffix: str = ".tmp") -> Path:
-    """A fresh name beside ``path``, created empty with the permissions any new file gets (0666 less the
-    umask, unlike mkstemp's 0600), so that two writers never share it and the renamed file is readable."""
-    while True:
-        candidate = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
-        try:
-            with open(candidate, "xb"):
-                return candidate
-        except FileExistsError:
-            continue

@@ -31,7 +31,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def model_card(name: str) -> str:
-    from .weights import cache_dir, get_entry
+    from .files import cache_dir
+    from .weights import get_entry
 
     entry = get_entry(name)
     cached = entry.cached_file()
@@ -78,7 +79,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     """Downloads and compiled exports (about 100 MB each) accumulate; this shows them and frees the space."""
     import shutil
 
-    from .weights import cache_dir
+    from .files import cache_dir
 
     root = cache_dir()
     entries = sorted([*root.glob("*"), *(root / "compiled").glob("*")]) if root.is_dir() else []
@@ -99,17 +100,18 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import build_model
-    from .weights import _class_names_for, _preset_for
+    from .preprocess import PRESETS
+    from .weights import class_names_for, preset_for
 
     checkpoint = read_checkpoint(args.src, source=args.source, transform_input=args.transform_input)
     model = build_model(checkpoint, aux_logits=checkpoint.has_aux and not args.drop_aux)
-    class_names = _class_names_for(checkpoint, None, model.num_classes)
-    preset = args.preprocess or _preset_for(checkpoint, None).name
+    class_names = class_names_for(checkpoint, None, model.num_classes)
+    preset = PRESETS[args.preprocess] if args.preprocess else preset_for(checkpoint, None)
     save_canonical(model, args.dst, source=checkpoint.source, class_names=list(class_names) if class_names else None,
                    preprocess=preset)
     for note in checkpoint.notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"{args.src} ({checkpoint.source}) -> {args.dst}: {model.num_classes} classes, preprocess {preset}")
+    print(f"{args.src} ({checkpoint.source}) -> {args.dst}: {model.num_classes} classes, preprocess {preset.name}")
     return 0
 
 

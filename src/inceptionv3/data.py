@@ -29,7 +29,7 @@ import numpy as np
 
 from .decode import IMAGE_EXTENSIONS, ImageInput, ImageLoadError, display_name, find_images, open_regular, read_file
 from .errors import DatasetError, InputError
-from .weights import imagenet_wnids
+from .imagenet import imagenet_wnids
 
 _SHOW = 5  # offenders named in an error message
 

@@ -27,16 +27,30 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     return hasher.hexdigest()
 
 
+def unique_temp_path(path: Path, suffix: str = ".tmp") -> Path:
+    """A fresh name beside ``path`` (``<name>.<pid>.<random><suffix>``), created empty with the permissions any
+    new file gets (0666 less the umask, unlike mkstemp's 0600), so that two writers never share it."""
+    while True:
+        candidate = path.with_name(f"{path.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}")
+        try:
+            with open(candidate, "xb"):
+                return candidate
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary name beside ``path`` to write to; renamed onto ``path`` when the block ends without an error,
-    removed otherwise (including on Ctrl-C). The file gets the permissions any new file gets (the umask's, usually
-    0644), and the process id in the temporary name keeps two writers apart."""
+    removed otherwise (Ctrl-C included). The result has the permissions any new file gets here (the umask's,
+    usually 0644), even when the writer made it 0600 (safetensors does)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}{suffix}")
+    tmp = unique_temp_path(path, suffix)
+    mode = tmp.stat().st_mode & 0o777
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -71,4 +85,4 @@ class SafeCSVWriter:
         self._writer.writerow([csv_cell(cell) for cell in row])
 
 
-__all__ = ["SafeCSVWriter", "atomic_path", "cache_dir", "csv_cell", "display_name", "file_digest"]
+__all__ = ["SafeCSVWriter", "atomic_path", "unique_temp_path", "cache_dir", "csv_cell", "display_name", "file_digest"]

@@ -25,9 +25,10 @@ from torch import nn
 
 from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageInput, ImageLoadError, describe_input, load_image
 from .errors import InputError
+from .imagenet import imagenet_classes
 from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
 from .runtime import select_device
-from .weights import get_model, imagenet_classes
+from .weights import get_model
 
 logger = logging.getLogger("inceptionv3")
 

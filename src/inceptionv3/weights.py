@@ -21,8 +21,6 @@ import urllib.error
 import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -34,12 +32,12 @@ from .checkpoints import (
     CheckpointError,
     build_model,
     count_include_pad_for,
-    file_digest,
     preset_spec,
     read_checkpoint,
-    unique_temp_path,
 )
 from .errors import DownloadError, InputError, UnknownModelError
+from .files import atomic_path, cache_dir, file_digest
+from .imagenet import imagenet_classes
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
 
@@ -49,20 +47,6 @@ PARAMS = 23_834_568
 PARAMS_WITH_AUX = 27_161_264
 MACS_TORCHVISION = 5_713_216_096
 FLOPS_MMPRETRAIN = 5_745_177_632
-
-
-@cache
-def imagenet_classes() -> tuple[str, ...]:
-    """mmpretrain's ImageNet-1k names in index order, e.g. ``'tench, Tinca tinca'``."""
-    text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text(encoding="utf-8")
-    return tuple(text.splitlines())
-
-
-@cache
-def imagenet_wnids() -> tuple[str, ...]:
-    """The WordNet ids in the same order (``n01440764`` first): the folder names of ImageNet's own layout."""
-    text = resources.files(__package__).joinpath("imagenet_wnids.txt").read_text(encoding="utf-8")
-    return tuple(text.split())
 
 
 @dataclass(frozen=True)
@@ -264,11 +248,6 @@ def get_entry(name: str) -> WeightsEntry:
 WeightsDownloadError = DownloadError  # the name earlier releases exported
 
 
-def cache_dir() -> Path:
-    """``$INCEPTIONV3_HOME`` or ``~/.cache/inceptionv3``."""
-    return Path(os.environ.get("INCEPTIONV3_HOME") or Path.home() / ".cache" / "inceptionv3")
-
-
 def _offline() -> bool:
     return os.environ.get("INCEPTIONV3_OFFLINE", "").lower() in ("1", "true", "yes")
 
@@ -384,8 +363,7 @@ def _stream_to(url: str, dest: Path, expected: str, timeout: float, progress: bo
     """
     hasher, digest = _hasher(expected)
     request = urllib.request.Request(url, headers={"User-Agent": "inceptionv3"})
-    tmp = unique_temp_path(dest, ".partial")
-    try:
+    with atomic_path(dest, ".partial") as tmp:
         with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
@@ -411,9 +389,6 @@ def _stream_to(url: str, dest: Path, expected: str, timeout: float, progress: bo
             raise OSError(f"truncated: got {received} of {total} bytes")
         if not hasher.hexdigest().startswith(digest):
             raise ValueError(f"hash mismatch: expected {expected}, got {hasher.name}:{hasher.hexdigest()}")
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def download_weights(
@@ -492,7 +467,7 @@ class WeightsInfo:
     notes: tuple[str, ...] = ()
 
 
-def _class_names_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None, num_classes: int):
+def class_names_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None, num_classes: int):
     if checkpoint is not None and checkpoint.class_names and len(checkpoint.class_names) == num_classes:
         return tuple(checkpoint.class_names)
     if entry is not None and len(entry.class_names) == num_classes:
@@ -502,7 +477,7 @@ def _class_names_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None, 
     return None
 
 
-def _preset_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None) -> Preprocess:
+def preset_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None) -> Preprocess:
     if entry is not None:
         return entry.preprocess
     if checkpoint is not None and checkpoint.preprocess:
@@ -574,8 +549,8 @@ def get_model(
         name=entry.name if entry else None,
         source=checkpoint.source if checkpoint else (entry.source if entry else "fresh"),
         path=checkpoint.path if checkpoint else None,
-        preprocess=_note_what_was_done(_preset_for(checkpoint, entry), checkpoint),
-        class_names=None if head_changed else _class_names_for(checkpoint, entry, model.num_classes),
+        preprocess=_note_what_was_done(preset_for(checkpoint, entry), checkpoint),
+        class_names=None if head_changed else class_names_for(checkpoint, entry, model.num_classes),
         entry=entry,
         notes=tuple(checkpoint.notes) if checkpoint else (),
     )
