@@ -25,7 +25,7 @@ import torch
 import torchvision
 from conftest import calibrate, max_abs_diff
 
-from inceptionv3 import CheckpointError, InceptionV3, checkpoints, get_model, read_checkpoint, save_canonical
+from inceptionv3 import CheckpointError, InceptionV3, checkpoints, get_entry, get_model, read_checkpoint, save_canonical
 from inceptionv3.checkpoints import fold_transform_input
 
 
@@ -432,7 +432,7 @@ def test_unrecognised_file_is_not_folded_and_its_notes_say_so(tmp_path, torchvis
     note = model.weights_info.preprocess.source_note
     assert "transform_input not folded" in note and "with transform_input folded" not in note
     assert not any("folded" in n for n in model.weights_info.notes)
-    assert "is folded into the first conv" not in model.weights_info.entry.notes
+    assert "is folded into the first conv" not in get_entry("inception_v3.tv_in1k").notes
     plain = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=False)
     plain.load_state_dict(torchvision_google_style.state_dict())
     assert max_abs_diff(logits(model, imagenet_batch), logits(plain, imagenet_batch)) <= 1e-4

@@ -1,12 +1,414 @@
-"""Generative-model metrics (FID, KID, IS, precision/recall) and feature extraction. Work in progress."""
+"""Generative-model metrics (FID, KID, IS) and feature extraction, on the FID network or any InceptionV3.
+
+``inceptionv3 fid A B`` compares two image folders or ``.npz`` statistics files; ``inceptionv3 features DIR``
+writes the chosen taps of every image. The pieces live in :mod:`.fid_network` (the network, its weights and
+taps), :mod:`.fid_presets` (each implementation's preprocessing) and :mod:`.fid_math` (statistics, distances).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .decode import ImageLoadError, display_name, find_images
+from .errors import DatasetError, InputError
+from .fid_math import (
+    FD_METHODS,
+    FIDStatistics,
+    FrechetDistance,
+    MeanStd,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+)
+from .fid_network import DIMS, FID_WEIGHTS, LAYERS, check_layers, forward_taps, load_fid_network
+from .fid_presets import DEFAULT_PRESET, FID_PRESETS, FIDPreset, get_preset, model_preset
+from .files import atomic_path
+from .model import InceptionV3
+
+_SHOW = 5  # unreadable files named in an error
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    return {"inceptionv3": __version__, "torch": torch.__version__, "numpy": np.__version__}
+
+
+def files_digest(files: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
+    """sha256 over the sorted relative names and sizes: tells two statistics files of the same folder apart
+    from two of different folders without hashing every image."""
+    hasher = hashlib.sha256()
+    for path in sorted(os.fspath(f) for f in files):
+        name = os.path.relpath(path, root) if root is not None else path
+        size = os.stat(path).st_size if os.path.exists(path) else -1
+        hasher.update(os.fsencode(name) + b"\0" + str(size).encode() + b"\n")
+    return hasher.hexdigest()
+
+
+@dataclass
+class Extractor:
+    """A network, its preprocessing and what identifies them in saved results."""
+
+    model: InceptionV3
+    preset: FIDPreset
+    weights: str
+    weights_sha256: str | None
+    device: torch.device
+
+    def meta(self) -> dict[str, Any]:
+        return {"preset": self.preset.name, "weights": self.weights, "weights_sha256": self.weights_sha256,
+                "versions": _versions()}
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def make_extractor(preset: str | None = None, weights: str | os.PathLike | None = None,
+                   model: InceptionV3 | None = None, device: str | torch.device | None = None) -> Extractor:
+    """The FID network (published weights, or ``weights``) with a named preset; or ``model`` (any InceptionV3
+    from ``get_model``) with its own preprocessing, unless a preset is named."""
+    device = _device(device)
+    if model is not None:
+        if weights is not None:
+            raise InputError("pass either a model or FID weights, not both")
+        info = getattr(model, "weights_info", None)
+        chosen = get_preset(preset) if preset else model_preset(model)
+        name = (info.name or info.path or info.source) if info is not None else "custom model"
+        return Extractor(model.to(device).eval(), chosen, str(name), None, device)
+    network = load_fid_network(weights, device)
+    name = FID_WEIGHTS.name if weights is None else f"{FID_WEIGHTS.name} (file {Path(network.weights_path).name})"
+    return Extractor(network.model, get_preset(preset or DEFAULT_PRESET), name, network.weights_sha256, device)
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes and resizes one image per item, in the loader's workers; a bad file becomes its reason."""
+
+    def __init__(self, files: Sequence[str], preset: FIDPreset) -> None:
+        self.files = list(files)
+        self.preset = preset
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, self.preset.load(self.files[index]), None
+        except ImageLoadError as exc:
+            return index, None, str(exc)
+
+
+def _as_list(batch: list) -> list:
+    return batch
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _shard(files: list[str]) -> list[str]:
+    """This process's share under torchrun: every world_size-th file."""
+    import torch.distributed as dist
+
+    return files[dist.get_rank()::dist.get_world_size()] if _world_size() > 1 else files
+
+
+def iterate_features(files: Sequence[str | os.PathLike], extractor: Extractor, layers: Sequence[str], *,
+                     batch_size: int = 50, workers: int = 0, skip_bad: bool = False,
+                     progress: bool = False) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+    """(file names, {layer: N x d float32 CPU tensor}) per batch, in file order. An unreadable file stops the
+    run with a :class:`DatasetError` naming the bad files (decoding goes on to find them all, the network does
+    not), unless ``skip_bad``, when it is left out with a warning."""
+    layers = check_layers(layers)
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    names = [os.fspath(f) for f in files]
+    loader = torch.utils.data.DataLoader(_Images(names, extractor.preset), batch_size=batch_size,
+                                         num_workers=max(0, workers), collate_fn=_as_list)
+    bad: list[str] = []
+    try:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, disable=not progress, unit="batch", file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        batches = loader
+    for batch in batches:
+        good = [(index, tensor) for index, tensor, reason in batch if reason is None]
+        bad.extend(reason for _, _, reason in batch if reason is not None)
+        if not good or (bad and not skip_bad):
+            continue
+        x = torch.stack([tensor for _, tensor in good]).to(extractor.device)
+        with torch.no_grad():
+            taps = forward_taps(extractor.model, x, layers)
+        yield [names[i] for i, _ in good], {k: v.float().cpu() for k, v in taps.items()}
+    if bad and not skip_bad:
+        shown = "; ".join(display_name(b) for b in bad[:_SHOW]) + (f" (and {len(bad) - _SHOW} more)"
+                                                                   if len(bad) > _SHOW else "")
+        raise DatasetError(f"{len(bad)} unreadable image(s): {shown}; pass --skip-bad to leave them out")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {display_name(bad[0])}", stacklevel=2)
+
+
+def _image_files(folder: str | os.PathLike) -> list[str]:
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"{display_name(folder)}: not a folder of images or a .npz statistics file")
+    files = [os.fspath(p) for p in find_images(path)]
+    if not files:
+        raise DatasetError(f"{display_name(folder)}: no images found (looked for .jpg, .png, .bmp, .webp, .tif, "
+                           ".gif in any case, recursively)")
+    return files
+
+
+@dataclass
+class Features:
+    """Per-image features of a folder: ``arrays[layer]`` is N x d float32, rows in ``files`` order."""
+
+    files: list[str]
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise InputError(f"{path}: features files end in .npz")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} exists; pass --overwrite to replace it")
+        with atomic_path(path, suffix=".partial.npz") as tmp:
+            np.savez(tmp, files=np.array(self.files, dtype=str), meta=np.array(json.dumps(self.meta, sort_keys=True)),
+                     **self.arrays)
+        return path
+
+
+def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], layers: Sequence[str] = ("2048",), *,
+                     preset: str | None = None, weights: str | os.PathLike | None = None,
+                     model: InceptionV3 | None = None, batch_size: int = 50, workers: int = 0,
+                     device: str | torch.device | None = None, skip_bad: bool = False,
+                     progress: bool = False) -> Features:
+    """The ``layers`` taps of every image of a folder (or a list of files), in one pass per batch.
+    Default network: the FID network with the pytorch-fid preset; ``model=get_model(...)`` uses that model and
+    its own preprocessing (the ``2048`` tap is then its pooled features)."""
+    root = inputs if isinstance(inputs, (str, os.PathLike)) else None
+    files = _image_files(root) if root is not None else [os.fspath(f) for f in inputs]
+    extractor = make_extractor(preset, weights, model, device)
+    layers = check_layers(layers)
+    kept: list[str] = []
+    parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    for names, taps in iterate_features(files, extractor, layers, batch_size=batch_size, workers=workers,
+                                        skip_bad=skip_bad, progress=progress):
+        kept.extend(names)
+        for layer in layers:
+            parts[layer].append(taps[layer].numpy())
+    arrays = {layer: np.concatenate(chunks) if chunks else np.zeros((0, DIMS.get(layer, 0)), np.float32)
+              for layer, chunks in parts.items()}
+    meta = dict(extractor.meta(), layers=layers, n=len(kept), skipped=len(files) - len(kept),
+                files_digest=files_digest(kept, root))
+    return Features(kept, arrays, meta)
+
+
+@dataclass
+class FolderResult:
+    """What one pass over a folder gives: its statistics and, when asked for, the raw features KID and IS need."""
+
+    stats: FIDStatistics
+    features: np.ndarray | None = None
+    logits_unbiased: np.ndarray | None = None
+
+
+def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer: str = "2048",
+                      batch_size: int = 50, workers: int = 0, skip_bad: bool = False, keep_features: bool = False,
+                      keep_logits: bool = False, progress: bool = False) -> FolderResult:
+    """Streamed float64 statistics of one tap over a folder, combined across torchrun processes."""
+    files = _image_files(folder)
+    if (keep_features or keep_logits) and _world_size() > 1:
+        raise InputError("KID and IS need every feature in one process; run them without torchrun")
+    layers = [layer] + (["logits_unbiased"] if keep_logits and layer != "logits_unbiased" else [])
+    stats = FIDStatistics()
+    kept: list[str] = []
+    features: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
+    for names, taps in iterate_features(_shard(files), extractor, layers, batch_size=batch_size, workers=workers,
+                                        skip_bad=skip_bad, progress=progress):
+        kept.extend(names)
+        stats.update(taps[layer])
+        if keep_features:
+            features.append(taps[layer].numpy())
+        if keep_logits:
+            logits.append(taps["logits_unbiased"].numpy())
+    stats.all_reduce()
+    stats.meta = dict(extractor.meta(), layer=layer, dims=DIMS.get(layer, stats.dims), n=stats.n,
+                      skipped=len(files) - stats.n, files_digest=files_digest(files, folder))
+    return FolderResult(stats, np.concatenate(features) if features else None,
+                        np.concatenate(logits) if logits else None)
+
+
+_COMPARED = ("preset", "weights_sha256", "layer")
+
+
+def check_comparable(meta1: dict, meta2: dict, force: bool = False) -> None:
+    """Statistics from different preprocessing, weights or layers give meaningless FIDs: refuse unless forced."""
+    differ = [f"{key}: {meta1[key]!r} vs {meta2[key]!r}" for key in _COMPARED
+              if meta1.get(key) is not None and meta2.get(key) is not None and meta1[key] != meta2[key]]
+    if differ and not force:
+        raise InputError(f"the two sides were computed differently ({'; '.join(differ)}); pass --force to "
+                         "compare them anyway")
+    if differ:
+        warnings.warn(f"comparing statistics computed differently: {'; '.join(differ)}", stacklevel=2)
+
+
+# -- command line --------------------------------------------------------------------------------------------
+
+
+def _default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def _side(path: str, extractor_for: Any, args: argparse.Namespace, keep_features: bool,
+          keep_logits: bool) -> FolderResult:
+    if path.endswith(".npz"):
+        if keep_features or keep_logits:
+            raise InputError(f"{path}: KID and IS need images, not statistics")
+        return FolderResult(FIDStatistics.load(path))
+    return folder_statistics(path, extractor_for(), layer=str(args.dims), batch_size=args.batch_size,
+                             workers=args.workers, skip_bad=args.skip_bad, keep_features=keep_features,
+                             keep_logits=keep_logits, progress=not args.quiet)
+
+
+def _cmd_fid(args: argparse.Namespace) -> int:
+    cached: list[Extractor] = []
+
+    def extractor_for() -> Extractor:
+        if not cached:
+            cached.append(make_extractor(args.preset, args.weights, device=args.device))
+        return cached[0]
+
+    first, second = args.paths
+    if args.save_stats:
+        out = Path(second)
+        if out.exists() and not args.overwrite:
+            raise InputError(f"{out} exists; pass --overwrite to replace it")
+        result = _side(first, extractor_for, args, False, False)
+        if _is_main_process():
+            result.stats.save(out, overwrite=args.overwrite)
+            print(f"saved statistics of {result.stats.n} images to {out}")
+        return 0
+    one = _side(first, extractor_for, args, args.kid, args.isc)
+    two = _side(second, extractor_for, args, args.kid, False)
+    check_comparable(one.stats.meta, two.stats.meta, args.force)
+    distance: FrechetDistance = frechet_distance(one.stats, two.stats, method=args.fd_method)
+    report: dict[str, Any] = {"fid": distance.fid, "parts": distance.as_dict(),
+                              "inputs": [{"path": first, "meta": one.stats.meta},
+                                         {"path": second, "meta": two.stats.meta}]}
+    lines = [f"FID: {distance.fid:.6f}",
+             f"  |mu1-mu2|^2 {distance.mean_term:.6f}  tr S1 {distance.trace1:.6f}  tr S2 {distance.trace2:.6f}  "
+             f"tr sqrt(S1 S2) {distance.trace_sqrt:.6f}  N {distance.n1}/{distance.n2}  d {distance.dims}"]
+    if args.kid:
+        kid: MeanStd = kernel_inception_distance(one.features, two.features, subsets=args.kid_subsets,
+                                                 subset_size=args.kid_subset_size)
+        report["kid"] = {"mean": kid.mean, "std": kid.std, "subsets": args.kid_subsets,
+                         "subset_size": args.kid_subset_size}
+        lines.append(f"KID: {kid.mean:.7g} ± {kid.std:.7g}")
+    if args.isc:
+        score = inception_score(one.logits_unbiased, splits=args.isc_splits, shuffle=not args.no_shuffle)
+        report["isc"] = {"mean": score.mean, "std": score.std, "splits": args.isc_splits,
+                         "shuffle": not args.no_shuffle}
+        lines.append(f"IS: {score.mean:.7g} ± {score.std:.7g}")
+    if not _is_main_process():
+        return 0
+    print("\n".join(lines))
+    if args.json:
+        out = Path(args.json)
+        if out.exists() and not args.overwrite:
+            raise InputError(f"{out} exists; pass --overwrite to replace it")
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it")
+    model = None
+    if args.model:
+        from .weights import get_model
+
+        model = get_model(args.model, pretrained=args.weights or True)
+    layers = [part for item in args.layers for part in item.split(",") if part]
+    features = extract_features(args.folder, layers, preset=args.preset, weights=None if model else args.weights,
+                                model=model, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                skip_bad=args.skip_bad, progress=not args.quiet)
+    features.save(out, overwrite=args.overwrite)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in features.arrays.items())
+    print(f"wrote {out}: {shapes}")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(FID_PRESETS),
+                   help=f"preprocessing (default {DEFAULT_PRESET}; with --model, the model's own)")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--workers", type=int, default=_default_workers(), help="decoding processes (0: in process)")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: cuda when available)")
+    p.add_argument("--weights", help="FID weights file in pytorch-fid's layout (default: the published file, "
+                   "reused from $TORCH_HOME/hub/checkpoints when there)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Adds ``fid`` and ``features`` to the ``inceptionv3`` command (none yet)."""
+    """Adds ``fid`` and ``features`` to the ``inceptionv3`` command."""
+    p = commands.add_parser("fid", help="FID (and KID, IS) between two image folders or .npz statistics")
+    p.add_argument("paths", nargs=2, metavar="PATH",
+                   help="folder or .npz statistics; with --save-stats: the folder, then the .npz to write")
+    _add_common(p)
+    p.add_argument("--dims", type=int, choices=(64, 192, 768, 2048), default=2048, help="feature tap")
+    p.add_argument("--save-stats", action="store_true", help="write the first folder's statistics to the second "
+                   "path (pytorch-fid's form) instead of comparing")
+    p.add_argument("--fd-method", choices=FD_METHODS, default="eigh",
+                   help="eigh: symmetric eigendecompositions, real (default); sqrtm: pytorch-fid's scipy path")
+    p.add_argument("--force", action="store_true", help="compare statistics of different presets or weights")
+    p.add_argument("--json", metavar="OUT", help="write the result and its parts as JSON")
+    p.add_argument("--kid", action="store_true", help="also KID (both sides must be folders)")
+    p.add_argument("--kid-subsets", type=int, default=100)
+    p.add_argument("--kid-subset-size", type=int, default=1000)
+    p.add_argument("--isc", action="store_true", help="also the Inception Score of the first folder")
+    p.add_argument("--isc-splits", type=int, default=10)
+    p.add_argument("--no-shuffle", action="store_true", help="IS splits in file order (torch-fidelity shuffles)")
+    p.set_defaults(func=_cmd_fid)
+
+    p = commands.add_parser("features", help="write per-image features (any of the taps) to an .npz")
+    p.add_argument("folder")
+    p.add_argument("--layers", nargs="+", default=["2048"], help=f"taps, any of {', '.join(LAYERS)}")
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.add_argument("--model", help="a zoo name or checkpoint instead of the FID network (its own preprocessing)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_features)
 
 
-__all__ = ["add_commands"]
+__all__ = ["Extractor", "FIDStatistics", "Features", "FolderResult", "FrechetDistance", "add_commands",
+           "check_comparable", "extract_features", "folder_statistics", "frechet_distance", "inception_score",
+           "kernel_inception_distance", "make_extractor"]

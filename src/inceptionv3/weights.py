@@ -44,7 +44,6 @@ from .preprocess import PRESETS, Preprocess
 log = logging.getLogger(__name__)
 
 PARAMS = 23_834_568
-PARAMS_WITH_AUX = 27_161_264
 MACS_TORCHVISION = 5_713_216_096
 FLOPS_MMPRETRAIN = 5_745_177_632
 
@@ -463,7 +462,6 @@ class WeightsInfo:
     path: str | None
     preprocess: Preprocess
     class_names: tuple[str, ...] | None
-    entry: WeightsEntry | None = None
     notes: tuple[str, ...] = ()
 
 
@@ -551,7 +549,6 @@ def get_model(
         path=checkpoint.path if checkpoint else None,
         preprocess=_note_what_was_done(preset_for(checkpoint, entry), checkpoint),
         class_names=None if head_changed else class_names_for(checkpoint, entry, model.num_classes),
-        entry=entry,
         notes=tuple(checkpoint.notes) if checkpoint else (),
     )
     if device is not None:

@@ -1,0 +1,366 @@
+"""The arithmetic of FID, KID and IS, in float64, and the statistics files FID is usually computed from.
+
+Statistics stream: each batch is folded into (n, mean, M2) with Chan et al.'s pairwise update, which is exact
+(no large sums that cancel) and takes O(d^2) memory whatever the image count. Processes combine theirs the same
+way, through two all-reduces (counts and weighted means, then within- plus between-process scatter).
+
+The Fréchet distance needs tr sqrt(S1 S2). S1 S2 is not symmetric, which is why pytorch-fid needs scipy's
+general ``sqrtm`` and then has to discard an imaginary part. It has the same eigenvalues as the symmetric PSD
+sqrt(S1) S2 sqrt(S1), which are the squared singular values of sqrt(S1) sqrt(S2): two symmetric
+eigendecompositions and one SVD, real arithmetic throughout. ``method='sqrtm'`` keeps pytorch-fid's path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .files import atomic_path
+
+STATS_FORMAT = "inceptionv3-fid-stats/1"
+
+
+class RankDeficientWarning(UserWarning):
+    """N <= d: the covariance estimate is singular, and FID is biased upwards (use more images)."""
+
+
+class ProvenanceWarning(UserWarning):
+    """Statistics without metadata: which network and preprocessing made them is unknown."""
+
+
+@dataclass
+class FIDStatistics:
+    """Streaming mean and covariance of feature vectors, in float64.
+
+    ``m2`` is the sum of outer products of deviations from the mean, so ``sigma = m2 / (n - 1)``.
+    """
+
+    n: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    stored_sigma: np.ndarray | None = field(default=None, repr=False)
+    """The covariance exactly as a file held it (re-scaling m2 by n - 1 would round it; some files lack n)."""
+
+    @property
+    def dims(self) -> int | None:
+        return None if self.mean is None else int(self.mean.shape[0])
+
+    @property
+    def mu(self) -> np.ndarray:
+        self._need_data()
+        return self.mean
+
+    @property
+    def sigma(self) -> np.ndarray:
+        """The unbiased covariance (``np.cov``'s)."""
+        if self.n < 2:
+            raise InputError(f"a covariance needs at least 2 samples, these statistics hold {self.n}")
+        return self.m2 / (self.n - 1)
+
+    def _need_data(self) -> None:
+        if self.mean is None:
+            raise InputError("empty statistics: no features were added")
+
+    def update(self, features: np.ndarray | torch.Tensor) -> FIDStatistics:
+        """Fold an N x d batch in."""
+        if isinstance(features, torch.Tensor):
+            features = features.detach().cpu().double().numpy()
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2:
+            raise InputError(f"features must be N x d, got shape {x.shape}")
+        if x.shape[0] == 0:
+            return self
+        mean = x.mean(axis=0)
+        centred = x - mean
+        return self.merge(FIDStatistics(x.shape[0], mean, centred.T @ centred))
+
+    def merge(self, other: FIDStatistics) -> FIDStatistics:
+        """Chan's pairwise combination, in place: the statistics of both sample sets together."""
+        for side in (self, other):
+            if side.stored_sigma is not None and side.n < 2:
+                raise InputError("cannot merge statistics whose sample count is unknown (a file without 'n')")
+        self.stored_sigma = None
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            self.n, self.mean, self.m2 = other.n, other.mean.copy(), other.m2.copy()
+            return self
+        if other.dims != self.dims:
+            raise InputError(f"cannot merge statistics of {self.dims}-d and {other.dims}-d features")
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * (other.n / n)
+        self.m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n)
+        self.n = n
+        return self
+
+    def all_reduce(self, group: Any = None) -> FIDStatistics:
+        """Combine with every other process of ``torch.distributed`` (all ranks end with the same statistics).
+
+        Exact in the sense of Chan's formula: first the global count and mean, then each rank's scatter about
+        that mean (its own M2 plus n_r (mean_r - mean)(mean_r - mean)^T), summed. Memory stays O(d^2).
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        def reduce(tensor: torch.Tensor) -> None:
+            if dist.get_backend(group) == "nccl":  # NCCL reduces device tensors only
+                on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+                dist.all_reduce(on_device, group=group)
+                tensor.copy_(on_device.cpu())
+            else:
+                dist.all_reduce(tensor, group=group)
+
+        self.stored_sigma = None
+        return self._reduce_with(reduce)
+
+    def _reduce_with(self, all_reduce: Callable[[torch.Tensor], Any]) -> FIDStatistics:
+        """The reduction, given a summing all-reduce (tests pass a fake one)."""
+        dims = self.dims or 0
+        # count, and d, d^2 and a presence flag from the ranks holding features: d must be the same on all
+        header = torch.tensor([self.n, dims, dims * dims, 1.0 if dims else 0.0], dtype=torch.float64)
+        all_reduce(header)
+        total, dims_sum, dims_sq, present = (float(v) for v in header)
+        if total == 0:
+            return self
+        dims = round(dims_sum / present)
+        if dims * dims * present != dims_sq or dims * present != dims_sum:
+            raise InputError("processes hold features of different sizes")
+        mean = np.zeros(dims) if self.mean is None else self.mean
+        weighted = torch.from_numpy(mean * self.n)
+        all_reduce(weighted)
+        global_mean = weighted.numpy() / total
+        delta = mean - global_mean
+        scatter = np.zeros((dims, dims)) if self.m2 is None else self.m2
+        scatter = torch.from_numpy(scatter + np.outer(delta, delta) * self.n)
+        all_reduce(scatter)
+        self.n, self.mean, self.m2 = int(total), global_mean, scatter.numpy()
+        return self
+
+    # -- files ---------------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """``mu``, ``sigma`` (float64, as pytorch-fid reads them), ``n`` and JSON ``meta``, written atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise InputError(f"{path}: statistics files end in .npz (numpy would add it)")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+        meta = dict(self.meta, format=STATS_FORMAT, n=self.n)
+        with atomic_path(path, suffix=".partial.npz") as tmp:
+            np.savez_compressed(tmp, mu=self.mu.astype(np.float64), sigma=self.covariance().astype(np.float64),
+                                n=np.int64(self.n), meta=np.array(json.dumps(meta, sort_keys=True)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FIDStatistics:
+        """Our files, and pytorch-fid's, clean-fid's and TTUR's (``mu`` and ``sigma`` only: warns that their
+        provenance is unknown, and ``n`` is then 0 if the file does not say)."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{path}: not a readable .npz statistics file ({exc})") from None
+        if "mu" not in arrays or "sigma" not in arrays:
+            raise InputError(f"{path}: no 'mu' and 'sigma' arrays (found {sorted(arrays)})")
+        mu = np.asarray(arrays["mu"], dtype=np.float64).reshape(-1)
+        sigma = np.atleast_2d(np.asarray(arrays["sigma"], dtype=np.float64))
+        if sigma.shape != (mu.size, mu.size):
+            raise InputError(f"{path}: sigma is {sigma.shape}, mu has {mu.size} entries")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise InputError(f"{path}: mu or sigma holds NaN or infinity")
+        meta: dict[str, Any] = {}
+        if "meta" in arrays:
+            try:
+                meta = json.loads(str(arrays["meta"]))
+            except ValueError:
+                raise InputError(f"{path}: its 'meta' entry is not JSON") from None
+        else:
+            warnings.warn(f"{path}: statistics of unknown provenance (no meta: network, preprocessing and image "
+                          "count unknown); FID is comparable only if they match yours", ProvenanceWarning,
+                          stacklevel=2)
+        n = int(arrays["n"]) if "n" in arrays else int(meta.get("n", 0))
+        m2 = sigma * (n - 1) if n >= 2 else sigma.copy()
+        return cls(n, mu, m2, meta, stored_sigma=sigma)
+
+    def covariance(self) -> np.ndarray:
+        """The covariance: the file's own when read from a file (also when its n is unknown)."""
+        return self.stored_sigma if self.stored_sigma is not None else self.sigma
+
+
+@dataclass
+class FrechetDistance:
+    """FID and its parts: fid = mean_term + trace1 + trace2 - 2 trace_sqrt."""
+
+    fid: float
+    mean_term: float
+    trace1: float
+    trace2: float
+    trace_sqrt: float
+    n1: int | None
+    n2: int | None
+    dims: int
+    method: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _clip_noise(values: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix within rounding of zero (below d * eps * the largest) set to 0: their square
+    roots (about 1e-8 of the largest's) would otherwise add up across a rank-deficient matrix's null space."""
+    tolerance = values.size * np.finfo(np.float64).eps * max(float(np.abs(values).max(initial=0.0)), 0.0)
+    return np.where(values > tolerance, values, 0.0)
+
+
+def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """sqrt of a symmetric PSD matrix via eigh, rounding noise (and negative values) clipped to 0."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(_clip_noise(values))) @ vectors.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr sqrt(S1 S2): the sum of square roots of the eigenvalues of sqrt(S1) S2 sqrt(S1) (symmetric PSD, with the
+    eigenvalues of S1 S2). Those are the squared singular values of sqrt(S1) sqrt(S2), so the sum is taken over
+    the singular values themselves: squaring first would lose the small ones (an eigenvalue of 1e-14 next to 1 is
+    rounding noise, a singular value of 1e-7 is not)."""
+    product = _symmetric_sqrt(sigma1) @ _symmetric_sqrt(sigma2)
+    return float(np.linalg.svd(product, compute_uv=False).sum())
+
+
+def _sqrtm_trace(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """pytorch-fid's path: scipy's sqrtm of S1 S2; retried with eps on the diagonals when not finite; an
+    imaginary diagonal beyond 1e-3 is an error, a smaller one dropped."""
+    try:
+        from scipy import linalg
+    except ImportError:
+        raise InputError("--fd-method sqrtm needs scipy (pip install scipy)") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(sigma1.dot(sigma2))
+        if not np.isfinite(covmean).all():
+            warnings.warn(f"singular product; adding {eps} to the covariance diagonals", RuntimeWarning, stacklevel=3)
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise InputError(f"sqrtm left an imaginary component of {np.max(np.abs(covmean.imag)):.3g}")
+        covmean = covmean.real
+    return float(np.trace(covmean))
+
+
+FD_METHODS = ("eigh", "sqrtm")
+
+
+def frechet_distance(mu1: Any, sigma1: Any = None, mu2: Any = None, sigma2: Any = None, *, method: str = "eigh",
+                     n1: int | None = None, n2: int | None = None) -> FrechetDistance:
+    """The Fréchet distance between two Gaussians, or between two :class:`FIDStatistics` (pass them as the first
+    two arguments). N < 2 or mismatched dimensions are errors; N <= d warns (:class:`RankDeficientWarning`)."""
+    if isinstance(mu1, FIDStatistics) and isinstance(sigma1, FIDStatistics):
+        a, b = mu1, sigma1
+        return frechet_distance(a.mu, a.covariance(), b.mu, b.covariance(), method=method,
+                                n1=a.n or None, n2=b.n or None)
+    if method not in FD_METHODS:
+        raise InputError(f"unknown --fd-method {method!r}; choose from {', '.join(FD_METHODS)}")
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    d = mu1.shape[0]
+    if mu1.shape != mu2.shape or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise InputError(f"mismatched dimensions: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
+                         f"{sigma2.shape}")
+    for side, n in (("first", n1), ("second", n2)):
+        if n is not None and n < 2:
+            raise InputError(f"the {side} set has {n} sample(s); a covariance needs at least 2")
+        if n is not None and n <= d:
+            warnings.warn(f"the {side} set has {n} samples for {d}-d features: its covariance is rank-deficient "
+                          "and FID is biased upwards; use more images than dimensions", RankDeficientWarning,
+                          stacklevel=2)
+    diff = mu1 - mu2
+    trace_sqrt = trace_sqrt_product(sigma1, sigma2) if method == "eigh" else _sqrtm_trace(sigma1, sigma2)
+    mean_term, trace1, trace2 = float(diff.dot(diff)), float(np.trace(sigma1)), float(np.trace(sigma2))
+    fid = mean_term + trace1 + trace2 - 2 * trace_sqrt
+    return FrechetDistance(fid, mean_term, trace1, trace2, trace_sqrt, n1, n2, d, method)
+
+
+@dataclass
+class MeanStd:
+    mean: float
+    std: float
+
+
+def _as_float64(features: Any, what: str) -> np.ndarray:
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().double().numpy()
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise InputError(f"{what} must be N x d, got shape {x.shape}")
+    return x
+
+
+def kernel_inception_distance(features1: Any, features2: Any, *, subsets: int = 100, subset_size: int = 1000,
+                              degree: int = 3, gamma: float | None = None, coef0: float = 1.0,
+                              seed: int = 2020) -> MeanStd:
+    """KID (Bińkowski et al.) as torch-fidelity computes it: the unbiased MMD^2 under the polynomial kernel
+    (x.y gamma + coef0)^degree, gamma = 1/d by default, averaged over ``subsets`` random subsets of
+    ``subset_size`` per side drawn without replacement from ``RandomState(seed)``. float64 throughout."""
+    x, y = _as_float64(features1, "first features"), _as_float64(features2, "second features")
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"mismatched feature sizes: {x.shape[1]} vs {y.shape[1]}")
+    if min(len(x), len(y)) < subset_size:
+        raise InputError(f"KID subsets of {subset_size} need at least that many images per side (have {len(x)} "
+                         f"and {len(y)}); lower --kid-subset-size")
+    if subset_size < 2 or subsets < 1:
+        raise InputError("KID needs subset_size >= 2 and at least one subset")
+    gamma = 1.0 / x.shape[1] if gamma is None else gamma
+    rng = np.random.RandomState(seed)
+    m = subset_size
+    values = np.zeros(subsets)
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a @ b.T * gamma + coef0) ** degree
+
+    for i in range(subsets):
+        a = x[rng.choice(len(x), m, replace=False)]
+        b = y[rng.choice(len(y), m, replace=False)]
+        k_aa, k_bb, k_ab = kernel(a, a), kernel(b, b), kernel(a, b)
+        within = (k_aa.sum(axis=1) - np.diagonal(k_aa)).sum() + (k_bb.sum(axis=1) - np.diagonal(k_bb)).sum()
+        values[i] = within / (m * (m - 1)) - 2 * k_ab.sum(axis=0).sum() / (m * m)
+    return MeanStd(float(values.mean()), float(values.std()))
+
+
+def inception_score(logits: Any, *, splits: int = 10, shuffle: bool = True, seed: int = 2020) -> MeanStd:
+    """IS (Salimans et al.) as torch-fidelity computes it from unbiased logits: rows shuffled by
+    ``RandomState(seed).permutation`` (unless ``shuffle=False``), ``splits`` slices [i N / s, (i + 1) N / s),
+    exp of the mean KL(p(y|x) || p(y)) per slice; mean and population std over slices. float64."""
+    x = torch.from_numpy(_as_float64(logits, "logits"))
+    n = x.shape[0]
+    if n < splits or splits < 1:
+        raise InputError(f"IS with {splits} splits needs at least {max(splits, 1)} images, have {n}")
+    if shuffle:
+        x = x[np.random.RandomState(seed).permutation(n)]
+    p, log_p = x.softmax(dim=1), x.log_softmax(dim=1)
+    scores = []
+    for i in range(splits):
+        rows = slice(i * n // splits, (i + 1) * n // splits)
+        marginal = p[rows].mean(dim=0, keepdim=True)
+        kl = (p[rows] * (log_p[rows] - marginal.log())).sum(dim=1).mean()
+        scores.append(float(kl.exp()))
+    return MeanStd(float(np.mean(scores)), float(np.std(scores)))
+
+
+__all__ = ["FD_METHODS", "FIDStatistics", "FrechetDistance", "MeanStd", "ProvenanceWarning", "RankDeficientWarning",
+           "frechet_distance", "inception_score", "kernel_inception_distance", "trace_sqrt_product"]
