@@ -426,7 +426,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     import platform
 
-    from .backends import benchmark
+    from .benchmark import benchmark
     from .export import sample_batch
     from .weights import get_model
 
