@@ -37,18 +37,17 @@ def available(backend: str) -> bool:
     return backend not in ("openvino", "onnxruntime") or importlib.util.find_spec(backend) is not None
 
 
-# Where the fast paths start to pay, measured on 2 CPU cores at 299 x 299 (README). OpenVINO saves about 45 ms
-# an image but costs 0.35 s a process even from its cache (one photo on the CLI: 2.95 s against 2.6 s eager).
-# torch.compile pays 22-30 s of warm-up in every process to save about 42 ms an image (16.1 against 9.6 img/s),
-# so it only wins beyond about 600 images.
+# Where the fast paths start to pay on a CPU (the measurements are in docs/fast-inference.md): OpenVINO's fixed
+# start-up cost per process outweighs its per-image saving for a handful of images, and torch.compile's warm-up in
+# every process only pays back over hundreds of images.
 FAST_PATH_WORTH_IT_IMAGES = 16
 COMPILE_WORTH_IT_IMAGES = 1000
 
 
 def choose_backend(device: torch.device, precision: str = "fp32", images: int | None = None) -> str:
     """The fastest available path for a run of ``images`` (None: unknown, taken as long but not compile-long), by
-    the measurements in the README. On a CPU: eager for a handful of images; OpenVINO when installed (its export
-    takes 5 s once, then 0.25 s from the cache); then ONNX Runtime for fp32; then ``torch.compile`` when the run
+    the measurements in docs/fast-inference.md. On a CPU: eager for a handful of images; OpenVINO when installed
+    (exported once, then loaded from the cache); then ONNX Runtime for fp32; then ``torch.compile`` when the run
     is long enough to repay its warm-up; else eager. Eager on GPUs and MPS (with AMP for bf16)."""
     if precision == "int8":
         chosen = "openvino"
@@ -155,9 +154,9 @@ def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Ten
 def fixed_batch(run: Runner) -> Runner:
     """Runs every batch at the size of the first one, padding or splitting the others.
 
-    Each new input shape costs ``torch.compile`` a fresh compilation (20-26 s for Inception V3 on 2 cores), and
-    ``dynamic=True`` costs 96 s up front; a stream's short last batch would otherwise pay that. Per image, the
-    compiled model is as fast at batch 1 as at 16, so splitting costs nothing and padding at most one batch."""
+    Each new input shape costs ``torch.compile`` a fresh compilation, and ``dynamic=True`` costs more up front; a
+    stream's short last batch would otherwise pay that. Per image, the compiled model is about as fast at batch 1 as
+    at 16, so splitting costs nothing and padding at most one batch."""
     size: int | None = None
 
     def run_any(x: torch.Tensor) -> torch.Tensor:
