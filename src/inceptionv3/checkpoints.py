@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .errors import CheckpointError
 from .files import atomic_path, file_digest
+from .imagenet import MEAN, STD
 from .model import MIN_INPUT_SIZE, InceptionV3
 from .preprocess import Preprocess
 
@@ -52,8 +53,6 @@ _COUNT_INCLUDE_PAD = {
 
 # torchvision's transform_input maps ImageNet-normalised input to the [-1, 1] input its Google
 # weights expect: x' = x * std / 0.5 + (mean - 0.5) / 0.5, per channel.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 MAX_CLASSES = 100_000
@@ -289,8 +288,8 @@ def fold_transform_input(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     """
     out = dict(state_dict)
     weight = out["Conv2d_1a_3x3.conv.weight"].double()
-    scale = torch.tensor([s / 0.5 for s in _IMAGENET_STD], dtype=torch.float64)
-    shift = torch.tensor([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], dtype=torch.float64)
+    scale = torch.tensor([s / 0.5 for s in STD], dtype=torch.float64)
+    shift = torch.tensor([(m - 0.5) / 0.5 for m in MEAN], dtype=torch.float64)
     constant = (weight.sum(dim=(2, 3)) * shift).sum(dim=1)
     dtype = out["Conv2d_1a_3x3.conv.weight"].dtype
     out["Conv2d_1a_3x3.conv.weight"] = (weight * scale.view(1, 3, 1, 1)).to(dtype)

@@ -596,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run with its own settings")
     p.set_defaults(func=_cmd_train, model=None, weights=None)
 
+    from .backends import PRECISIONS
     from .export import FORMATS
 
     p = commands.add_parser("export", help="export to ONNX, OpenVINO, TorchScript or torch.export, then check it")
@@ -606,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (checked at two sizes)")
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (without --dynamic-batch)")
     p.add_argument("--check-images", nargs="+", help="photos for the check (default: the packaged demo photo)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 and int8 (with --calibration): openvino only")
     p.add_argument("--calibration", metavar="DIR", help="images like yours, for int8 (a few hundred)")
     p.add_argument("--min-agreement", type=float,

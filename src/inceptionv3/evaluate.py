@@ -25,6 +25,7 @@ from .data import ImageDataset, align_to_model, real_labels_for
 from .errors import InputError
 from .files import SafeCSVWriter, file_digest
 from .inference import Classifier, Prediction
+from .runtime import rank_world
 
 TOPK = 5
 
@@ -63,7 +64,7 @@ def score(members: Sequence[Classifier], dataset: ImageDataset, progress: bool =
     share and rank 0 returns the whole, in order; other ranks return ``None``."""
     from tqdm import tqdm
 
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_world()
     chunk = members[0].images_per_chunk()
     mine = shard(len(dataset), chunk, rank, world)
     items = [dataset.items[i] for i in mine]
@@ -222,7 +223,7 @@ def evaluate(members: Sequence[Classifier], dataset: ImageDataset, config: EvalC
         by_name = dict(zip(dataset.names, real_labels_for(dataset, config.real_labels), strict=True))
         real = [by_name[name] for name in scores.names]
     result, matrix = metrics(scores, num_classes, real)
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = rank_world()[1]
     report = {
         "top1": result["top1"],
         "top5": result["top5"],
