@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,7 +63,7 @@ def test_exports_are_cached_and_a_corrupted_entry_is_rebuilt(model_and_batch, mo
     torch.testing.assert_close(rebuilt(batch[:2]), run(batch[:2]))
 
 
-def test_compile_runs_every_batch_size_through_one_compilation(trained_like_checkpoint):
+def test_compile_runs_every_batch_size_through_one_compilation(trained_like_checkpoint, caplog):
     import torch._dynamo
 
     model = get_model(trained_like_checkpoint)
@@ -73,11 +74,14 @@ def test_compile_runs_every_batch_size_through_one_compilation(trained_like_chec
     with torch.no_grad():
         expected = model(batch)
     span = float(expected.abs().max())
-    for size in (4, 10, 1, 7):  # the first call fixes the batch; the rest are split and padded to it
-        got = run(batch[:size])
-        assert got.shape == (size, model.num_classes)
-        assert float((got - expected[:size]).abs().max()) <= 1e-4 * span
+    with caplog.at_level(logging.WARNING, logger="inceptionv3"):
+        for size in (4, 10, 1, 7):  # the first call fixes the batch; the rest are split and padded to it
+            got = run(batch[:size])
+            assert got.shape == (size, model.num_classes)
+            assert float((got - expected[:size]).abs().max()) <= 1e-4 * span
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    said = [r.getMessage() for r in caplog.records]  # the 20-30 s compilation says so, once
+    assert said.count("compiling with torch.compile (about 25 s, once per process)") == 1, said
 
 
 def test_concurrent_runners_build_the_export_once(model_and_batch, monkeypatch):
@@ -238,3 +242,27 @@ def test_an_unwritable_cache_falls_back_to_eager_with_a_warning(model_and_batch,
     assert classifier.backend == "eager" and "running eager fp32 instead" in caplog.text
     with torch.no_grad():
         assert torch.allclose(scores, torch.softmax(model(batch[:2]), dim=1), atol=1e-6)
+
+
+def test_a_slow_first_build_says_so_once(tmp_path, monkeypatch, caplog):
+    """The OpenVINO export takes ~25 s on 2 cores: one line at WARNING (the level the CLI shows) says it is being
+    built once; the next runner reuses it silently. (The export itself is faked: the message is under test.)"""
+    from inceptionv3 import InceptionV3
+
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+
+    def fake_export(model, fmt, target, **kwargs):
+        target = Path(target)
+        target.write_text("<net/>")
+        target.with_suffix(".bin").write_bytes(b"weights")
+        return target
+
+    monkeypatch.setattr(backends, "export_model", fake_export)
+    monkeypatch.setattr(backends, "load_runner", lambda path, fmt, precision=None: lambda x: x)
+    model = InceptionV3(num_classes=10, init_weights=False).eval()
+    with caplog.at_level(logging.WARNING, logger="inceptionv3"):
+        for _ in range(2):
+            backends.make_runner(model, "openvino", "fp32", torch.device("cpu"), 299)
+    said = [r for r in caplog.records if r.getMessage().startswith(
+        "building the openvino export once (about 25 s); later runs reuse it from ")]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text

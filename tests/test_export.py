@@ -107,7 +107,9 @@ def test_int8_export_is_calibrated_and_checked_by_top1_agreement(trained_like_ch
     calibration.mkdir()
     for photo in photo_paths()[:8]:
         (calibration / photo.name).write_bytes(photo.read_bytes())
-    assert main([*common, "--calibration", str(calibration), "--min-agreement", "0"]) == 0
+    # The CLI's check sees 8 views of the demo photo; this test model (random convolutions, head x20) keeps 3 of
+    # them in int8, so the bar is 2 of 8: an export that keeps almost no answer fails.
+    assert main([*common, "--calibration", str(calibration), "--min-agreement", "0.25"]) == 0
     printed = capsys.readouterr().out
     assert "openvino int8" in printed and not (tmp_path / "model-int8.fp32.xml").exists()
     types = {op.get_type_name() for op in ov.Core().read_model(str(out)).get_ops()}
@@ -118,6 +120,12 @@ def test_int8_export_is_calibrated_and_checked_by_top1_agreement(trained_like_ch
     with torch.no_grad():  # the check's own slices: batch sizes 1 and 7
         same = [run(batch[:n]).argmax(1) == model(batch[:n]).argmax(1) for n in (1, 7)]
     assert f"top-1 agreement {100 * float(torch.cat(same).float().mean()):.1f} %" in printed
+    # Every view of the 13 photos the calibration never saw: calibrated on the 8 real photos the int8 model keeps
+    # 0.59 of the top-1 answers; calibrated on noise images instead (reading no real pixels), 0.32.
+    unseen = sample_batch(model.weights_info.preprocess, photo_paths()[8:])
+    with torch.no_grad():
+        kept = torch.cat([run(views).argmax(1) == model(views).argmax(1) for views in unseen.split(10)])
+    assert len(kept) >= 100 and float(kept.float().mean()) >= 0.45, float(kept.float().mean())
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

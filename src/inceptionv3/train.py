@@ -32,8 +32,11 @@ from torch import nn
 from .checkpoints import count_include_pad_for, save_canonical
 from .data import load_dataset, split_dataset
 from .decode import load_image
+from .errors import DatasetError, InputError
+from .files import atomic_path
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
+from .runtime import rank_world
 
 STATE_FILE = "state.pt"
 
@@ -167,13 +170,15 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Swap every BatchNorm2d for the synchronised one (PyTorch's own on CUDA)."""
+    """Swap every BatchNorm2d for the synchronised one (PyTorch's own on CUDA). The new layer takes the old one's
+    device and dtype: built in the default float32, it silently ran a float64 run's BN in float32."""
     if next(model.parameters()).is_cuda:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for module in list(model.modules()):
         for name, child in module.named_children():
             if type(child) is nn.BatchNorm2d:
-                synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum)
+                synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum,
+                                         device=child.running_mean.device, dtype=child.running_mean.dtype)
                 synced.load_state_dict(child.state_dict())
                 setattr(module, name, synced)
     return model
@@ -273,13 +278,9 @@ class TrainConfig:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    """All or nothing, with the permissions any new file gets here (the umask's, usually 0644)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class Trainer:
@@ -289,7 +290,7 @@ class Trainer:
         self.config = config
         self.recipe = RECIPES[config.recipe]
         self.out = Path(config.out)
-        self.rank, self.world = _rank_world()
+        self.rank, self.world = rank_world()
         self.device = torch.device(config.device) if config.device else (
             torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
         if not resuming and self.rank == 0 and (self.out / STATE_FILE).exists():
@@ -317,8 +318,8 @@ class Trainer:
         self.global_batch = c.batch_size * self.world
         self.steps_per_epoch = len(train) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"--data {c.data}: {len(train)} training images cannot fill one global batch of "
-                             f"{self.global_batch}")
+            raise DatasetError(f"--data {c.data}: {len(train)} training images cannot fill one global batch of "
+                               f"{self.global_batch}")
         epochs = c.epochs or self.recipe.epochs
         self.total_steps = c.max_steps or epochs * self.steps_per_epoch
 
@@ -336,7 +337,7 @@ class Trainer:
         new_head = True
         if self.recipe.from_pretrained or c.weights:
             if not (c.model or c.weights):
-                raise ValueError(f"recipe {c.recipe!r} starts from pretrained weights: pass --model NAME or --weights")
+                raise InputError(f"recipe {c.recipe!r} starts from pretrained weights: pass --model NAME or --weights")
             source = c.model or c.weights
             pretrained = c.weights if (c.model and c.weights) else True
             model = get_model(source, pretrained, aux_logits=False, dropout=c.dropout)
@@ -378,7 +379,7 @@ class Trainer:
     def _apply_freeze(self, model: nn.Module) -> None:
         mode = self.config.freeze
         if mode not in ("none", "bn", "backbone"):
-            raise ValueError(f"--freeze must be none, bn or backbone, got {mode!r}")
+            raise InputError(f"--freeze must be none, bn or backbone, got {mode!r}")
         for name, p in model.named_parameters():
             head = name.startswith(("fc.", "AuxLogits."))
             if mode == "backbone" and not head:
@@ -421,7 +422,7 @@ class Trainer:
 
     def _sample(self, index: int, epoch: int) -> np.ndarray:
         c = self.config
-        rgb = load_image(self.train_set.items[index], decoder=self.preprocess.backend,
+        rgb = load_image(self.train_set.items[index], decoder=self.preprocess.decoder,
                          name=self.train_set.names[index])
         if c.augment and self.recipe.augment:
             rng = np.random.default_rng([c.seed, epoch, index])
@@ -534,6 +535,8 @@ class Trainer:
         return {"step": self.step, "best_val_top1": self.best}
 
     def _validate(self) -> None:
+        """Score the weights being trained, in eager PyTorch: an exported backend would write a ~90 MB file to the
+        cache at every validation, and its cache could hand back the export of the starting weights."""
         from .evaluate import metrics, score
         from .inference import Classifier
 
@@ -544,8 +547,8 @@ class Trainer:
             model = copy.deepcopy(model).float()
         classifier = Classifier(model, preprocess=self.preprocess, class_names=self.train_set.class_names,
                                 device=self.device, batch_size=max(self.config.batch_size, 32),
-                                workers=self.config.workers)
-        scores = score([classifier], self.val_set, progress=False)
+                                workers=self.config.workers, backend="eager")
+        scores = score([classifier], self.val_set, progress=self.rank == 0)  # a bar on stderr, rank 0 only
         self._set_train_mode()
         if scores is not None:
             result, _ = metrics(scores, self.train_set.num_classes)
@@ -631,7 +634,7 @@ class Trainer:
             return trainer  # killed before its first save: start again from step 0
         state = torch.load(run_dir / STATE_FILE, weights_only=True, map_location=trainer.device)
         if state["world"] != trainer.world:
-            raise ValueError(f"{run_dir} was trained on {state['world']} processes; resume it on the same number")
+            raise InputError(f"{run_dir} was trained on {state['world']} processes; resume it on the same number")
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scaler.load_state_dict(state["scaler"])

@@ -154,57 +154,89 @@ def save_eval_plot(path: str | Path, matrix: np.ndarray, class_names: Sequence[s
     return path
 
 
+def _axis(values: Sequence[float], limits: tuple[float, float] | None = None) -> tuple[float, float]:
+    """The y axis for these values: 5 % of margin each side (a flat series gets some room too), then clamped to
+    ``limits`` (an accuracy never runs past 100 %)."""
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.05 if high > low else max(abs(low) * 0.05, 0.5)
+    low, high = low - pad, high + pad
+    if limits is not None:
+        low, high = max(low, limits[0]), min(high, limits[1])
+    return low, high
+
+
 def _line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict[str, list[tuple[float, float]]],
-                title: str, colours: Sequence[tuple[int, int, int]], log_y: bool = False) -> None:
-    """One plot: a frame, y ticks, and a polyline per series of (x, y) points."""
+                title: str, colours: Sequence[tuple[int, int, int]], steps: tuple[int, int], log_y: bool = False,
+                limits: tuple[float, float] | None = None) -> None:
+    """One plot: a frame, y ticks, a legend beside the title, and a polyline per series of (step, y) points.
+    ``steps`` is the step axis shared by every panel: the first and last step the run logged, never beyond; a
+    one-step run puts its point in the middle. Text is placed so that no two labels overlap."""
     left, top, right, bottom = box
     font = _font(13)
     draw.text((left, top - 20), title, fill=TEXT_COLOUR, font=font)
-    draw.rectangle(box, outline=(160, 160, 160))
     points = [p for values in series.values() for p in values]
     if not points:
+        draw.rectangle(box, outline=(160, 160, 160))
         draw.text((left + 10, top + 10), "no data yet", fill=TEXT_COLOUR, font=font)
         return
-    xs = [p[0] for p in points]
-    ys = [math.log10(max(p[1], 1e-12)) if log_y else p[1] for p in points]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-    pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
+    if len(series) > 1:  # the legend, right-aligned on the title's line: it never covers a curve or a tick
+        x = right
+        for name, colour in reversed(list(zip(series, colours, strict=False))):
+            x -= draw.textlength(name, font=font)
+            draw.text((x, top - 20), name, fill=colour, font=font)
+            x -= 16
+            draw.rectangle((x, top - 15, x + 10, top - 7), fill=colour)
+            x -= 12
+
+    def to_y(value: float) -> float:
+        return math.log10(max(value, 1e-12)) if log_y else value
+
+    y0, y1 = _axis([to_y(p[1]) for p in points], limits)
     for k in range(5):
         value = y0 + (y1 - y0) * k / 4
         y = bottom - (bottom - top) * k / 4
         draw.line((left, y, right, y), fill=(235, 235, 235))
         label = f"{10 ** value:.1e}" if log_y else f"{value:.3g}"
-        draw.text((left - 55, y - 8), label, fill=TEXT_COLOUR, font=font)
-    draw.text((left, bottom + 4), f"step {x0:g}", fill=TEXT_COLOUR, font=font)
-    draw.text((right - 80, bottom + 4), f"step {x1:g}", fill=TEXT_COLOUR, font=font)
-    for (name, values), colour in zip(series.items(), colours, strict=False):
-        scaled = [(left + (right - left) * (x - x0) / (x1 - x0),
-                   bottom - (bottom - top) * ((math.log10(max(y, 1e-12)) if log_y else y) - y0) / (y1 - y0))
-                  for x, y in values]
+        draw.text((left - 6 - draw.textlength(label, font=font), y - 8), label, fill=TEXT_COLOUR, font=font)
+    draw.rectangle(box, outline=(160, 160, 160))  # over the grid lines
+    x0, x1 = steps
+    if x1 > x0:
+        draw.text((left, bottom + 4), f"step {x0:g}", fill=TEXT_COLOUR, font=font)
+        last = f"step {x1:g}"
+        draw.text((right - draw.textlength(last, font=font), bottom + 4), last, fill=TEXT_COLOUR, font=font)
+    else:
+        only = f"step {x0:g}"
+        draw.text(((left + right - draw.textlength(only, font=font)) / 2, bottom + 4), only, fill=TEXT_COLOUR,
+                  font=font)
+
+    def to_x(step: float) -> float:
+        return left + (right - left) * ((step - x0) / (x1 - x0) if x1 > x0 else 0.5)
+
+    for values, colour in zip(series.values(), colours, strict=False):
+        scaled = [(to_x(x), bottom - (bottom - top) * (to_y(y) - y0) / (y1 - y0)) for x, y in values]
         if len(scaled) > 1:
             draw.line(scaled, fill=colour, width=2)
         for x, y in scaled if len(scaled) < 60 else []:
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
-        if len(series) > 1 and scaled:
-            draw.text((scaled[-1][0] - 60, scaled[-1][1] - 18), name, fill=colour, font=font)
 
 
 def save_curves(path: str | Path, records: Sequence[dict], title: str = "") -> Path:
-    """Training curves from log.jsonl records: loss, learning rate and validation accuracy against steps."""
+    """Training curves from log.jsonl records: loss, learning rate and validation accuracy against steps, all three
+    over the same steps (those the log holds)."""
     canvas = Image.new("RGB", (1500, 480), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((70, 10), title, fill=TEXT_COLOUR, font=_font(16))
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_top1" in r]
+    logged = [r["step"] for r in train + val] or [0]
+    steps = (min(logged), max(logged))
     _line_panel(draw, (70, 70, 480, 420), {"loss": [(r["step"], r["loss"]) for r in train]}, "training loss",
-                [BAR_COLOUR])
+                [BAR_COLOUR], steps)
     _line_panel(draw, (570, 70, 980, 420), {"lr": [(r["step"], r["lr"]) for r in train]}, "learning rate",
-                [BAR_COLOUR], log_y=True)
+                [BAR_COLOUR], steps, log_y=True)
     _line_panel(draw, (1070, 70, 1480, 420), {"top-1": [(r["step"], r["val_top1"]) for r in val],
                                               "top-5": [(r["step"], r["val_top5"]) for r in val]},
-                "validation accuracy (%)", [TOP_COLOUR, BAR_COLOUR])
+                "validation accuracy (%)", [TOP_COLOUR, BAR_COLOUR], steps, limits=(0.0, 100.0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, "PNG")
