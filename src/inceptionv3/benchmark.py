@@ -52,6 +52,7 @@ def benchmark(model: nn.Module, batch: torch.Tensor, backends: list[str], precis
     for size in batch_sizes:
         runners = {}  # made per batch size: a compiled runner keeps the batch size it first sees
         for backend, precision in paths:
+            logger.warning("preparing %s %s at batch %d (exports are built once)", backend, precision, size)
             try:
                 runners[(backend, precision)] = make_runner(model, backend, precision, device, batch.shape[-1],
                                                             calibration=batch)
