@@ -95,3 +95,31 @@ def test_our_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, caps
     monkeypatch.setattr(cli, "_cmd_list", bug)
     with pytest.raises(KeyError, match="a real bug"):
         main(["list"])
+
+
+def test_every_training_option_is_one_flag_that_reaches_the_config(monkeypatch, tmp_path, capsys):
+    import dataclasses
+
+    from inceptionv3 import train
+    from inceptionv3.cli import build_parser
+
+    seen = []
+
+    class FakeTrainer:
+        def __init__(self, config):
+            seen.append(config)
+            self.out = config.out
+
+        def run(self):
+            return {"step": 3, "best_val_top1": -1.0}
+
+    monkeypatch.setattr(train, "Trainer", FakeTrainer)
+    assert main(["train", "--data", "d.csv.gz", "--out", str(tmp_path), "--batch-size", "7", "--no-flip",
+                 "--recipe", "finetune", "--lr", "0.5", "--sync-bn", "--max-steps", "3"]) == 0
+    config = seen[0]
+    assert (config.batch_size, config.flip, config.recipe, config.lr, config.sync_bn, config.max_steps) == (
+        7, False, "finetune", 0.5, True, 3)
+    defaults = build_parser().parse_args(["train"])
+    for field in dataclasses.fields(train.TrainConfig):
+        if field.name != "extra":  # every option has its flag, with the dataclass's own default
+            assert getattr(defaults, field.name) == field.default, field.name

@@ -20,7 +20,7 @@ from inceptionv3.data import (
     read_class_names,
     real_labels_for,
 )
-from inceptionv3.weights import imagenet_wnids
+from inceptionv3.imagenet import imagenet_wnids
 
 IMAGES = SHARED_DATA / "images"
 IMAGENET = SHARED_DATA / "imagenet"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import logging
@@ -361,16 +362,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise InputError("--data and --out are required (or --resume RUN_DIR)")
             if args.epochs is not None and args.max_steps is not None:
                 raise InputError("give --epochs or --max-steps, not both")
-            config = TrainConfig(
-                data=args.data, out=args.out, recipe=args.recipe, val=args.val, val_split=args.val_split,
-                label_by=args.label_by, model=args.model, weights=args.weights, epochs=args.epochs,
-                max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, img_size=args.img_size,
-                amp=args.amp, float64=args.float64, channels_last=args.channels_last, compile=args.compile,
-                sync_bn=args.sync_bn,
-                dropout=args.dropout, augment=not args.no_augment, flip=not args.no_flip,
-                crop_scale=args.crop_scale, freeze=args.freeze,
-                workers=args.workers, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
-                device=str(device) if device is not None else args.device)
+            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
+            config = TrainConfig(**{**values, "device": str(device) if device is not None else args.device})
             trainer = Trainer(config)
         summary = trainer.run()
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -489,6 +482,24 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field, typed from its annotation, with the field's default, help and choices;
+    a boolean is ``--name`` / ``--no-name``. ``--data`` and ``--out`` are checked later, as ``--resume`` needs
+    neither."""
+    from .train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), str(f.type)
+        help_text, choices = f.metadata.get("help", ""), f.metadata.get("choices")
+        if kind == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            convert = int if kind.startswith("int") else float if kind.startswith("float") else str
+            p.add_argument(flag, type=convert, default=f.default, choices=choices, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
     from .weights import DEADLINE_S, MIN_RATE
@@ -561,38 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_test)
 
-    from .train import RECIPES
-
     p = commands.add_parser("train", help="train or fine-tune; --resume RUN_DIR continues a run exactly")
-    p.add_argument("--data", help="class folders, annotation file, digits .csv.gz or an Omniglot .zip")
-    p.add_argument("--val", help="a separate validation set (same forms as --data)")
-    p.add_argument("--val-split", type=float, help="hold out this fraction of each class of --data instead")
-    p.add_argument("--label-by", choices=("alphabet", "character"), default="alphabet", help="Omniglot labels")
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="paper")
-    p.add_argument("--model", help="zoo entry: its preprocessing, and its weights for --recipe finetune")
-    p.add_argument("--weights", help="start from this checkpoint (with --model: loaded into that entry)")
-    p.add_argument("--epochs", type=int, help="default: the recipe's")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps instead of --epochs")
-    p.add_argument("--batch-size", type=int, default=32, help="per process")
-    p.add_argument("--lr", type=float, help="absolute learning rate (default: the recipe's, scaled by global batch)")
-    p.add_argument("--img-size", type=int, default=299)
-    p.add_argument("--amp", choices=("bf16", "fp16"))
-    p.add_argument("--float64", action="store_true",
-                   help="train in float64: for checking distributed runs against one process beyond fp32 rounding")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    p.add_argument("--sync-bn", action="store_true", help="batch statistics over all processes")
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--no-augment", action="store_true", help="centre crops instead of RandomResizedCrop and flips")
-    p.add_argument("--crop-scale", type=float, default=0.08, help="smallest area fraction of RandomResizedCrop")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits and letters are not symmetric)")
-    p.add_argument("--freeze", choices=("none", "bn", "backbone"), default="none")
-    p.add_argument("--workers", type=int, default=4, help="decoding and augmentation threads per process")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=100, help="steps between saves (and every epoch end)")
-    p.add_argument("--log-every", type=int, default=10, help="steps between log lines")
-    p.add_argument("--device", help="cuda, mps or cpu")
-    p.add_argument("--out", help="the run directory")
+    _add_config_flags(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run with its own settings")
     p.set_defaults(func=_cmd_train, model=None, weights=None)
 

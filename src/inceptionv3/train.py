@@ -242,38 +242,46 @@ def random_resized_crop(rgb: np.ndarray, size: int, rng: np.random.Generator,
 # The run
 
 
+def option(default=None, *, help: str = "", choices: tuple[str, ...] | None = None):  # noqa: A002
+    """A ``TrainConfig`` field that is also a command-line flag: its default, help text and choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class TrainConfig:
-    """Everything ``inceptionv3 train`` was asked for; saved as config.json and reused by ``--resume``."""
+    """Everything ``inceptionv3 train`` was asked for; saved as config.json and reused by ``--resume``.
 
-    data: str
-    out: str
-    recipe: str = "paper"
-    val: str | None = None
-    val_split: float | None = None
-    label_by: str = "alphabet"
-    model: str | None = None
-    weights: str | None = None
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int = 32
-    lr: float | None = None
-    img_size: int = 299
-    amp: str | None = None
-    float64: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    dropout: float = 0.5
-    augment: bool = True
-    flip: bool = True
-    crop_scale: float = 0.08
-    freeze: str = "none"
-    workers: int = 4
-    seed: int = 0
-    save_every: int = 100
-    log_every: int = 10
-    device: str | None = None
+    Each field is also its command-line flag (``--batch-size`` for ``batch_size``), with the help text and choices
+    given here: ``cli.py`` builds the flags from these fields, so an option lives in one place."""
+
+    data: str = option(help="class folders, annotation file, digits .csv.gz or an Omniglot .zip")
+    out: str = option(help="the run directory")
+    recipe: str = option("paper", choices=tuple(sorted(RECIPES)))
+    val: str | None = option(help="a separate validation set (same forms as --data)")
+    val_split: float | None = option(help="hold out this fraction of each class of --data instead")
+    label_by: str = option("alphabet", choices=("alphabet", "character"), help="Omniglot labels")
+    model: str | None = option(help="zoo entry: its preprocessing, and its weights for --recipe finetune")
+    weights: str | None = option(help="start from this checkpoint (with --model: loaded into that entry)")
+    epochs: int | None = option(help="default: the recipe's")
+    max_steps: int | None = option(help="stop after this many optimizer steps instead of --epochs")
+    batch_size: int = option(32, help="per process")
+    lr: float | None = option(help="absolute learning rate (default: the recipe's, scaled by the global batch)")
+    img_size: int = option(299)
+    amp: str | None = option(choices=("bf16", "fp16"))
+    float64: bool = option(False, help="train in float64: to check distributed runs beyond fp32 rounding")
+    channels_last: bool = option(False)
+    compile: bool = option(False, help="torch.compile the training step")
+    sync_bn: bool = option(False, help="batch statistics over all processes")
+    dropout: float = option(0.5)
+    augment: bool = option(True, help="RandomResizedCrop and flips (--no-augment: centre crops)")
+    flip: bool = option(True, help="horizontal flips (--no-flip for digits and letters, which are not symmetric)")
+    crop_scale: float = option(0.08, help="smallest area fraction of RandomResizedCrop")
+    freeze: str = option("none", choices=("none", "bn", "backbone"))
+    workers: int = option(4, help="decoding and augmentation threads per process")
+    seed: int = option(0)
+    save_every: int = option(100, help="steps between saves (and every epoch end)")
+    log_every: int = option(10, help="steps between log lines")
+    device: str | None = option(help="cuda, mps or cpu")
     extra: dict = field(default_factory=dict)
 
 
