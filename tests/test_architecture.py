@@ -1,0 +1,40 @@
+"""The module map in docs/architecture.md is true: every module imports exactly the package modules it lists."""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "inceptionv3"
+
+
+def _documented() -> dict[str, set[str]]:
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = re.search(r"## What may import what.*?```text\n(.*?)```", text, re.S).group(1)
+    rules = {}
+    for line in block.strip().splitlines():
+        module, _, deps = line.partition(":")
+        rules[module.strip()] = {d.strip() for d in deps.split(",") if d.strip()}
+    return rules
+
+
+def _actual(path) -> set[str]:
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                imported.add(node.module.split(".")[0])
+            else:  # `from . import x`: a submodule, or a name from the package itself (its version string)
+                imported.update(a.name if (PACKAGE / f"{a.name}.py").exists() else "__init__" for a in node.names)
+    return imported
+
+
+def test_every_module_is_on_the_map_and_imports_only_what_it_lists():
+    rules = _documented()
+    modules = {p.stem: p for p in PACKAGE.glob("*.py")}
+    assert set(rules) == set(modules), set(rules) ^ set(modules)
+    wrong = {name: sorted(_actual(path) ^ rules[name]) for name, path in modules.items()
+             if _actual(path) != rules[name]}
+    assert not wrong, f"imports differ from docs/architecture.md: {wrong}"
