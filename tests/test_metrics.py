@@ -2,7 +2,7 @@
 
 The published FID weights cannot be downloaded in tests, so a file in their exact layout (torchvision's key names,
 1008 classes, legacy torch.save format, no BN counters) is built from seeded random weights whose BN statistics are
-measured on real photos. pytorch-fid and torch-fidelity load that same file: pytorch-fid from
+measured on real photos. pytorch-fid, torch-fidelity and torchmetrics load that same file from
 $TORCH_HOME/hub/checkpoints, where torch.hub looks first, so nothing touches the network.
 """
 
@@ -12,6 +12,9 @@ import collections
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -21,9 +24,9 @@ import torch
 from conftest import calibrate, load_rgb01, photo_paths
 from PIL import Image, ImageOps
 
-from inceptionv3 import fid_network
-from inceptionv3.cli import main
-from inceptionv3.errors import CheckpointError, DownloadError, InputError
+from inceptionv3 import fid_network, get_entry, get_model
+from inceptionv3.cli import main, model_card
+from inceptionv3.errors import CheckpointError, DatasetError, DownloadError, InputError
 from inceptionv3.fid_math import (
     FIDStatistics,
     ProvenanceWarning,
@@ -33,10 +36,14 @@ from inceptionv3.fid_math import (
     kernel_inception_distance,
 )
 from inceptionv3.fid_network import LAYERS, fid_inception_v3, forward_taps, load_fid_network, read_fid_weights
+from inceptionv3.fid_presets import FID_PRESETS
 from inceptionv3.metrics import extract_features, folder_statistics, make_extractor
-from inceptionv3.model import InceptionV3
+from inceptionv3.model import InceptionV3, count_flops, count_parameters
+from inceptionv3.weights import FID_MODEL
 
 PT_NAME = "pt_inception-2015-12-05-6726825d.pth"
+FIDELITY_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's (and so torchmetrics') name
+OPENVINO_RTOL = 1e-5  # of the feature range: 5e-7 measured on every tap (12 photos)
 
 
 @pytest.fixture(autouse=True)
@@ -63,10 +70,12 @@ def fid_weights(tmp_path_factory):
 
 @pytest.fixture
 def torch_home(tmp_path, fid_weights, monkeypatch):
-    """$TORCH_HOME with the test file where torch.hub (pytorch-fid) looks for the published one."""
+    """$TORCH_HOME with the test file where torch.hub looks for the published one, under pytorch-fid's name and
+    torch-fidelity's (which torchmetrics uses)."""
     checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     os.link(fid_weights, checkpoints / PT_NAME)
+    os.link(fid_weights, checkpoints / FIDELITY_NAME)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
     return checkpoints
@@ -141,11 +150,39 @@ def test_weights_load_without_unpickling_code(tmp_path, fid_weights):
 
 
 def test_cached_copy_in_torch_home_is_reused_only_when_its_hash_matches(torch_home, fid_weights, monkeypatch):
-    with pytest.raises(DownloadError):  # the test file is not the published one: its hash prefix differs
+    with pytest.raises(DownloadError):  # the test file is not the published one: its hash differs
         fid_network.locate_fid_weights(download=False)
-    prefix = fid_network.file_digest(fid_weights)[:8]
-    monkeypatch.setattr(fid_network, "FID_SHA256_PREFIX", prefix)
+    monkeypatch.setattr(fid_network, "FID_SHA256", fid_network.file_digest(fid_weights))
     assert fid_network.locate_fid_weights(download=False) == torch_home / PT_NAME
+    (torch_home / PT_NAME).unlink()  # torch-fidelity's name is found too
+    assert fid_network.locate_fid_weights(download=False) == torch_home / FIDELITY_NAME
+
+
+def test_the_fid_network_is_a_zoo_entry(fid_weights, capsys, tmp_path, monkeypatch):
+    """Listed and described like the classifiers (without a top-1), downloaded from either release under one
+    full sha256; get_model refuses it rather than build a classifier's graph around its weights."""
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+    entry = get_entry(FID_MODEL)
+    network = fid_inception_v3()
+    assert entry.num_classes == 1008 and entry.metrics == () and entry.preprocess.crop == 299
+    assert (entry.params, entry.macs) == (count_parameters(network), count_flops(network))
+    assert entry.flops_mmpretrain == count_flops(network, convention="mmpretrain")
+    assert [f.filename for f in entry.files] == [PT_NAME, FIDELITY_NAME]
+    assert {f.hash for f in entry.files} == {"sha256:" + fid_network.FID_SHA256}
+    assert fid_network.FID_SHA256.startswith("6726825d") and len(fid_network.FID_SHA256) == 64
+    assert main(["list", "*fid*"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith(FID_MODEL) and "pytorch-fid" in listed
+    assert main(["info", FID_MODEL]) == 0
+    card = capsys.readouterr().out
+    for fact in ("23,850,960", "1008", PT_NAME, FIDELITY_NAME, "6726825d0af5f729", "not downloaded"):
+        assert fact in card, fact
+    assert model_card(FID_MODEL) in card
+    with pytest.raises(InputError, match="is the FID network"):  # the classifier path would build another graph
+        get_model(FID_MODEL, pretrained=fid_weights)
+    assert main(["download", FID_MODEL]) == 2  # offline here: the typed error naming both releases
+    err = capsys.readouterr().err
+    assert "pytorch-fid/releases" in err and "torch-fidelity/releases" in err
 
 
 def test_one_pass_returns_the_subset_and_stops_at_the_deepest_tap(fid_weights):
@@ -193,8 +230,171 @@ def test_tf_preset_matches_torch_fidelity(same_size_folder, fid_weights):
                                np.broadcast_to(bias, ours.arrays["logits"].shape), atol=1e-5)
 
 
-def _small_images(folder, count: int, seed: int, size=(64, 48)) -> None:
-    """Flips and crops of the real photos, all the same small size."""
+def _mixed_folder(folder) -> list:
+    """Real photos at several sizes and modes, up- and downscaled to 299: grayscale JPEG, RGBA PNG, palette GIF."""
+    folder.mkdir()
+    for i, size in enumerate([(90, 80), (640, 427), (120, 333), (299, 299)]):
+        _photo(i * 5).resize(size, Image.BILINEAR).save(folder / f"{i}.png")
+    _photo(1).convert("L").resize((400, 300)).save(folder / "gray.jpg", quality=90)
+    _photo(2).convert("RGBA").resize((200, 150)).save(folder / "alpha.png")
+    _photo(3).convert("P").resize((150, 200)).save(folder / "palette.gif")
+    return sorted(folder.iterdir())
+
+
+def test_clean_preset_matches_clean_fid(tmp_path):
+    """clean-fid's own dataset (decode, make_resizer("PIL", False, "bicubic", (299, 299)), ToTensor) and the
+    (x - 128) / 128 its network applies: bit-identical inputs. (Its network is a TorchScript of the same 2015 graph,
+    downloaded at run time, so it is not run here.)"""
+    from cleanfid.resize import make_resizer
+    from cleanfid.utils import ResizeDataset
+
+    files = _mixed_folder(tmp_path / "mixed")
+    dataset = ResizeDataset([str(f) for f in files], mode="clean")
+    resizer = make_resizer("PIL", False, "bicubic", (299, 299))
+    for i, path in enumerate(files):
+        ours = FID_PRESETS["clean"].load(path)
+        assert ours.shape == (3, 299, 299) and ours.dtype == torch.float32
+        assert torch.equal(ours, (dataset[i] - 128) / 128), path.name
+        rgb = np.array(Image.open(path).convert("RGB"))
+        assert torch.equal(ours, (torch.from_numpy(resizer(rgb)).permute(2, 0, 1) - 128) / 128), path.name
+    # and it is not the other presets: bicubic on float differs from bilinear by far more than rounding
+    other = FID_PRESETS["pytorch-fid"].load(files[1])
+    assert (FID_PRESETS["clean"].load(files[1]) - other).abs().max() > 1e-2
+
+
+def test_torchmetrics_preset_matches_torchmetrics_fid(tmp_path, torch_home, fid_weights):
+    """torchmetrics' FrechetInceptionDistance with its defaults (antialiased resize since 1.8), weights from
+    $TORCH_HOME as it looks for them, fed each image as the uint8 tensor Pillow decodes; against our folder FID with
+    the torchmetrics preset on the same files. Features at d=64 from 72 images per side (full rank)."""
+    import inspect
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    assert inspect.signature(FrechetInceptionDistance).parameters["antialias"].default is True
+    a, b = tmp_path / "a", tmp_path / "b"
+    _small_images(a, 72, seed=5, size=(120, 90))  # upscaled to 299
+    _small_images(b, 72, seed=6, size=(480, 360), suffix=".jpg")  # downscaled, where antialiasing matters
+    reference = FrechetInceptionDistance(feature=64)
+    for folder, real in ((a, True), (b, False)):
+        files = sorted(folder.iterdir())
+        for start in range(0, len(files), 8):  # the batches ours runs: float32 rounding depends on them
+            images = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))) for f in files[start:start + 8]]
+            reference.update(torch.stack(images).permute(0, 3, 1, 2), real=real)
+    expected = float(reference.compute())
+    extractor = make_extractor("torchmetrics", weights=fid_weights, device="cpu")
+    one = folder_statistics(a, extractor, layer="64", batch_size=8)
+    two = folder_statistics(b, extractor, layer="64", batch_size=8)
+    ours = frechet_distance(one.stats, two.stats)
+    assert one.stats.meta["preset"] == "torchmetrics" and ours.n1 == 72
+    assert abs(ours.fid - expected) <= 1e-6 * abs(expected)
+    tf_input = FID_PRESETS["tf"].load(sorted(b.iterdir())[0])
+    assert (FID_PRESETS["torchmetrics"].load(sorted(b.iterdir())[0]) - tf_input).abs().max() > 1e-2
+
+
+def test_torchrun_shards_are_whole_batches_without_repeats(monkeypatch):
+    from inceptionv3 import metrics
+
+    files = [f"{i}.png" for i in range(8)]
+    shards = {}
+    for world in (2, 3, 4):
+        for rank in range(world):
+            monkeypatch.setattr(metrics, "rank_world", lambda rank=rank, world=world: (rank, world))
+            shards[world, rank] = metrics._shard(files, batch_size=3)
+        assert sorted(name for r in range(world) for name in shards[world, r]) == sorted(files)
+    assert shards[2, 0] == ["0.png", "1.png", "2.png", "6.png", "7.png"] and shards[2, 1] == ["3.png", "4.png", "5.png"]
+    assert shards[3, 2] == ["6.png", "7.png"] and shards[4, 3] == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def nine_files(tmp_path_factory):
+    """8 small images and, sorting last, a broken one: batches of 3 give rank 1 of 2 the batch holding it."""
+    folder = tmp_path_factory.mktemp("torchrun") / "nine"
+    _small_images(folder, 8, seed=7)
+    (folder / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return folder
+
+
+def _torchrun_fid(folder, out, weights, *extra) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "inceptionv3", "fid", "--save-stats", str(folder), str(out),
+               "--weights", str(weights), "--batch-size", "3", "--workers", "0", "--device", "cpu", "--quiet", *extra]
+    env = dict(os.environ, INCEPTIONV3_OFFLINE="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_torchrun_statistics_equal_one_process(tmp_path, fid_weights, nine_files):
+    """Two processes under torchrun (gloo, CPU) write the statistics of a folder, sharded by whole batches of 3
+    (5 and 3 good images: nothing padded in twice; the broken file skipped); one process in this test computes them
+    alone. Same batches, so the same float32 features: mean and covariance agree to 1e-12."""
+    out = tmp_path / "two.npz"
+    done = _torchrun_fid(nine_files, out, fid_weights, "--skip-bad")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # one report: the two processes joined one group (alone, each would be its own rank 0 and print)
+    assert done.stdout.count("saved statistics of 8 images") == 1, done.stdout
+    two = FIDStatistics.load(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process ran: convolutions round differently across thread counts
+    try:
+        with pytest.warns(UserWarning, match="skipped 1"):
+            one = folder_statistics(nine_files, make_extractor(weights=fid_weights, device="cpu"), batch_size=3,
+                                    skip_bad=True).stats
+    finally:
+        torch.set_num_threads(threads)
+    assert two.n == one.n == 8 and two.meta["skipped"] == 1 and two.meta["files_digest"] == one.meta["files_digest"]
+    assert np.abs(two.mu - one.mu).max() <= 1e-12 * np.abs(one.mu).max()
+    assert np.abs(two.covariance() - one.sigma).max() <= 1e-12 * np.abs(one.sigma).max()
+
+
+def test_torchrun_stops_when_one_process_meets_a_bad_file(tmp_path, fid_weights, nine_files):
+    """Only one process's share holds the broken file: the run ends (no process left waiting in an all-reduce)
+    with the typed error naming it, and nothing is written."""
+    done = _torchrun_fid(nine_files, tmp_path / "none.npz", fid_weights)
+    assert done.returncode != 0
+    assert "1 unreadable image(s)" in done.stderr and "zz_broken.png" in done.stderr and "--skip-bad" in done.stderr
+    assert not (tmp_path / "none.npz").exists()
+
+
+def test_processes_agree_on_a_failure_before_any_waits_for_the_others():
+    """Three ranks (threads with a summing all-reduce): rank 1 failed; it raises its own error, the others a
+    DatasetError naming rank 1, and none is left waiting. (torchrun's agent also ends the others, but only once
+    one has exited: not every launcher does.)"""
+    from inceptionv3 import metrics
+
+    barrier = threading.Barrier(3, timeout=20)  # a rank that skipped the all-reduce breaks it: no hang
+    slots: list = [None] * 3
+    raised: list = [None] * 3
+
+    def rank(r: int) -> None:
+        def all_reduce(tensor: torch.Tensor) -> None:
+            slots[r] = tensor.clone()
+            barrier.wait()
+            total = sum(slots)
+            barrier.wait()
+            tensor.copy_(total)
+
+        try:
+            metrics._agree(DatasetError("bad file") if r == 1 else None, r, 3, all_reduce)
+        except DatasetError as exc:
+            raised[r] = str(exc)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert raised == ["process(es) 1 of this torchrun failed (see their error)", "bad file",
+                      "process(es) 1 of this torchrun failed (see their error)"]
+    metrics._agree(None, 0, 2, lambda tensor: None)  # nobody failed: nothing raised
+
+
+def _small_images(folder, count: int, seed: int, size=(64, 48), suffix: str = ".png") -> None:
+    """Flips and crops of the real photos, all the same size."""
     rng = np.random.default_rng(seed)
     folder.mkdir()
     for i in range(count):
@@ -202,7 +402,7 @@ def _small_images(folder, count: int, seed: int, size=(64, 48)) -> None:
         w, h = image.size
         left, top = int(rng.integers(0, w // 4)), int(rng.integers(0, h // 4))
         image = image.crop((left, top, left + 3 * w // 4, top + 3 * h // 4)).resize(size, Image.BILINEAR)
-        (ImageOps.mirror(image) if i % 2 else image).save(folder / f"{i:03d}.png")
+        (ImageOps.mirror(image) if i % 2 else image).save(folder / f"{i:03d}{suffix}")
 
 
 def _pytorch_fid_folder_stats(folders, dims: int, batch_size: int):
@@ -260,6 +460,25 @@ def test_mixed_sizes_and_batch_size_do_not_change_features(tmp_path, fid_weights
     for layer in ("64", "192"):
         scale = one.arrays[layer].max()
         np.testing.assert_allclose(many.arrays[layer], one.arrays[layer], rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_openvino_backend_features_stay_near_eager(tmp_path, fid_weights, monkeypatch):
+    """The taps exported as one OpenVINO graph: every tap within OPENVINO_RTOL of the feature range of eager's,
+    on four real photos (mixed sizes); the default stays eager, and the backend is recorded."""
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, size in enumerate([(90, 80), (640, 427), (299, 299), (120, 333)]):
+        _photo(i * 3).resize(size, Image.BILINEAR).save(folder / f"{i}.png")
+    layers = ["2048", "logits_unbiased", "64"]
+    eager = extract_features(folder, layers, weights=fid_weights, batch_size=2, device="cpu")
+    fast = extract_features(folder, layers, weights=fid_weights, batch_size=2, device="cpu", backend="openvino")
+    assert eager.meta["backend"] == "eager" and fast.meta["backend"] == "openvino" and fast.files == eager.files
+    for layer in layers:
+        assert fast.arrays[layer].shape == eager.arrays[layer].shape
+        assert _relative_to_range(fast.arrays[layer], eager.arrays[layer]) <= OPENVINO_RTOL, layer
+    with pytest.raises(InputError, match="--backend"):
+        make_extractor(weights=fid_weights, device="cpu", backend="onnx")
 
 
 def test_pooled_features_of_a_classification_model(tmp_path):
@@ -348,17 +567,15 @@ def _scipy_fid(mu1, s1, mu2, s2) -> float:
         return float(calculate_frechet_distance(mu1, s1, mu2, s2))
 
 
-@pytest.mark.parametrize("d", [256, pytest.param(2048, marks=pytest.mark.slow)])
-def test_distance_matches_scipy_sqrtm_full_rank(d):
+def test_distance_matches_scipy_sqrtm_at_d256():
+    """Full rank (N = 2d) and rank-deficient (N = 100): against scipy's sqrtm (pytorch-fid's function) and the
+    exact value from an N x N SVD, which needs no matrix square root."""
+    d = 256
     x, y = _covariances(d, 2 * d, seed=d)
     mu1, s1, mu2, s2 = x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
     ours = frechet_distance(mu1, s1, mu2, s2, n1=2 * d, n2=2 * d)
     assert abs(ours.fid - _scipy_fid(mu1, s1, mu2, s2)) <= 1e-9 * ours.fid
     assert ours.trace_sqrt == pytest.approx(_exact_trace_sqrt(x, y), rel=1e-11)
-
-
-@pytest.mark.parametrize("d", [256, pytest.param(2048, marks=pytest.mark.slow)])
-def test_distance_on_rank_deficient_covariances(d):
     n = 100
     x, y = _covariances(d, n, seed=d + 1)
     mu1, s1, mu2, s2 = x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
@@ -370,6 +587,36 @@ def test_distance_on_rank_deficient_covariances(d):
     reference = _scipy_fid(mu1, s1, mu2, s2)
     exact_fid = ours.mean_term + ours.trace1 + ours.trace2 - 2 * exact
     assert abs(ours.fid - reference) <= max(1e-8 * ours.fid, 2 * abs(reference - exact_fid))
+
+
+def _non_commuting_pair(d: int, seed: int):
+    """S1 = L L^T and S2 = L^-T D L^-1 (L unit lower triangular, well conditioned): S1 S2 = L D L^-1 has the
+    eigenvalues D, so tr sqrt(S1 S2) = sum sqrt(D) exactly, with no decomposition to build or check it."""
+    from scipy.linalg import solve_triangular
+
+    rng = np.random.default_rng(seed)
+    lower = np.eye(d) + np.tril(rng.standard_normal((d, d)), -1) * (0.3 / np.sqrt(d))
+    inverse = solve_triangular(lower, np.eye(d), lower=True)
+    values = rng.uniform(0.01, 4.0, d)
+    return lower @ lower.T, (inverse.T * values) @ inverse, float(np.sqrt(values).sum())
+
+
+@pytest.mark.slow  # ~20 s, two thirds of it in scipy's sqrtm
+def test_distance_at_d2048_full_rank_and_rank_deficient():
+    """FID's own size. Full rank: a non-commuting pair with a closed-form trace, and one scipy sqrtm (pytorch-fid's
+    function), the slow part. Rank-deficient (N = 100 < d): the exact value from a 100 x 100 SVD."""
+    d = 2048
+    s1, s2, exact = _non_commuting_pair(d, seed=11)
+    mu1, mu2 = np.zeros(d), np.full(d, 0.01)
+    ours = frechet_distance(mu1, s1, mu2, s2)
+    assert ours.trace_sqrt == pytest.approx(exact, rel=1e-13)  # 3e-16 measured
+    assert abs(ours.fid - _scipy_fid(mu1, s1, mu2, s2)) <= 1e-12 * ours.fid  # 7e-15 measured
+    n = 100
+    x, y = _covariances(d, n, seed=d + 1)
+    mu1, s1, mu2, s2 = x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)
+    with pytest.warns(RankDeficientWarning):
+        ours = frechet_distance(mu1, s1, mu2, s2, n1=n, n2=n)
+    assert ours.trace_sqrt == pytest.approx(_exact_trace_sqrt(x, y), rel=1e-13)  # 1e-16 measured
 
 
 def test_distance_errors_and_warnings():

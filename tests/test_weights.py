@@ -15,7 +15,16 @@ import torchvision
 from conftest import SHARED_DATA, max_abs_diff
 
 from inceptionv3 import InceptionV3, count_flops, count_parameters, get_model, list_models, weights
-from inceptionv3.weights import ZOO, WeightFile, WeightsDownloadError, WeightsEntry, download_weights, imagenet_classes
+from inceptionv3.fid_network import fid_inception_v3
+from inceptionv3.weights import (
+    FID_MODEL,
+    ZOO,
+    WeightFile,
+    WeightsDownloadError,
+    WeightsEntry,
+    download_weights,
+    imagenet_classes,
+)
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -231,12 +240,14 @@ def test_zoo_name_downloads_through_the_mirror_and_loads(server, mmpretrain_file
 def test_zoo_entries_carry_published_facts():
     assert list_models() == sorted(ZOO) and len(ZOO) >= 7
     assert list_models("*tf*") == ["inception_v3.tf_adv_in1k", "inception_v3.tf_in1k", "inception_v3.tf_slim_in1k"]
-    model = InceptionV3()
+    classifier, fid_network = InceptionV3(), fid_inception_v3()
     for entry in ZOO.values():
+        model = fid_network if entry.name == FID_MODEL else classifier  # the FID graph has 1008 classes
         assert entry.params == count_parameters(model)
         assert entry.macs == count_flops(model)
         assert entry.flops_mmpretrain == count_flops(model, convention="mmpretrain")
-        assert entry.metrics and entry.license and entry.origin and entry.preprocess.crop == 299
+        assert entry.metrics or entry.name == FID_MODEL  # no top-1 was ever published for the FID graph
+        assert entry.license and entry.origin and entry.preprocess.crop == 299
         for weight_file in entry.files:
             assert weight_file.url.startswith(("https://", "http://"))
     mm = ZOO["inception-v3_3rdparty_8xb32_in1k"]

@@ -26,8 +26,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     for name in list_models(args.pattern):
         entry = ZOO[name]
-        top1 = entry.metrics[0].top1
-        print(f"{name:36s} {entry.source:12s} top-1 {top1:6.3f}  {entry.preprocess.name}")
+        top1 = f"top-1 {entry.metrics[0].top1:6.3f}" if entry.metrics else "top-1    n/a"  # the FID network
+        print(f"{name:36s} {entry.source:12s} {top1}  {entry.preprocess.name}")
     return 0
 
 
@@ -39,15 +39,16 @@ def model_card(name: str) -> str:
     cached = entry.cached_file()
     lines = [
         f"{entry.name}",
-        f"  params        {entry.params:,} (27,161,264 with the auxiliary head)",
+        f"  params        {entry.params:,}" + (" (27,161,264 with the auxiliary head)" if entry.num_classes == 1000
+                                                    else f" ({entry.num_classes} classes)"),
         f"  FLOPs         {entry.macs / 1e9:.3f} G conv+fc multiply-adds (torchvision's count)",
         f"                {entry.flops_mmpretrain / 1e9:.3f} G adding BN, ReLU and pooling (mmpretrain's count)",
         f"  input         3 x {entry.preprocess.crop} x {entry.preprocess.crop}, RGB",
         f"  preprocessing {entry.preprocess.describe()}",
         f"                ({entry.preprocess.source_note})",
-        "  metrics       " + "\n                ".join(
+        "  metrics       " + ("\n                ".join(
             f"top-1 {m.top1:.3f}  top-5 {m.top5:.3f}  ({m.measured_by})" for m in entry.metrics
-        ),
+        ) or "none published"),
         f"  source        {entry.source}",
         "  files         " + "\n                ".join(
             f"{f.url}  [{f.hash or 'no published hash'}]" + ("  (transform_input folded)" if f.transform_input else "")

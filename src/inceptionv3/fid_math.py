@@ -5,9 +5,9 @@ Statistics stream: each batch is folded into (n, mean, M2) with Chan et al.'s pa
 way, through two all-reduces (counts and weighted means, then within- plus between-process scatter).
 
 The Fréchet distance needs tr sqrt(S1 S2). S1 S2 is not symmetric, which is why pytorch-fid needs scipy's
-general ``sqrtm`` and then has to discard an imaginary part. It has the same eigenvalues as the symmetric PSD
-sqrt(S1) S2 sqrt(S1), which are the squared singular values of sqrt(S1) sqrt(S2): two symmetric
-eigendecompositions and one SVD, real arithmetic throughout. ``method='sqrtm'`` keeps pytorch-fid's path.
+general ``sqrtm`` and then has to discard an imaginary part. Its eigenvalues are the squared singular values of
+A^T B for any factors S1 = A A^T, S2 = B B^T: two symmetric eigendecompositions give the factors and one SVD the
+trace, real arithmetic throughout. ``method='sqrtm'`` keeps pytorch-fid's path.
 """
 
 from __future__ import annotations
@@ -227,19 +227,23 @@ def _clip_noise(values: np.ndarray) -> np.ndarray:
     return np.where(values > tolerance, values, 0.0)
 
 
-def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
-    """sqrt of a symmetric PSD matrix via eigh, rounding noise (and negative values) clipped to 0."""
+def _psd_factor(matrix: np.ndarray) -> np.ndarray:
+    """F with F F^T = matrix (symmetric PSD): eigenvectors scaled by the square roots of their eigenvalues, the
+    columns of eigenvalues within rounding of zero dropped (so a rank-r matrix gives d x r)."""
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.sqrt(_clip_noise(values))) @ vectors.T
+    keep = _clip_noise(values) > 0
+    return vectors[:, keep] * np.sqrt(values[keep])
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrt(S1 S2): the sum of square roots of the eigenvalues of sqrt(S1) S2 sqrt(S1) (symmetric PSD, with the
-    eigenvalues of S1 S2). Those are the squared singular values of sqrt(S1) sqrt(S2), so the sum is taken over
-    the singular values themselves: squaring first would lose the small ones (an eigenvalue of 1e-14 next to 1 is
-    rounding noise, a singular value of 1e-7 is not)."""
-    product = _symmetric_sqrt(sigma1) @ _symmetric_sqrt(sigma2)
-    return float(np.linalg.svd(product, compute_uv=False).sum())
+    """tr sqrt(S1 S2) from factors S1 = A A^T and S2 = B B^T: the nonzero eigenvalues of S1 S2 are those of
+    (A^T B)(A^T B)^T, so the trace is the sum of the singular values of A^T B (r1 x r2: small when N < d). The
+    sum is taken over singular values, not eigenvalues of the product, because squaring first would lose the
+    small ones (an eigenvalue of 1e-14 next to 1 is rounding noise, a singular value of 1e-7 is not)."""
+    a, b = _psd_factor(sigma1), _psd_factor(sigma2)
+    if a.shape[1] == 0 or b.shape[1] == 0:
+        return 0.0
+    return float(np.linalg.svd(a.T @ b, compute_uv=False).sum())
 
 
 def _sqrtm_trace(sigma1: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import weights
 from .errors import CheckpointError, DownloadError, InputError
 from .files import file_digest
 from .model import InceptionV3
@@ -35,34 +36,8 @@ LAYERS = ("64", "192", "768", "2048", "logits_unbiased", "logits")
 
 DIMS = {"64": 64, "192": 192, "768": 768, "2048": 2048, "logits_unbiased": FID_NUM_CLASSES, "logits": FID_NUM_CLASSES}
 
-FID_SHA256_PREFIX = "6726825d"
-"""Both projects publish only this prefix of the file's sha256, in its name."""
-
-
-@dataclass(frozen=True)
-class FIDWeights:
-    """Where the FID network's weights come from. (Belongs in the weight zoo; kept here until it moves.)"""
-
-    name: str
-    filenames: tuple[str, ...]
-    urls: tuple[str, ...]
-    sha256_prefix: str
-    origin: str
-    license: str
-
-
-FID_WEIGHTS = FIDWeights(
-    name="inception-2015-12-05_fid",
-    filenames=("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth"),
-    urls=(
-        "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-        "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-        "weights-inception-2015-12-05-6726825d.pth",
-    ),
-    sha256_prefix=FID_SHA256_PREFIX,
-    origin="http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz",
-    license="Apache-2.0",
-)
+FID_SHA256 = weights.FID_SHA256
+"""A copy found in torch's hub folder or our cache is used only with this digest (the zoo entry's)."""
 
 
 def fid_inception_v3() -> InceptionV3:
@@ -118,35 +93,22 @@ def _hub_checkpoints() -> Path:
 
 
 def locate_fid_weights(download: bool = True) -> Path:
-    """A verified copy of the FID weights: one already in ``$TORCH_HOME/hub/checkpoints`` (where pytorch-fid and
-    torch-fidelity put it), or in our cache, or downloaded into our cache."""
-    from .weights import cache_dir
-
-    for folder in (_hub_checkpoints(), cache_dir()):
-        for name in FID_WEIGHTS.filenames:
+    """A verified copy of the FID weights (zoo entry ``inception-2015-12-05_fid``): one already in
+    ``$TORCH_HOME/hub/checkpoints`` under either published name (where pytorch-fid and torch-fidelity put it),
+    or in our cache, or downloaded into our cache."""
+    entry = weights.get_entry(weights.FID_MODEL)
+    for folder in (_hub_checkpoints(), weights.cache_dir()):
+        for name in (f.filename for f in entry.files):
             candidate = folder / name
             if candidate.is_file():
                 digest = file_digest(candidate)
-                if digest.startswith(FID_SHA256_PREFIX):
+                if digest == FID_SHA256:
                     return candidate
-                log.warning("%s: sha256 %s does not start with %s; ignored (pass it with --weights to use it)",
-                            candidate, digest[:16], FID_SHA256_PREFIX)
+                log.warning("%s: sha256 %s is not the published %s; ignored (pass it with --weights to use it)",
+                            candidate, digest[:16], FID_SHA256[:16])
     if not download:
-        raise DownloadError(f"no FID weights in {_hub_checkpoints()} or {cache_dir()}")
-    return _download()
-
-
-def _download() -> Path:
-    from .preprocess import PRESETS
-    from .weights import WeightFile, WeightsEntry, download_weights
-
-    entry = WeightsEntry(  # only its name and files are read by download_weights
-        name=FID_WEIGHTS.name,
-        files=tuple(WeightFile(url, "pytorch-fid", "sha256:" + FID_SHA256_PREFIX) for url in FID_WEIGHTS.urls),
-        preprocess=PRESETS["torchvision"], metrics=(), license=FID_WEIGHTS.license, origin=(FID_WEIGHTS.origin,),
-        num_classes=FID_NUM_CLASSES,
-    )
-    path, _ = download_weights(entry)
+        raise DownloadError(f"no FID weights in {_hub_checkpoints()} or {weights.cache_dir()}")
+    path, _ = weights.download_weights(entry)
     return path
 
 
@@ -253,6 +215,6 @@ def forward_taps(model: InceptionV3, x: Tensor, layers: Iterable[str]) -> dict[s
     return out
 
 
-__all__ = ["DIMS", "FID_WEIGHTS", "FIDNetwork", "FIDWeights", "LAYERS", "check_layers",
+__all__ = ["DIMS", "FID_SHA256", "FIDNetwork", "LAYERS", "check_layers",
            "convert_pytorch_fid_state_dict", "fid_inception_v3", "forward_taps", "load_fid_network",
            "locate_fid_weights", "read_fid_weights"]

@@ -6,8 +6,12 @@ FID values are only comparable under the same preprocessing, so every statistics
   255), torch bilinear resize to 299x299 (``align_corners=False``, no antialiasing), then ``2x - 1``;
 * ``tf``: the same decode to uint8, then TensorFlow 1.x's legacy bilinear resize on 0-255 values (source pixel
   = output pixel x in/out, no half-pixel offset), then ``(x - 128) / 128``, as torch-fidelity does to match TTUR;
-* ``torchmetrics``: torchmetrics' FID runs torch-fidelity's extractor on uint8 images, so this is ``tf``'s
-  arithmetic under its own name.
+* ``torchmetrics``: ``torchmetrics.image.fid.FrechetInceptionDistance`` with its defaults (since 1.8
+  ``antialias=True``): the uint8 image as float, torch's *antialiased* bilinear resize to 299x299 on 0-255 values,
+  then ``(x - 128) / 128``. (Its ``antialias=False`` is torch-fidelity's resize, i.e. the ``tf`` preset.)
+* ``clean``: clean-fid's default mode, ``make_resizer("PIL", False, "bicubic", (299, 299))``: each channel as a
+  Pillow float32 (mode ``F``) image, resized bicubic by Pillow (antialiased when shrinking), no quantisation,
+  clipped to [0, 255]; then ``(x - 128) / 128`` as clean-fid feeds its network.
 
 Every image is resized on its own, in the loader, so mixed sizes never fail and the batch size never changes the
 input. (pytorch-fid resizes whole batches, which needs equal sizes; per image the arithmetic is the same.)
@@ -85,9 +89,33 @@ def _pytorch_fid(rgb: np.ndarray) -> torch.Tensor:
     return 2 * x - 1
 
 
+def _to_float255(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float32)
+
+
 def _tf(rgb: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).to(torch.float32)
-    x = resize_bilinear_tf1(x)
+    x = resize_bilinear_tf1(_to_float255(rgb))
+    return (x - 128) / 128
+
+
+def _torchmetrics(rgb: np.ndarray) -> torch.Tensor:
+    x = F.interpolate(_to_float255(rgb)[None], size=(FID_SIZE, FID_SIZE), mode="bilinear", align_corners=False,
+                      antialias=True)[0]
+    return (x - 128) / 128
+
+
+def resize_bicubic_pil_float(rgb: np.ndarray, size: int = FID_SIZE) -> np.ndarray:
+    """clean-fid's resize: every channel as a float32 Pillow image (mode ``F``, so nothing is rounded to uint8),
+    Pillow's bicubic (antialiased when shrinking) to size x size, clipped to [0, 255]. H x W x 3 float32 out."""
+    channels = []
+    for c in range(rgb.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(rgb[:, :, c]).astype(np.float32))  # float32: mode F
+        channels.append(np.asarray(plane.resize((size, size), resample=Image.BICUBIC)).clip(0, 255))
+    return np.stack(channels, axis=2).astype(np.float32)
+
+
+def _clean(rgb: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(resize_bicubic_pil_float(rgb)).permute(2, 0, 1).contiguous()
     return (x - 128) / 128
 
 
@@ -110,8 +138,10 @@ FID_PRESETS: dict[str, FIDPreset] = {
         FIDPreset("pytorch-fid", "PIL convert('RGB'), /255, torch bilinear to 299 (align_corners=False), 2x-1",
                   _pytorch_fid),
         FIDPreset("tf", "PIL convert('RGB'), TF1 legacy bilinear to 299 on 0-255, (x-128)/128 (torch-fidelity)", _tf),
-        FIDPreset("torchmetrics", "torchmetrics' FID: torch-fidelity's extractor on uint8, i.e. the tf arithmetic",
-                  _tf),
+        FIDPreset("torchmetrics", "torchmetrics' FID defaults (>= 1.8): torch bilinear with antialias to 299 on "
+                  "0-255, (x-128)/128", _torchmetrics),
+        FIDPreset("clean", "clean-fid's default: Pillow bicubic per channel on float32 (no uint8 rounding) to 299, "
+                  "clipped to 0-255, (x-128)/128", _clean),
     )
 }
 
@@ -142,5 +172,5 @@ def model_preset(model: torch.nn.Module) -> FIDPreset:
 
 
 __all__ = ["DEFAULT_PRESET", "FID_PRESETS", "FIDPreset", "decode_rgb_like_pil", "get_preset", "model_preset",
-           "resize_bilinear_tf1", "resize_bilinear_torch"]
+           "resize_bicubic_pil_float", "resize_bilinear_tf1", "resize_bilinear_torch"]
 

@@ -32,10 +32,12 @@ from .fid_math import (
     inception_score,
     kernel_inception_distance,
 )
-from .fid_network import DIMS, FID_WEIGHTS, LAYERS, check_layers, forward_taps, load_fid_network
+from .fid_network import DIMS, LAYERS, check_layers, forward_taps, load_fid_network
 from .fid_presets import DEFAULT_PRESET, FID_PRESETS, FIDPreset, get_preset, model_preset
 from .files import atomic_path
 from .model import InceptionV3
+from .runtime import init_distributed, rank_world
+from .weights import FID_MODEL
 
 _SHOW = 5  # unreadable files named in an error
 
@@ -57,19 +59,55 @@ def files_digest(files: Sequence[str | os.PathLike], root: str | os.PathLike | N
     return hasher.hexdigest()
 
 
+FEATURE_BACKENDS = ("eager", "openvino")
+
+
+class _Taps(torch.nn.Module):
+    """The requested taps side by side in one tensor, so that an exported graph has a single output. ``layers``
+    is an attribute, so the export cache (keyed on the model's settings and tensors) tells tap sets apart."""
+
+    def __init__(self, model: InceptionV3, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.layers = tuple(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = forward_taps(self.model, x, self.layers)
+        return torch.cat([taps[layer] for layer in self.layers], dim=1)
+
+
 @dataclass
 class Extractor:
-    """A network, its preprocessing and what identifies them in saved results."""
+    """A network, its preprocessing and what identifies them in saved results; ``backend`` runs the network
+    (``openvino``: the taps exported once to the cache, CPU only; features within ~1e-6 of their range of
+    eager's, not equal)."""
 
     model: InceptionV3
     preset: FIDPreset
     weights: str
     weights_sha256: str | None
     device: torch.device
+    backend: str = "eager"
+    _runners: dict = field(default_factory=dict, repr=False)
 
     def meta(self) -> dict[str, Any]:
         return {"preset": self.preset.name, "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "versions": _versions()}
+                "backend": self.backend, "versions": _versions()}
+
+    def taps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The taps of a prepared batch, float32 on the CPU."""
+        if self.backend == "eager":
+            with torch.no_grad():
+                return {k: v.float().cpu() for k, v in forward_taps(self.model, x, layers).items()}
+        key = tuple(layers)
+        if key not in self._runners:
+            from .backends import make_runner
+
+            self._runners[key] = make_runner(_Taps(self.model, key).eval(), self.backend, "fp32", self.device,
+                                             x.shape[-1])
+        joined = self._runners[key](x.cpu()).float()
+        sizes = [self.model.num_classes if layer.startswith("logits") else DIMS[layer] for layer in key]
+        return dict(zip(key, joined.split(sizes, dim=1), strict=True))
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -79,20 +117,27 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 
 def make_extractor(preset: str | None = None, weights: str | os.PathLike | None = None,
-                   model: InceptionV3 | None = None, device: str | torch.device | None = None) -> Extractor:
+                   model: InceptionV3 | None = None, device: str | torch.device | None = None,
+                   backend: str = "eager") -> Extractor:
     """The FID network (published weights, or ``weights``) with a named preset; or ``model`` (any InceptionV3
-    from ``get_model``) with its own preprocessing, unless a preset is named."""
+    from ``get_model``) with its own preprocessing, unless a preset is named. ``backend='openvino'`` runs the
+    network through OpenVINO on the CPU (faster there; features differ from eager in the last digits)."""
     device = _device(device)
+    if backend not in FEATURE_BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(FEATURE_BACKENDS)}, got {backend!r}")
+    if backend != "eager" and device.type != "cpu":
+        raise InputError(f"backend {backend} runs on the CPU; use eager on {device.type}")
     if model is not None:
         if weights is not None:
             raise InputError("pass either a model or FID weights, not both")
         info = getattr(model, "weights_info", None)
         chosen = get_preset(preset) if preset else model_preset(model)
         name = (info.name or info.path or info.source) if info is not None else "custom model"
-        return Extractor(model.to(device).eval(), chosen, str(name), None, device)
+        return Extractor(model.to(device).eval(), chosen, str(name), None, device, backend)
     network = load_fid_network(weights, device)
-    name = FID_WEIGHTS.name if weights is None else f"{FID_WEIGHTS.name} (file {Path(network.weights_path).name})"
-    return Extractor(network.model, get_preset(preset or DEFAULT_PRESET), name, network.weights_sha256, device)
+    name = FID_MODEL if weights is None else f"{FID_MODEL} (file {Path(network.weights_path).name})"
+    return Extractor(network.model, get_preset(preset or DEFAULT_PRESET), name, network.weights_sha256, device,
+                     backend)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -117,16 +162,55 @@ def _as_list(batch: list) -> list:
 
 
 def _world_size() -> int:
+    return rank_world()[1]
+
+
+def _shard(files: list[str], batch_size: int) -> list[str]:
+    """This process's share under torchrun: whole batches, round robin (batch b to rank b mod world size).
+
+    Each batch is then exactly the batch one process would run, so features are bit-identical to a
+    single-process run at the same batch size (batch composition changes float32 results by ~1e-7), and no
+    file is padded in twice to even out the ranks."""
+    rank, world = rank_world()
+    if world == 1:
+        return files
+    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    return [name for batch in batches[rank::world] for name in batch]
+
+
+def _fail_together(error: Exception | None) -> None:
+    """Under torchrun, a process that hits an error must not leave the others waiting in an all-reduce:
+    all agree first, and all raise (the others with a pointer to the process that failed)."""
     import torch.distributed as dist
 
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank, world = rank_world()
+    if world == 1:
+        if error is not None:
+            raise error
+        return
+
+    def all_reduce(tensor: torch.Tensor) -> None:
+        if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+            on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_device)
+            tensor.copy_(on_device.cpu())
+        else:
+            dist.all_reduce(tensor)
+
+    _agree(error, rank, world, all_reduce)
 
 
-def _shard(files: list[str]) -> list[str]:
-    """This process's share under torchrun: every world_size-th file."""
-    import torch.distributed as dist
-
-    return files[dist.get_rank()::dist.get_world_size()] if _world_size() > 1 else files
+def _agree(error: Exception | None, rank: int, world: int, all_reduce: Any) -> None:
+    """The agreement, given a summing all-reduce (tests pass a fake one): each process's own error, or a
+    :class:`DatasetError` naming the processes that failed."""
+    failed = torch.zeros(world, dtype=torch.float64)
+    failed[rank] = error is not None
+    all_reduce(failed)
+    if error is not None:
+        raise error
+    if failed.any():
+        ranks = ", ".join(str(r) for r in failed.nonzero().flatten().tolist())
+        raise DatasetError(f"process(es) {ranks} of this torchrun failed (see their error)")
 
 
 def iterate_features(files: Sequence[str | os.PathLike], extractor: Extractor, layers: Sequence[str], *,
@@ -154,9 +238,7 @@ def iterate_features(files: Sequence[str | os.PathLike], extractor: Extractor, l
         if not good or (bad and not skip_bad):
             continue
         x = torch.stack([tensor for _, tensor in good]).to(extractor.device)
-        with torch.no_grad():
-            taps = forward_taps(extractor.model, x, layers)
-        yield [names[i] for i, _ in good], {k: v.float().cpu() for k, v in taps.items()}
+        yield [names[i] for i, _ in good], extractor.taps(x, layers)
     if bad and not skip_bad:
         shown = "; ".join(display_name(b) for b in bad[:_SHOW]) + (f" (and {len(bad) - _SHOW} more)"
                                                                    if len(bad) > _SHOW else "")
@@ -200,13 +282,13 @@ def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], la
                      preset: str | None = None, weights: str | os.PathLike | None = None,
                      model: InceptionV3 | None = None, batch_size: int = 50, workers: int = 0,
                      device: str | torch.device | None = None, skip_bad: bool = False,
-                     progress: bool = False) -> Features:
+                     progress: bool = False, backend: str = "eager") -> Features:
     """The ``layers`` taps of every image of a folder (or a list of files), in one pass per batch.
     Default network: the FID network with the pytorch-fid preset; ``model=get_model(...)`` uses that model and
     its own preprocessing (the ``2048`` tap is then its pooled features)."""
     root = inputs if isinstance(inputs, (str, os.PathLike)) else None
     files = _image_files(root) if root is not None else [os.fspath(f) for f in inputs]
-    extractor = make_extractor(preset, weights, model, device)
+    extractor = make_extractor(preset, weights, model, device, backend)
     layers = check_layers(layers)
     kept: list[str] = []
     parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
@@ -243,14 +325,19 @@ def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer:
     kept: list[str] = []
     features: list[np.ndarray] = []
     logits: list[np.ndarray] = []
-    for names, taps in iterate_features(_shard(files), extractor, layers, batch_size=batch_size, workers=workers,
-                                        skip_bad=skip_bad, progress=progress):
-        kept.extend(names)
-        stats.update(taps[layer])
-        if keep_features:
-            features.append(taps[layer].numpy())
-        if keep_logits:
-            logits.append(taps["logits_unbiased"].numpy())
+    error: Exception | None = None
+    try:
+        for names, taps in iterate_features(_shard(files, batch_size), extractor, layers, batch_size=batch_size,
+                                            workers=workers, skip_bad=skip_bad, progress=progress):
+            kept.extend(names)
+            stats.update(taps[layer])
+            if keep_features:
+                features.append(taps[layer].numpy())
+            if keep_logits:
+                logits.append(taps["logits_unbiased"].numpy())
+    except (DatasetError, InputError) as exc:
+        error = exc
+    _fail_together(error)
     stats.all_reduce()
     stats.meta = dict(extractor.meta(), layer=layer, dims=DIMS.get(layer, stats.dims), n=stats.n,
                       skipped=len(files) - stats.n, files_digest=files_digest(files, folder))
@@ -292,10 +379,13 @@ def _side(path: str, extractor_for: Any, args: argparse.Namespace, keep_features
 
 def _cmd_fid(args: argparse.Namespace) -> int:
     cached: list[Extractor] = []
+    device = init_distributed() or args.device  # under torchrun: join the group, one GPU per process
+    if not _is_main_process():
+        args.quiet = True
 
     def extractor_for() -> Extractor:
         if not cached:
-            cached.append(make_extractor(args.preset, args.weights, device=args.device))
+            cached.append(make_extractor(args.preset, args.weights, device=device, backend=args.backend))
         return cached[0]
 
     first, second = args.paths
@@ -359,7 +449,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     layers = [part for item in args.layers for part in item.split(",") if part]
     features = extract_features(args.folder, layers, preset=args.preset, weights=None if model else args.weights,
                                 model=model, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                skip_bad=args.skip_bad, progress=not args.quiet)
+                                skip_bad=args.skip_bad, progress=not args.quiet, backend=args.backend)
     features.save(out, overwrite=args.overwrite)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in features.arrays.items())
     print(f"wrote {out}: {shapes}")
@@ -372,6 +462,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--workers", type=int, default=_default_workers(), help="decoding processes (0: in process)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: cuda when available)")
+    p.add_argument("--backend", choices=FEATURE_BACKENDS, default="eager",
+                   help="runs the network: eager PyTorch (default), or OpenVINO on the CPU (exported once, cached)")
     p.add_argument("--weights", help="FID weights file in pytorch-fid's layout (default: the published file, "
                    "reused from $TORCH_HOME/hub/checkpoints when there)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")

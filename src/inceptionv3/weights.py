@@ -37,7 +37,7 @@ from .checkpoints import (
 )
 from .errors import DownloadError, InputError, UnknownModelError
 from .files import atomic_path, cache_dir, file_digest
-from .imagenet import imagenet_classes
+from .imagenet import imagenet_classes, imagenet_wnids
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
 
@@ -117,6 +117,17 @@ def _file(url: str, source: str, *, transform_input: bool = False, hash: str | N
 TORCHVISION_GOOGLE = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
 TORCHVISION_GOOGLE_HASH = "sha256:" + TORCHVISION_GOOGLE_SHA256  # its name carries only the first 8 hex digits
 TIMM_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+
+FID_MODEL = "inception-2015-12-05_fid"
+"""The network FID, KID and IS are defined on (TF's 2015-12-05 graph): see :mod:`.fid_network`."""
+FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+"""Of the 95,628,359-byte file both pytorch-fid and torch-fidelity publish (their names carry its first 8 digits)."""
+FID_PREPROCESS = Preprocess(
+    "pytorch-fid-like", 299, 299, "bilinear", "cv2", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), scale=255.0,
+    order="crop_resize", crop_fraction=1.0,
+    source_note="close to pytorch-fid's input (whole image, bilinear to 299x299 without antialiasing, x / 127.5 - 1)"
+    " for classifying with it; `inceptionv3 fid` applies each FID implementation's exact pipeline instead",
+)
 
 ZOO: dict[str, WeightsEntry] = {
     e.name: e
@@ -210,6 +221,31 @@ ZOO: dict[str, WeightsEntry] = {
             license="Apache-2.0",
             origin=("https://github.com/keras-team/keras/blob/master/keras/src/applications/inception_v3.py",),
             notes="Average pools exclude padding (TensorFlow 'same' pooling).",
+        ),
+        WeightsEntry(
+            name=FID_MODEL,
+            files=(
+                _file("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                      "pt_inception-2015-12-05-6726825d.pth", "pytorch-fid", hash="sha256:" + FID_SHA256),
+                _file("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                      "weights-inception-2015-12-05-6726825d.pth", "torch-fidelity", hash="sha256:" + FID_SHA256),
+            ),
+            preprocess=FID_PREPROCESS,
+            metrics=(),
+            license="Apache-2.0",
+            origin=(
+                "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz",
+                "https://github.com/mseitzer/pytorch-fid/blob/master/src/pytorch_fid/inception.py",
+            ),
+            num_classes=1008,
+            params=23_850_960,
+            macs=5_713_232_480,
+            flops_mmpretrain=5_745_194_016,
+            notes="The FID network, not a classifier to rank: TensorFlow's 2015-12-05 graph (1008 outputs, no "
+            "auxiliary head, average pools without padding, a max pool in Mixed_7c) that FID, KID and IS are defined "
+            "on; no top-1 published. Used by `inceptionv3 fid` and `features` (fid_network.load_fid_network() in "
+            "Python); get_model refuses it, since its classifier path would build the wrong graph.",
+            class_names=(),
         ),
         WeightsEntry(
             name="inception_v3.tf_slim_in1k",
@@ -516,6 +552,9 @@ def get_model(
     The result carries ``model.weights_info`` (preset, class names, origin).
     """
     entry = ZOO.get(str(name_or_path))
+    if entry is not None and entry.name == FID_MODEL:  # another graph: build_model would make the wrong one
+        raise InputError(f"{FID_MODEL} is the FID network, not a classifier: use `inceptionv3 fid` / `features`, "
+                         "or inceptionv3.fid_network.load_fid_network()")
     checkpoint: Checkpoint | None = None
     if entry is None:
         path = Path(name_or_path)
@@ -558,5 +597,6 @@ def get_model(
 
 __all__ = [
     "ZOO", "WeightsEntry", "WeightFile", "Metrics", "WeightsInfo", "WeightsDownloadError", "CheckpointError",
-    "list_models", "get_entry", "get_model", "download_weights", "cache_dir", "imagenet_classes",
+    "list_models", "get_entry", "get_model", "download_weights", "cache_dir", "file_digest", "imagenet_classes",
+    "imagenet_wnids", "FID_MODEL",
 ]
