@@ -68,7 +68,7 @@ def test_a_reset_head_starts_near_uniform_as_training_draws_it():
     model = InceptionV3(num_classes=1000, aux_logits=True)
     model.reset_classifier(1000)
     for head in (model.fc, model.AuxLogits.fc):
-        assert abs(float(head.weight.std()) - 0.01) < 0.0005 and float(head.bias.abs().max()) == 0.0
+        assert abs(float(head.weight.detach().std()) - 0.01) < 0.0005 and float(head.bias.detach().abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("size", [(75, 75), (75, 300), (123, 97), (512, 384)])
