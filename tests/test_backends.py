@@ -63,6 +63,7 @@ def test_exports_are_cached_and_a_corrupted_entry_is_rebuilt(model_and_batch, mo
     torch.testing.assert_close(rebuilt(batch[:2]), run(batch[:2]))
 
 
+@pytest.mark.slow
 def test_compile_runs_every_batch_size_through_one_compilation(trained_like_checkpoint, caplog):
     import torch._dynamo
 
@@ -143,6 +144,7 @@ def test_auto_prefers_openvino_on_cpu_and_falls_back(monkeypatch):
         backends.make_runner(torch.nn.Identity(), "onnxruntime", "bf16", torch.device("cpu"), 299)
 
 
+@pytest.mark.slow
 def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model_and_batch, monkeypatch):
     import nncf
 
@@ -165,6 +167,7 @@ def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model
     assert 1e-3 < error < 0.3, error  # really quantised, still the same function to within int8 rounding
 
 
+@pytest.mark.slow
 def test_predict_int8_from_the_cli(trained_like_checkpoint, tmp_path, monkeypatch, capsys):
     from inceptionv3.cli import main
 

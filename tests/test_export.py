@@ -94,6 +94,7 @@ def test_bf16_export_really_computes_in_bf16_and_is_checked(trained_like_checkpo
     assert "(at least 101 %): FAILED" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow
 def test_int8_export_is_calibrated_and_checked_by_top1_agreement(trained_like_checkpoint, tmp_path, capsys):
     import openvino as ov
     from conftest import photo_paths

@@ -142,6 +142,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     # The paper recipe: dropout (RNG), RMSProp and EMA state, label smoothing, seeded augmentation.
     settings = ["--max-steps", "10", "--save-every", "3", "--crop-scale", "0.5"]
