@@ -360,6 +360,17 @@ def test_torchrun_stops_when_one_process_meets_a_bad_file(tmp_path, fid_weights,
     assert not (tmp_path / "none.npz").exists()
 
 
+def _summing_all_reduce(r: int, slots: list, barrier: threading.Barrier):
+    """Rank ``r``'s all-reduce in a group of threads: every rank's tensor becomes the sum of all of them."""
+    def all_reduce(tensor: torch.Tensor) -> None:
+        slots[r] = tensor.clone()
+        barrier.wait()
+        total = sum(slots)
+        barrier.wait()
+        tensor.copy_(total)
+    return all_reduce
+
+
 def test_processes_agree_on_a_failure_before_any_waits_for_the_others():
     """Three ranks (threads with a summing all-reduce): rank 1 failed; it raises its own error, the others a
     DatasetError naming rank 1, and none is left waiting. (torchrun's agent also ends the others, but only once
@@ -371,12 +382,7 @@ def test_processes_agree_on_a_failure_before_any_waits_for_the_others():
     raised: list = [None] * 3
 
     def rank(r: int) -> None:
-        def all_reduce(tensor: torch.Tensor) -> None:
-            slots[r] = tensor.clone()
-            barrier.wait()
-            total = sum(slots)
-            barrier.wait()
-            tensor.copy_(total)
+        all_reduce = _summing_all_reduce(r, slots, barrier)
 
         try:
             metrics._agree(DatasetError("bad file") if r == 1 else None, r, 3, all_reduce)
@@ -524,12 +530,7 @@ def test_statistics_combine_across_processes():
     results: list = [None] * 3
 
     def rank(r: int) -> None:
-        def all_reduce(tensor: torch.Tensor) -> None:
-            slots[r] = tensor.clone()
-            barrier.wait()
-            total = sum(slots)
-            barrier.wait()
-            tensor.copy_(total)
+        all_reduce = _summing_all_reduce(r, slots, barrier)
 
         results[r] = FIDStatistics().update(shards[r])._reduce_with(all_reduce)
 
