@@ -9,6 +9,7 @@ $TORCH_HOME/hub/checkpoints, where torch.hub looks first, so nothing touches the
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import os
 import shutil
@@ -34,10 +35,11 @@ from inceptionv3.fid_math import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    precision_recall,
 )
 from inceptionv3.fid_network import LAYERS, fid_inception_v3, forward_taps, load_fid_network, read_fid_weights
 from inceptionv3.fid_presets import FID_PRESETS
-from inceptionv3.metrics import extract_features, folder_statistics, make_extractor
+from inceptionv3.metrics import Features, extract_features, folder_statistics, make_extractor
 from inceptionv3.model import InceptionV3, count_flops, count_parameters
 from inceptionv3.weights import FID_MODEL
 
@@ -741,3 +743,170 @@ def test_missing_weights_fail_offline_with_a_typed_error(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="INCEPTIONV3_OFFLINE"):
         load_fid_network()
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
+
+
+# -- precision/recall, features files, the pytorch-fid file set ------------------------------------------------
+
+
+def test_precision_recall_matches_torch_fidelity_in_any_block_size():
+    """torch-fidelity's whole-matrix and chunked paths against ours with the default block and with blocks of a
+    few rows (the bounded-memory path): the same counts, and torch-fidelity's F-score rule."""
+    from torch_fidelity.metric_prc import calculate_precision_recall_full, calculate_precision_recall_part
+
+    rng = np.random.default_rng(8)
+    generated = torch.from_numpy(rng.standard_normal((130, 32)).astype(np.float32))
+    real = torch.from_numpy((rng.standard_normal((110, 32)) * 1.3 + 0.2).astype(np.float32))
+    full = calculate_precision_recall_full(generated, real, 3, 10000)
+    assert calculate_precision_recall_part(generated, real, 3, 17) == full
+    for block in (2**24, 500):
+        ours = precision_recall(generated, real, max_block=block)
+        assert round(ours.precision * 130) == round(full[0] * 130) and round(ours.recall * 110) == round(full[1] * 110)
+        assert ours.precision == pytest.approx(full[0], rel=1e-6) and ours.recall == pytest.approx(full[1], rel=1e-6)
+        assert 0 < ours.recall < ours.precision < 1  # a wider real set: a real test, not all-in or all-out
+        assert ours.f_score == pytest.approx(2 * full[0] * full[1] / (full[0] + full[1]), rel=1e-6)
+    with pytest.raises(InputError, match="more than k images"):
+        precision_recall(generated[:3], real)
+
+
+def _features_file(path, n: int, seed: int, scale: float, meta: dict) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    arrays = {"64": (rng.standard_normal((n, 64)) * scale).astype(np.float32),
+              "logits_unbiased": (rng.standard_normal((n, 1008)) * 3).astype(np.float32)}
+    Features([f"{i}.png" for i in range(n)], arrays, dict(meta, layers=list(arrays), n=n)).save(path)
+    return arrays
+
+
+def test_cli_scores_saved_features_against_each_reference(tmp_path, capsys):
+    """Two ``inceptionv3 features`` files, no network: FID against pytorch-fid's function on np.cov, KID, IS and
+    precision/recall against torch-fidelity's on the same arrays; IS refused on weights other than the
+    published FID network's unless forced."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    meta = {"preset": "tf", "weights": "test", "weights_sha256": "ab" * 32}
+    one = _features_file(tmp_path / "gen.npz", 90, seed=1, scale=1.0, meta=meta)
+    two = _features_file(tmp_path / "real.npz", 80, seed=2, scale=1.2, meta=meta)
+    report = tmp_path / "r.json"
+    args = ["fid", str(tmp_path / "gen.npz"), str(tmp_path / "real.npz"), "--dims", "64", "--kid",
+            "--kid-subsets", "5", "--kid-subset-size", "40", "--isc", "--prc", "--json", str(report)]
+    assert main(args) == 2
+    assert "IS is defined on the published FID network" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "preset tf" in printed and "precision:" in printed
+    result = json.loads(report.read_text())
+    x, y = one["64"].astype(np.float64), two["64"].astype(np.float64)
+    expected_fid = calculate_frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert result["fid"] == pytest.approx(expected_fid, rel=1e-9)
+    kid = kid_features_to_metric(torch.from_numpy(x), torch.from_numpy(y), kid_subsets=5, kid_subset_size=40,
+                                 verbose=False)
+    assert result["kid"]["mean"] == pytest.approx(kid["kernel_inception_distance_mean"], rel=1e-12)
+    isc = isc_features_to_metric(torch.from_numpy(one["logits_unbiased"].astype(np.float64)), splits=10,
+                                 shuffle=True, rng_seed=2020)
+    assert result["isc"]["mean"] == pytest.approx(isc["inception_score_mean"], rel=1e-12)
+    precision, recall = calculate_precision_recall_full(torch.from_numpy(one["64"]), torch.from_numpy(two["64"]),
+                                                        3, 10000)
+    assert result["prc"]["precision"] == pytest.approx(precision, rel=1e-6)
+    assert result["prc"]["recall"] == pytest.approx(recall, rel=1e-6)
+    assert main(["fid", str(tmp_path / "gen.npz"), str(tmp_path / "real.npz"), "--dims", "192"]) == 2
+    assert "holds 64, logits_unbiased, not 192" in capsys.readouterr().err
+
+
+def test_pytorch_fid_glob_reads_exactly_pytorch_fids_files(tmp_path, fid_weights, monkeypatch):
+    """pytorch-fid looks for lower-case extensions in the folder itself only (and reads .ppm). The default set
+    differs here, so it warns with both counts; --pytorch-fid-glob takes the list pytorch-fid's own code builds."""
+    import pytorch_fid.fid_score as pytorch_fid_score
+
+    folder = tmp_path / "imgs"
+    _small_images(folder, 3, seed=9)
+    (folder / "001.png").rename(folder / "001.PNG")
+    (folder / "sub").mkdir()
+    (folder / "002.png").rename(folder / "sub" / "002.png")
+    _photo(3).resize((40, 30)).save(folder / "x.ppm")
+    seen = []
+    monkeypatch.setattr(pytorch_fid_score, "calculate_activation_statistics",
+                        lambda files, *rest, **kw: seen.append([os.fspath(f) for f in files]) or (0, 0))
+    pytorch_fid_score.compute_statistics_of_path(str(folder), None, 1, 64, "cpu")
+    assert [os.path.basename(f) for f in seen[0]] == ["000.png", "x.ppm"]
+    with pytest.warns(UserWarning, match="3 images found here, but pytorch-fid would read 2"):
+        default = extract_features(folder, ["64"], weights=fid_weights, device="cpu")
+    assert sorted(os.path.basename(f) for f in default.files) == ["000.png", "001.PNG", "002.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        theirs = extract_features(folder, ["64"], weights=fid_weights, device="cpu", pytorch_fid_glob=True)
+    assert theirs.files == seen[0]
+
+
+# -- FIDMetric (training loops) ---------------------------------------------------------------------------------
+
+
+def _uint8_batches(folder, size: int):
+    files = sorted(folder.iterdir())
+    images = [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
+    return [torch.stack(images[i:i + size]) for i in range(0, len(images), size)]
+
+
+@pytest.mark.filterwarnings("ignore::inceptionv3.fid_math.RankDeficientWarning")
+def test_fid_metric_equals_folder_fid_and_keeps_real_statistics(tmp_path, fid_weights, monkeypatch):
+    """Batches fed as uint8 tensors give the folder FID of the same files (the same batches: bit-identical
+    features); reset with reset_real=False keeps the real side; real statistics from a file work; compute()
+    leaves each process's own statistics untouched."""
+    from inceptionv3 import FIDMetric
+
+    real_dir, fake_dir = tmp_path / "real", tmp_path / "fake"
+    _small_images(real_dir, 4, seed=21)
+    _small_images(fake_dir, 4, seed=22, size=(50, 70))
+    extractor = make_extractor("tf", weights=fid_weights, device="cpu")
+    expected = frechet_distance(folder_statistics(fake_dir, extractor, layer="64", batch_size=2).stats,
+                                folder_statistics(real_dir, extractor, layer="64", batch_size=2).stats).fid
+    metric = FIDMetric("tf", weights=fid_weights, layer="64", device="cpu", reset_real=False)
+    for batch in _uint8_batches(real_dir, 2):
+        metric.update(batch, real=True)
+    for batch in _uint8_batches(fake_dir, 2):
+        metric.update(batch, real=False)
+    assert metric.compute().fid == pytest.approx(expected, rel=1e-12)
+    saved_fake = copy.deepcopy(metric.fake)
+    metric.reset()
+    assert metric.fake.n == 0 and metric.real.n == 4
+    with pytest.raises(InputError, match="at least 2 images per side"):
+        metric.compute()
+    for batch in _uint8_batches(fake_dir, 2):
+        metric.update(batch, real=False)
+    assert metric.compute().fid == pytest.approx(expected, rel=1e-12)
+    metric.real.meta = metric.meta()
+    stats_file = metric.real.save(tmp_path / "real.npz")
+    from_file = FIDMetric("tf", weights=fid_weights, layer="64", device="cpu", real_stats=stats_file)
+    from_file.fake = copy.deepcopy(saved_fake)
+    assert from_file.compute().fid == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(InputError, match="fake images only"):
+        from_file.update(_uint8_batches(real_dir, 2)[0], real=True)
+    with pytest.raises(InputError, match="uint8"):
+        metric.update(_uint8_batches(real_dir, 2)[0].float(), real=False)
+    other_rank = FIDStatistics().update(np.random.default_rng(0).standard_normal((5, 64)))
+    monkeypatch.setattr(FIDStatistics, "all_reduce", lambda self, group=None: self.merge(other_rank))
+    local_fake_n = metric.fake.n
+    combined = metric.compute()
+    assert (combined.n1, combined.n2) == (local_fake_n + 5, 4 + 5)  # both sides reduced
+    assert (metric.fake.n, metric.real.n) == (local_fake_n, 4)  # the process's own statistics unchanged
+    assert from_file.compute().n2 == 4  # a file's statistics are the same on every process: not reduced
+
+
+def test_feature_extraction_turns_tf32_off_and_restores_it(fid_weights, monkeypatch):
+    """On Ampere and later GPUs cuDNN convolves in TF32 by default; features are extracted with full float32
+    precision, and the user's setting comes back afterwards."""
+    from inceptionv3 import metrics
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = conv.fp32_precision, matmul.fp32_precision
+    seen = []
+    monkeypatch.setattr(metrics, "forward_taps", lambda model, x, layers: seen.append(
+        (conv.fp32_precision, matmul.fp32_precision)) or {"64": x.new_zeros(len(x), 64)})
+    try:
+        conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+        metrics.make_extractor("tf", weights=fid_weights, device="cpu").taps(torch.zeros(1, 3, 8, 8), ["64"])
+        assert seen == [("ieee", "ieee")]
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = saved

@@ -3,9 +3,16 @@
 from .checkpoints import CheckpointError, fold_transform_input, read_checkpoint, save_canonical
 from .decode import ImageLoadError, load_image
 from .errors import DatasetError, DownloadError, ExportError, InceptionV3Error, InputError
-from .fid_math import FIDStatistics, FrechetDistance, frechet_distance, inception_score, kernel_inception_distance
+from .fid_math import (
+    FIDStatistics,
+    FrechetDistance,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
 from .inference import Classifier, Prediction, PredictionError, inference_model
-from .metrics import Features, extract_features
+from .metrics import Features, FIDMetric, extract_features
 from .model import InceptionOutputs, InceptionV3, count_flops, count_parameters
 from .preprocess import PRESETS, Preprocess
 from .weights import (
@@ -29,5 +36,5 @@ __all__ = [
     "Preprocess", "PRESETS",
     "InceptionV3Error", "InputError", "DatasetError", "DownloadError", "ExportError",
     "extract_features", "Features", "FIDStatistics", "FrechetDistance", "frechet_distance", "kernel_inception_distance",
-    "inception_score",
+    "inception_score", "precision_recall", "FIDMetric",
 ]

@@ -5,9 +5,10 @@ Statistics stream: each batch is folded into (n, mean, M2) with Chan et al.'s pa
 way, through two all-reduces (counts and weighted means, then within- plus between-process scatter).
 
 The Fréchet distance needs tr sqrt(S1 S2). S1 S2 is not symmetric, which is why pytorch-fid needs scipy's
-general ``sqrtm`` and then has to discard an imaginary part. Its eigenvalues are the squared singular values of
-A^T B for any factors S1 = A A^T, S2 = B B^T: two symmetric eigendecompositions give the factors and one SVD the
-trace, real arithmetic throughout. ``method='sqrtm'`` keeps pytorch-fid's path.
+general ``sqrtm`` and then has to discard an imaginary part. Its eigenvalues are those of the symmetric
+A^T S2 A for a factor S1 = A A^T, so two symmetric eigendecompositions give the trace in real arithmetic (with an
+SVD instead of the second when the sides are rank-deficient; see :func:`trace_sqrt_product`).
+``method='sqrtm'`` keeps pytorch-fid's path.
 """
 
 from __future__ import annotations
@@ -236,12 +237,25 @@ def _psd_factor(matrix: np.ndarray) -> np.ndarray:
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr sqrt(S1 S2) from factors S1 = A A^T and S2 = B B^T: the nonzero eigenvalues of S1 S2 are those of
-    (A^T B)(A^T B)^T, so the trace is the sum of the singular values of A^T B (r1 x r2: small when N < d). The
-    sum is taken over singular values, not eigenvalues of the product, because squaring first would lose the
-    small ones (an eigenvalue of 1e-14 next to 1 is rounding noise, a singular value of 1e-7 is not)."""
-    a, b = _psd_factor(sigma1), _psd_factor(sigma2)
-    if a.shape[1] == 0 or b.shape[1] == 0:
+    """tr sqrt(S1 S2), real arithmetic throughout. With S1 = A A^T, the nonzero eigenvalues of S1 S2 are those of
+    the symmetric A^T S2 A, so one more symmetric solve (values only) gives the trace. That is exact when those
+    eigenvalues are well above their rounding error; when some are not (rank-deficient sides, N <= d), an eigenvalue
+    of 1e-14 next to 1 is noise while the singular value 1e-7 it may stand for is not, so the trace is then taken
+    as the sum of the singular values of A^T B (S2 = B B^T), which never squares them."""
+    a = _psd_factor(sigma1)
+    if a.shape[1] == 0:
+        return 0.0
+    product = a.T @ sigma2 @ a
+    values = np.linalg.eigvalsh((product + product.T) / 2)
+    smallest, largest = float(values.min()), float(values.max())
+    if smallest > 0:
+        roots = np.sqrt(values)
+        trace = float(roots.sum())
+        rounding = np.sqrt(values.size) * np.finfo(np.float64).eps * largest  # each eigenvalue's error, typically
+        if rounding * float((0.5 / roots).sum()) <= 1e-12 * trace:  # its first-order effect on the sum
+            return trace
+    b = _psd_factor(sigma2)
+    if b.shape[1] == 0:
         return 0.0
     return float(np.linalg.svd(a.T @ b, compute_uv=False).sum())
 
@@ -366,5 +380,44 @@ def inception_score(logits: Any, *, splits: int = 10, shuffle: bool = True, seed
     return MeanStd(float(np.mean(scores)), float(np.std(scores)))
 
 
-__all__ = ["FD_METHODS", "FIDStatistics", "FrechetDistance", "MeanStd", "ProvenanceWarning", "RankDeficientWarning",
-           "frechet_distance", "inception_score", "kernel_inception_distance", "trace_sqrt_product"]
+@dataclass
+class PrecisionRecall:
+    precision: float
+    recall: float
+    f_score: float
+    k: int
+
+
+def _kth_neighbour_radius(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
+    """Each row's distance to its k-th nearest other row (the (k + 1)-th smallest, the row itself being 0)."""
+    return torch.cat([torch.cdist(part, x).kthvalue(k + 1, dim=1).values for part in x.split(rows)])
+
+
+def _inside_any_ball(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, rows: int) -> float:
+    """The share of queries within (<=) the radius of at least one centre."""
+    inside = [(torch.cdist(part, centres) <= radii).any(dim=1) for part in queries.split(rows)]
+    return float(torch.cat(inside).double().mean())
+
+
+def precision_recall(generated: Any, real: Any, *, k: int = 3, max_block: int = 2**24) -> PrecisionRecall:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) as torch-fidelity defines them: precision is the
+    share of generated samples inside at least one real sample's ball, recall the share of real samples inside a
+    generated one's, a ball reaching a sample's k-th nearest neighbour in its own set. F-score 2PR / max(1e-5,
+    P + R). float64; distances are computed ``max_block`` at a time (128 MB), so memory is the features plus that
+    block whatever N is."""
+    x = torch.from_numpy(_as_float64(generated, "generated features"))
+    y = torch.from_numpy(_as_float64(real, "real features"))
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"mismatched feature sizes: {x.shape[1]} vs {y.shape[1]}")
+    if k < 1 or min(len(x), len(y)) <= k:
+        raise InputError(f"precision/recall with k={k} needs more than k images per side (have {len(x)} and "
+                         f"{len(y)})")
+    rows = max(1, max_block // max(len(x), len(y)))
+    precision = _inside_any_ball(x, y, _kth_neighbour_radius(y, k, rows), rows)
+    recall = _inside_any_ball(y, x, _kth_neighbour_radius(x, k, rows), rows)
+    return PrecisionRecall(precision, recall, 2 * precision * recall / max(1e-5, precision + recall), k)
+
+
+__all__ = ["FD_METHODS", "FIDStatistics", "FrechetDistance", "MeanStd", "PrecisionRecall", "ProvenanceWarning",
+           "RankDeficientWarning", "frechet_distance", "inception_score", "kernel_inception_distance",
+           "precision_recall", "trace_sqrt_product"]

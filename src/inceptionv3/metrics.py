@@ -1,19 +1,23 @@
-"""Generative-model metrics (FID, KID, IS) and feature extraction, on the FID network or any InceptionV3.
+"""Generative-model metrics (FID, KID, IS, precision/recall) and feature extraction, on the FID network or any
+InceptionV3.
 
-``inceptionv3 fid A B`` compares two image folders or ``.npz`` statistics files; ``inceptionv3 features DIR``
-writes the chosen taps of every image. The pieces live in :mod:`.fid_network` (the network, its weights and
-taps), :mod:`.fid_presets` (each implementation's preprocessing) and :mod:`.fid_math` (statistics, distances).
+``inceptionv3 fid A B`` compares two image folders, ``.npz`` statistics or saved features; ``inceptionv3 features
+DIR`` writes the chosen taps of every image; :class:`FIDMetric` scores image batches inside a training loop. The
+pieces live in :mod:`.fid_network` (the network, its weights and taps), :mod:`.fid_presets` (each implementation's
+preprocessing) and :mod:`.fid_math` (statistics, distances).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,16 +32,18 @@ from .fid_math import (
     FIDStatistics,
     FrechetDistance,
     MeanStd,
+    PrecisionRecall,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    precision_recall,
 )
 from .fid_network import DIMS, LAYERS, check_layers, forward_taps, load_fid_network
 from .fid_presets import DEFAULT_PRESET, FID_PRESETS, FIDPreset, get_preset, model_preset
 from .files import atomic_path
 from .model import InceptionV3
 from .runtime import init_distributed, rank_world
-from .weights import FID_MODEL
+from .weights import FID_MODEL, FID_SHA256
 
 _SHOW = 5  # unreadable files named in an error
 
@@ -97,7 +103,7 @@ class Extractor:
     def taps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """The taps of a prepared batch, float32 on the CPU."""
         if self.backend == "eager":
-            with torch.no_grad():
+            with torch.no_grad(), full_fp32():
                 return {k: v.float().cpu() for k, v in forward_taps(self.model, x, layers).items()}
         key = tuple(layers)
         if key not in self._runners:
@@ -108,6 +114,22 @@ class Extractor:
         joined = self._runners[key](x.cpu()).float()
         sizes = [self.model.num_classes if layer.startswith("logits") else DIMS[layer] for layer in key]
         return dict(zip(key, joined.split(sizes, dim=1), strict=True))
+
+
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """TF32 off for convolutions and matmuls while features are extracted: on Ampere and later GPUs cuDNN
+    convolves in TF32 by default (10-bit mantissas), which moves FID by far more than float32 rounding does.
+    The settings are restored afterwards; on a CPU they change nothing."""
+    settings = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    saved = [setting.fp32_precision for setting in settings]
+    try:
+        for setting in settings:
+            setting.fp32_precision = "ieee"
+        yield
+    finally:
+        for setting, value in zip(settings, saved, strict=True):
+            setting.fp32_precision = value
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -247,14 +269,35 @@ def iterate_features(files: Sequence[str | os.PathLike], extractor: Extractor, l
         warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {display_name(bad[0])}", stacklevel=2)
 
 
-def _image_files(folder: str | os.PathLike) -> list[str]:
+PYTORCH_FID_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
+
+
+def pytorch_fid_files(folder: str | os.PathLike) -> list[str]:
+    """The files pytorch-fid reads from a folder: ``*.EXT`` for its lower-case extensions, in the folder itself
+    only (not below it), case-sensitively, sorted as paths."""
+    path = Path(folder)
+    return [os.fspath(f) for f in sorted(f for ext in PYTORCH_FID_EXTENSIONS for f in path.glob(f"*.{ext}"))]
+
+
+def _image_files(folder: str | os.PathLike, pytorch_fid_glob: bool = False) -> list[str]:
+    """The folder's images: found recursively and case-insensitively, or exactly pytorch-fid's set. When the two
+    differ, the default warns with both counts, since FID over another set of files is another number."""
     path = Path(folder)
     if not path.is_dir():
-        raise InputError(f"{display_name(folder)}: not a folder of images or a .npz statistics file")
-    files = [os.fspath(p) for p in find_images(path)]
+        raise InputError(f"{display_name(folder)}: not a folder of images or a .npz statistics or features file")
+    theirs = pytorch_fid_files(path)
+    if pytorch_fid_glob:
+        files = theirs
+        searched = f"{', '.join('*.' + e for e in PYTORCH_FID_EXTENSIONS)}, case-sensitive, not in subfolders"
+    else:
+        files = [os.fspath(p) for p in find_images(path)]
+        searched = ".jpg, .png, .bmp, .webp, .tif, .gif in any case, recursively"
+        if files and sorted(theirs) != sorted(files):
+            warnings.warn(f"{display_name(folder)}: {len(files)} images found here, but pytorch-fid would read "
+                          f"{len(theirs)} (it does not look in subfolders, matches extensions case-sensitively and "
+                          "also reads .pgm/.ppm); pass --pytorch-fid-glob to use its set", stacklevel=3)
     if not files:
-        raise DatasetError(f"{display_name(folder)}: no images found (looked for .jpg, .png, .bmp, .webp, .tif, "
-                           ".gif in any case, recursively)")
+        raise DatasetError(f"{display_name(folder)}: no images found (looked for {searched})")
     return files
 
 
@@ -277,17 +320,38 @@ class Features:
                      **self.arrays)
         return path
 
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Features:
+        """A file :meth:`save` wrote (``inceptionv3 features``); every array must have one row per file."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{display_name(path)}: not a readable .npz features file ({exc})") from None
+        files, meta = arrays.pop("files", None), arrays.pop("meta", None)
+        if files is None or meta is None:
+            raise InputError(f"{display_name(path)}: not a features file ('files' and 'meta' missing)")
+        try:
+            meta = json.loads(str(meta))
+        except ValueError:
+            raise InputError(f"{display_name(path)}: its 'meta' entry is not JSON") from None
+        for layer, array in arrays.items():
+            if array.ndim != 2 or len(array) != len(files) or not np.isfinite(array).all():
+                raise InputError(f"{display_name(path)}: {layer!r} is {array.shape} for {len(files)} files, or not "
+                                 "finite")
+        return cls([str(f) for f in files], arrays, meta)
+
 
 def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], layers: Sequence[str] = ("2048",), *,
                      preset: str | None = None, weights: str | os.PathLike | None = None,
                      model: InceptionV3 | None = None, batch_size: int = 50, workers: int = 0,
                      device: str | torch.device | None = None, skip_bad: bool = False,
-                     progress: bool = False, backend: str = "eager") -> Features:
+                     progress: bool = False, backend: str = "eager", pytorch_fid_glob: bool = False) -> Features:
     """The ``layers`` taps of every image of a folder (or a list of files), in one pass per batch.
     Default network: the FID network with the pytorch-fid preset; ``model=get_model(...)`` uses that model and
     its own preprocessing (the ``2048`` tap is then its pooled features)."""
     root = inputs if isinstance(inputs, (str, os.PathLike)) else None
-    files = _image_files(root) if root is not None else [os.fspath(f) for f in inputs]
+    files = _image_files(root, pytorch_fid_glob) if root is not None else [os.fspath(f) for f in inputs]
     extractor = make_extractor(preset, weights, model, device, backend)
     layers = check_layers(layers)
     kept: list[str] = []
@@ -315,11 +379,12 @@ class FolderResult:
 
 def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer: str = "2048",
                       batch_size: int = 50, workers: int = 0, skip_bad: bool = False, keep_features: bool = False,
-                      keep_logits: bool = False, progress: bool = False) -> FolderResult:
+                      keep_logits: bool = False, progress: bool = False,
+                      pytorch_fid_glob: bool = False) -> FolderResult:
     """Streamed float64 statistics of one tap over a folder, combined across torchrun processes."""
-    files = _image_files(folder)
+    files = _image_files(folder, pytorch_fid_glob)
     if (keep_features or keep_logits) and _world_size() > 1:
-        raise InputError("KID and IS need every feature in one process; run them without torchrun")
+        raise InputError("KID, IS and precision/recall need every feature in one process; run them without torchrun")
     layers = [layer] + (["logits_unbiased"] if keep_logits and layer != "logits_unbiased" else [])
     stats = FIDStatistics()
     kept: list[str] = []
@@ -359,6 +424,77 @@ def check_comparable(meta1: dict, meta2: dict, force: bool = False) -> None:
         warnings.warn(f"comparing statistics computed differently: {'; '.join(differ)}", stacklevel=2)
 
 
+class FIDMetric:
+    """FID inside a training or evaluation loop, in the manner of torchmetrics' ``FrechetInceptionDistance``: feed
+    uint8 image batches (N x 3 x H x W) marked real or fake, then call :meth:`compute`.
+
+    Each image goes through the preset exactly as a file would, so an in-loop FID equals the folder FID of the same
+    images. Statistics stream in float64: memory is O(d^2) however many images pass. Under DDP each process
+    updates with its own images, and :meth:`compute` (which every process must call) combines them exactly,
+    leaving each process's own statistics as they were so that updates can go on. :meth:`reset` forgets the fake
+    images, and the real ones too unless ``reset_real=False``. Real statistics can instead come from a file made
+    by ``inceptionv3 fid --save-stats`` with the same preset and weights (``real_stats=``)."""
+
+    def __init__(self, preset: str = DEFAULT_PRESET, *, weights: str | os.PathLike | None = None,
+                 model: InceptionV3 | None = None, layer: str = "2048", device: str | torch.device | None = None,
+                 reset_real: bool = True, normalize: bool = False,
+                 real_stats: FIDStatistics | str | os.PathLike | None = None) -> None:
+        self.extractor = make_extractor(preset, weights, model, device)
+        self.layer = check_layers([layer])[0]
+        self.reset_real = reset_real
+        self.normalize = normalize
+        self.real, self.fake = FIDStatistics(), FIDStatistics()
+        self._real_from_file = False
+        if real_stats is not None:
+            self.set_real_stats(real_stats)
+
+    def meta(self) -> dict[str, Any]:
+        return dict(self.extractor.meta(), layer=self.layer)
+
+    def set_real_stats(self, stats: FIDStatistics | str | os.PathLike) -> None:
+        """Use precomputed real statistics (the same on every process, so they are never all-reduced)."""
+        if not isinstance(stats, FIDStatistics):
+            stats = FIDStatistics.load(stats)
+        check_comparable(stats.meta, self.meta())
+        self.real, self._real_from_file = stats, True
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise InputError(f"images must be an N x 3 x H x W tensor, got {shape}")
+        if self.normalize:
+            if not images.is_floating_point():
+                raise InputError(f"normalize=True takes float images in [0, 1], got {images.dtype}")
+            images = (images * 255).byte()  # torchmetrics' conversion: truncation, not rounding
+        elif images.dtype != torch.uint8:
+            raise InputError(f"images must be uint8 (0-255), got {images.dtype}; pass normalize=True for floats "
+                             "in [0, 1]")
+        rgb = images.permute(0, 2, 3, 1).cpu().numpy()
+        return torch.stack([self.extractor.preset.prepare(image) for image in rgb]).to(self.extractor.device)
+
+    def update(self, images: torch.Tensor, real: bool) -> None:
+        if real and self._real_from_file:
+            raise InputError("the real statistics came from a file; update with fake images only (real=False)")
+        if len(images) == 0:
+            return
+        features = self.extractor.taps(self._prepare(images), [self.layer])[self.layer]
+        (self.real if real else self.fake).update(features)
+
+    def compute(self) -> FrechetDistance:
+        """FID (with its parts) of the fake images against the real ones, over every process."""
+        real = self.real if self._real_from_file else copy.deepcopy(self.real).all_reduce()
+        fake = copy.deepcopy(self.fake).all_reduce()
+        real_known = real.n >= 2 or real.stored_sigma is not None  # some foreign files do not say their n
+        if fake.n < 2 or not real_known:
+            raise InputError(f"FID needs at least 2 images per side, have {real.n} real and {fake.n} fake")
+        return frechet_distance(fake, real)
+
+    def reset(self) -> None:
+        self.fake = FIDStatistics()
+        if self.reset_real and not self._real_from_file:
+            self.real = FIDStatistics()
+
+
 # -- command line --------------------------------------------------------------------------------------------
 
 
@@ -366,15 +502,39 @@ def _default_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
+def _npz_side(path: str, layer: str, keep_features: bool, keep_logits: bool) -> FolderResult:
+    """A statistics file (``mu``, ``sigma``), or a features file from ``inceptionv3 features`` holding ``layer``."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.files)
+    except FileNotFoundError:
+        raise InputError(f"{display_name(path)}: no such file") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{display_name(path)}: not a readable .npz file ({exc})") from None
+    if {"mu", "sigma"} <= keys:
+        if keep_features or keep_logits:
+            raise InputError(f"{display_name(path)}: KID, IS and precision/recall need images or features, not "
+                             "statistics")
+        return FolderResult(FIDStatistics.load(path))
+    features = Features.load(path)
+    if layer not in features.arrays or (keep_logits and "logits_unbiased" not in features.arrays):
+        wanted = layer + (" and logits_unbiased" if keep_logits else "")
+        raise InputError(f"{display_name(path)}: holds {', '.join(sorted(features.arrays))}, not {wanted} "
+                         "(write it with inceptionv3 features --layers ...)")
+    stats = FIDStatistics().update(features.arrays[layer])
+    stats.meta = dict(features.meta, layer=layer, dims=stats.dims, n=stats.n)
+    return FolderResult(stats, features.arrays[layer] if keep_features else None,
+                        features.arrays.get("logits_unbiased") if keep_logits else None)
+
+
 def _side(path: str, extractor_for: Any, args: argparse.Namespace, keep_features: bool,
           keep_logits: bool) -> FolderResult:
     if path.endswith(".npz"):
-        if keep_features or keep_logits:
-            raise InputError(f"{path}: KID and IS need images, not statistics")
-        return FolderResult(FIDStatistics.load(path))
+        return _npz_side(path, str(args.dims), keep_features, keep_logits)
     return folder_statistics(path, extractor_for(), layer=str(args.dims), batch_size=args.batch_size,
                              workers=args.workers, skip_bad=args.skip_bad, keep_features=keep_features,
-                             keep_logits=keep_logits, progress=not args.quiet)
+                             keep_logits=keep_logits, progress=not args.quiet,
+                             pytorch_fid_glob=args.pytorch_fid_glob)
 
 
 def _cmd_fid(args: argparse.Namespace) -> int:
@@ -398,14 +558,16 @@ def _cmd_fid(args: argparse.Namespace) -> int:
             result.stats.save(out, overwrite=args.overwrite)
             print(f"saved statistics of {result.stats.n} images to {out}")
         return 0
-    one = _side(first, extractor_for, args, args.kid, args.isc)
-    two = _side(second, extractor_for, args, args.kid, False)
+    keep = args.kid or args.prc
+    one = _side(first, extractor_for, args, keep, args.isc)
+    two = _side(second, extractor_for, args, keep, False)
     check_comparable(one.stats.meta, two.stats.meta, args.force)
     distance: FrechetDistance = frechet_distance(one.stats, two.stats, method=args.fd_method)
     report: dict[str, Any] = {"fid": distance.fid, "parts": distance.as_dict(),
                               "inputs": [{"path": first, "meta": one.stats.meta},
                                          {"path": second, "meta": two.stats.meta}]}
-    lines = [f"FID: {distance.fid:.6f}",
+    preset = one.stats.meta.get("preset") or two.stats.meta.get("preset") or "unknown"
+    lines = [f"FID: {distance.fid:.6f}  (preset {preset}, {distance.dims}-d)",
              f"  |mu1-mu2|^2 {distance.mean_term:.6f}  tr S1 {distance.trace1:.6f}  tr S2 {distance.trace2:.6f}  "
              f"tr sqrt(S1 S2) {distance.trace_sqrt:.6f}  N {distance.n1}/{distance.n2}  d {distance.dims}"]
     if args.kid:
@@ -415,10 +577,20 @@ def _cmd_fid(args: argparse.Namespace) -> int:
                          "subset_size": args.kid_subset_size}
         lines.append(f"KID: {kid.mean:.7g} ± {kid.std:.7g}")
     if args.isc:
+        made_by = one.stats.meta.get("weights_sha256")
+        if made_by != FID_SHA256 and not args.force:
+            raise InputError("IS is defined on the published FID network's logits; these come from "
+                             f"{one.stats.meta.get('weights', 'unknown weights')} (sha256 {made_by}); pass --force "
+                             "to compute it anyway")
         score = inception_score(one.logits_unbiased, splits=args.isc_splits, shuffle=not args.no_shuffle)
         report["isc"] = {"mean": score.mean, "std": score.std, "splits": args.isc_splits,
                          "shuffle": not args.no_shuffle}
         lines.append(f"IS: {score.mean:.7g} ± {score.std:.7g}")
+    if args.prc:
+        pr: PrecisionRecall = precision_recall(one.features, two.features, k=args.prc_k)
+        report["prc"] = dict(pr.__dict__)
+        lines.append(f"precision: {pr.precision:.7g}  recall: {pr.recall:.7g}  F: {pr.f_score:.7g}  (k={pr.k}; "
+                     "first path generated, second real)")
     if not _is_main_process():
         return 0
     print("\n".join(lines))
@@ -449,7 +621,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
     layers = [part for item in args.layers for part in item.split(",") if part]
     features = extract_features(args.folder, layers, preset=args.preset, weights=None if model else args.weights,
                                 model=model, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                                skip_bad=args.skip_bad, progress=not args.quiet, backend=args.backend)
+                                skip_bad=args.skip_bad, progress=not args.quiet, backend=args.backend,
+                                pytorch_fid_glob=args.pytorch_fid_glob)
     features.save(out, overwrite=args.overwrite)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in features.arrays.items())
     print(f"wrote {out}: {shapes}")
@@ -469,20 +642,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--pytorch-fid-glob", action="store_true", help="read exactly the files pytorch-fid reads: "
+                   "*.png, *.jpg, ... lower case, not in subfolders (default: every image, recursively, any case)")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Adds ``fid`` and ``features`` to the ``inceptionv3`` command."""
-    p = commands.add_parser("fid", help="FID (and KID, IS) between two image folders or .npz statistics")
+    p = commands.add_parser("fid", help="FID (and KID, IS, precision/recall) between two image folders, .npz "
+                            "statistics or saved features")
     p.add_argument("paths", nargs=2, metavar="PATH",
-                   help="folder or .npz statistics; with --save-stats: the folder, then the .npz to write")
+                   help="folder, .npz statistics or .npz features (first generated, second real); with "
+                   "--save-stats: the folder, then the .npz to write")
     _add_common(p)
     p.add_argument("--dims", type=int, choices=(64, 192, 768, 2048), default=2048, help="feature tap")
     p.add_argument("--save-stats", action="store_true", help="write the first folder's statistics to the second "
                    "path (pytorch-fid's form) instead of comparing")
     p.add_argument("--fd-method", choices=FD_METHODS, default="eigh",
                    help="eigh: symmetric eigendecompositions, real (default); sqrtm: pytorch-fid's scipy path")
-    p.add_argument("--force", action="store_true", help="compare statistics of different presets or weights")
+    p.add_argument("--force", action="store_true", help="compare statistics of different presets or weights; IS "
+                   "on weights other than the published FID network's")
     p.add_argument("--json", metavar="OUT", help="write the result and its parts as JSON")
     p.add_argument("--kid", action="store_true", help="also KID (both sides must be folders)")
     p.add_argument("--kid-subsets", type=int, default=100)
@@ -490,6 +668,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--isc", action="store_true", help="also the Inception Score of the first folder")
     p.add_argument("--isc-splits", type=int, default=10)
     p.add_argument("--no-shuffle", action="store_true", help="IS splits in file order (torch-fidelity shuffles)")
+    p.add_argument("--prc", action="store_true", help="also precision and recall (Kynkäänniemi et al.)")
+    p.add_argument("--prc-k", type=int, default=3, help="neighbourhood size for --prc")
     p.set_defaults(func=_cmd_fid)
 
     p = commands.add_parser("features", help="write per-image features (any of the taps) to an .npz")
@@ -501,6 +681,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_features)
 
 
-__all__ = ["Extractor", "FIDStatistics", "Features", "FolderResult", "FrechetDistance", "add_commands",
+__all__ = ["Extractor", "FIDMetric", "FIDStatistics", "Features", "FolderResult", "FrechetDistance", "add_commands",
            "check_comparable", "extract_features", "folder_statistics", "frechet_distance", "inception_score",
-           "kernel_inception_distance", "make_extractor"]
+           "kernel_inception_distance", "make_extractor", "precision_recall", "pytorch_fid_files"]
