@@ -209,9 +209,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from .decode import load_image
     from .inference import Classifier
-    from .visualize import save_topk
+    from .visualize import save_explanation, save_topk
 
     fmt = output_format(args.output, args.format)  # a typo in --output fails now, not after the model loads
+    if args.cam and not args.save_vis:
+        raise InputError("--cam draws into the pictures of --save-vis DIR; give that too")
     model = args.model or args.weights
     pretrained = args.weights if (args.model and args.weights) else True
     entries = list(expand_inputs(args.inputs))
@@ -249,8 +251,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 failures[error.split(" (")[0]] += 1
                 failed_paths.append(display_name(path))
             elif args.save_vis:
-                save_topk(_unique_png(Path(args.save_vis), path, used_names), load_image(path), top,
-                          title=f"{display_name(Path(path).name)} | {model}")
+                target = _unique_png(Path(args.save_vis), path, used_names)
+                title = f"{display_name(Path(path).name)} | {model}"
+                photo = load_image(path, decoder=classifier.preprocess.decoder, max_bytes=args.max_bytes)
+                if args.cam:
+                    explanation = classifier.explain(path, target=top[0][0], topk=args.topk)
+                    if explanation.ok:
+                        explanation.topk = top  # the bars of the backend that predicted; the map is eager's
+                        save_explanation(target, photo, explanation, title)
+                        continue
+                save_topk(target, photo, top, title=title)
     except KeyboardInterrupt:  # Ctrl-C: keep every row written so far and still say how far it got
         interrupted = True
     finally:
@@ -270,6 +280,53 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 1 if failed_paths and not args.allow_failures else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# explain
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .decode import load_image
+    from .explain import METHODS
+    from .inference import Classifier
+    from .visualize import save_explanation
+
+    if args.method not in METHODS:  # argparse checks it too; this keeps the API and the command in step
+        raise InputError(f"--method must be one of {', '.join(METHODS)}")
+    model = args.model or args.weights
+    pretrained = args.weights if (args.model and args.weights) else True
+    entries = list(expand_inputs(args.inputs))
+    classifier = Classifier(model, pretrained, device=args.device, backend="eager", workers=1,
+                            transform_input=args.transform_input, max_bytes=args.max_bytes)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    ok = failed = 0
+    readable = [path for path, problem in entries if not problem]
+    explanations = classifier.explain_many(readable, args.target, args.method, layer=args.layer, topk=args.topk)
+    for path, problem in entries:
+        if problem:
+            print(f"{display_name(path)}\n  error: {problem}")
+            failed += 1
+            continue
+        e = next(explanations)
+        print(f"{display_name(path)}\n  {e.describe()}")
+        if not e.ok:
+            failed += 1
+            continue
+        ok += 1
+        target = _unique_png(out, path, used)
+        if args.format == "npy":
+            np.save(target.with_suffix(".npy"), e.heatmap.astype(np.float32))
+        else:
+            save_explanation(target, load_image(path, decoder=classifier.preprocess.decoder,
+                                                max_bytes=args.max_bytes),
+                             e, title=f"{display_name(Path(path).name)} | {model}")
+    print(f"{ok} ok, {failed} failed (written to {display_name(out)})", file=sys.stderr)
+    return 1 if failed and not args.allow_failures else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -502,6 +559,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .decode import MAX_BYTES
     from .preprocess import PRESETS
     from .weights import DEADLINE_S, MIN_RATE
 
@@ -548,8 +606,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="results file: .csv or .jsonl (default: text on stdout)")
     p.add_argument("--format", choices=("text", "csv", "jsonl"), help="output format (default: from --output)")
     p.add_argument("--save-vis", metavar="DIR", help="write one PNG per image: the image and its top-k bars")
+    p.add_argument("--cam", action="store_true", help="with --save-vis: add the Grad-CAM heatmap of the top-1 "
+                   "class (on the crop and on the photo) to each picture")
     _add_run_options(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = commands.add_parser("explain", help="Grad-CAM heatmaps: which parts of each image raised its class")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder (recursive), glob, or - for stdin")
+    _add_model_options(p)
+    p.add_argument("--target", default="top1", help="top1 (default), a class index or a class name")
+    p.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
+    p.add_argument("--layer", default="Mixed_7c", help="module to explain at, by dotted name (default Mixed_7c)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--out", default="explanations", help="folder for the pictures (default ./explanations)")
+    p.add_argument("--format", choices=("png", "npy"), default="png",
+                   help="png: the pictures; npy: the crop-sized heatmap as float32 in [0, 1]")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--max-bytes", type=int, default=MAX_BYTES,
+                   help=f"refuse input files larger than this (default {MAX_BYTES // 1024**2} MB)")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs could not be read")
+    p.set_defaults(func=_cmd_explain)
 
     p = commands.add_parser("test", help="score a labelled dataset: top-1/top-5, per-class, ReaL, multi-crop")
     p.add_argument("--data", required=True, help="class folders, an image folder (with --ann) or an annotation file")

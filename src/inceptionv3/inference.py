@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from .imagenet import imagenet_classes
 from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
 from .runtime import select_device
 from .weights import get_model
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 
 logger = logging.getLogger("inceptionv3")
 
@@ -259,6 +263,52 @@ class Classifier:
         if failures:
             raise PredictionError(failures, results)
         return results[0] if single else results
+
+    def explain(self, image: ImageInput, target: int | str | None = None, method: str = "gradcam", *,
+                layer: str | None = None, topk: int = 5) -> Explanation:
+        """Grad-CAM (or ``method="gradcam++"``) of one image: an :class:`~.explain.Explanation` with the heatmap
+        over the crop, the target (top-1 unless given by index or name), the top-k, the crop box and the overlay.
+        A bad input gives ``error`` instead of raising, as :meth:`predict` does. Gradients need the eager float32
+        model, so other backends and precisions are explained with it, and ``note`` says so."""
+        return next(self.explain_many([image], target, method, layer=layer, topk=topk))
+
+    def explain_many(self, inputs: Iterable[ImageInput], target: int | str | None = None,
+                     method: str = "gradcam", *, layer: str | None = None, topk: int = 5) -> Iterator[Explanation]:
+        """:meth:`explain` for each input in turn (one forward and one backward through the head each)."""
+        from .explain import DEFAULT_LAYER, Explanation, grad_cam, overlay, resolve_target
+
+        layer = layer or DEFAULT_LAYER
+        num_classes = getattr(self.model, "num_classes", None) or len(self.class_names or ())
+        index = resolve_target(target, self.class_names, num_classes)
+        note = None
+        if (self.backend, self.precision) != ("eager", "fp32"):
+            note = (f"explained with the eager fp32 model: {self.backend} {self.precision} has no gradients; the "
+                    "scores shown are the eager model's")
+        for position, item in enumerate(inputs):
+            name = describe_input(item, position)
+            try:
+                rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels,
+                                 max_bytes=self.max_bytes)
+            except ImageLoadError as exc:
+                yield Explanation(position, name, method=method, layer=layer, error=exc.reason)
+                continue
+            crop = self.preprocess.crop_image(rgb)
+            x = self.preprocess.normalize(crop[None]).to(self.device)
+            cam = grad_cam(self.model, x, None if index is None else [index], layer=layer, method=method)
+            scores = torch.softmax(cam.logits[0], dim=0).numpy()
+            if not np.isfinite(scores).all():
+                yield Explanation(position, name, method=method, layer=layer, error=NON_FINITE_OUTPUT)
+                continue
+            chosen = cam.targets[0]
+            heatmap = cam.maps[0].numpy()
+            yield Explanation(
+                position, name, heatmap=heatmap, layer_map=cam.layer_maps[0].numpy(), target=chosen,
+                target_name=self.class_names[chosen] if self.class_names else None,
+                target_score=float(scores[chosen]),
+                topk=Prediction(position, name, scores=scores).topk(topk, self.class_names),
+                crop=crop, overlay=None if cam.empty[0] else overlay(crop, heatmap),
+                crop_box=self.preprocess.source_box(*rgb.shape[:2]), image_size=tuple(rgb.shape[:2]),
+                empty=cam.empty[0], method=method, layer=layer, note=note)
 
     def _as_dict(self, prediction: Prediction, topk: int | None) -> dict:
         result = prediction.to_dict()

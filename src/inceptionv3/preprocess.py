@@ -125,6 +125,24 @@ class Preprocess:
         crop_h, crop_w = min(self.crop, height), min(self.crop, width)
         return int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0)), crop_h, crop_w
 
+    def source_box(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of the centre crop in the original image's pixels, for a ``height`` x
+        ``width`` image: the region the model saw (heatmaps are mapped back onto the photo through it)."""
+        if self.order == "crop_resize":
+            top, left, h, w = self.crop_box(height, width)
+            return float(left), float(top), float(left + w), float(top + h)
+        cut_top = cut_left = 0
+        if max(height, width) > MAX_ASPECT * min(height, width):  # crop_image's cut of extreme aspect ratios
+            keep = MAX_ASPECT * min(height, width)
+            if height > width:
+                cut_top, height = (height - keep) // 2, keep
+            else:
+                cut_left, width = (width - keep) // 2, keep
+        resized_h, resized_w = self.resized_size(height, width)
+        top, left, h, w = self.crop_box(resized_h, resized_w)
+        sy, sx = height / resized_h, width / resized_w
+        return cut_left + left * sx, cut_top + top * sy, cut_left + (left + w) * sx, cut_top + (top + h) * sy
+
     # Pixels.
 
     def _resize(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray:

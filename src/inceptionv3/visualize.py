@@ -32,19 +32,33 @@ def _fit(text: str, font, width: int, draw: ImageDraw.ImageDraw) -> str:
     return text + "..."
 
 
-def render_topk(rgb: np.ndarray, topk: Sequence[tuple[int, str | None, float]], title: str = "") -> Image.Image:
-    """The image (fitted, aspect kept) on the left, one labelled bar per class on the right, best on top."""
+def _panel_image(rgb: np.ndarray) -> Image.Image:
+    """Fitted into PANEL x PANEL, aspect kept; tiny images blown up so that they can be seen."""
     image = Image.fromarray(rgb)
     image.thumbnail((PANEL, PANEL), Image.BILINEAR)  # shrinks only
-    if max(image.size) < PANEL // 2:  # blow tiny images up so that they can be seen
+    if max(image.size) < PANEL // 2:
         factor = (PANEL // 2) / max(image.size)
         image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
                              Image.NEAREST)
-    canvas = Image.new("RGB", (PANEL + CHART_WIDTH + 30, PANEL + 20), "white")
-    canvas.paste(image, (10 + (PANEL - image.width) // 2, 10 + (PANEL - image.height) // 2))
+    return image
+
+
+def render_panels(panels: Sequence[tuple[np.ndarray, str]], topk: Sequence[tuple[int, str | None, float]],
+                  title: str = "") -> Image.Image:
+    """Images side by side (each fitted, with a caption under it when one is given), then one labelled bar per
+    class on the right, best on top."""
+    captioned = any(caption for _, caption in panels)
+    height = PANEL + 20 + (24 if captioned else 0)
+    canvas = Image.new("RGB", (len(panels) * (PANEL + 10) + CHART_WIDTH + 20, height), "white")
     draw = ImageDraw.Draw(canvas)
     small, large = _font(15), _font(18)
-    left = PANEL + 20
+    for i, (rgb, caption) in enumerate(panels):
+        image = _panel_image(rgb)
+        x0 = 10 + i * (PANEL + 10)
+        canvas.paste(image, (x0 + (PANEL - image.width) // 2, 10 + (PANEL - image.height) // 2))
+        if caption:
+            draw.text((x0, PANEL + 16), _fit(caption, small, PANEL, draw), fill=TEXT_COLOUR, font=small)
+    left = len(panels) * (PANEL + 10) + 10
     draw.text((left, 12), _fit(title, large, CHART_WIDTH, draw), fill=TEXT_COLOUR, font=large)
     row = min(72, (PANEL - 40) // max(len(topk), 1))
     bar_max = CHART_WIDTH - 70
@@ -62,12 +76,36 @@ def render_topk(rgb: np.ndarray, topk: Sequence[tuple[int, str | None, float]], 
     return canvas
 
 
+def render_topk(rgb: np.ndarray, topk: Sequence[tuple[int, str | None, float]], title: str = "") -> Image.Image:
+    """The image (fitted, aspect kept) on the left, one labelled bar per class on the right, best on top."""
+    return render_panels([(rgb, "")], topk, title)
+
+
 def save_topk(path: str | Path, rgb: np.ndarray, topk: Sequence[tuple[int, str | None, float]],
               title: str = "") -> Path:
     """Write ``render_topk`` as a PNG, creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     render_topk(rgb, topk, title).save(path, "PNG")
+    return path
+
+
+def save_explanation(path: str | Path, rgb: np.ndarray, explanation, title: str = "") -> Path:
+    """The crop with its heatmap, the heatmap mapped back onto the whole photo (``rgb``; outside the crop greyed),
+    and the top-k bars, as one PNG. An all-zero map is drawn as the plain crop and said in its caption."""
+    from .explain import heatmap_on_photo, overlay_on_photo
+
+    e = explanation
+    what = f"{e.method} of {e.target_name or f'class {e.target}'}"
+    if e.empty:
+        panels = [(e.crop, f"{what}: no positive evidence (all-zero map)"), (rgb, "the photo")]
+    else:
+        on_photo = heatmap_on_photo(e.heatmap, e.crop_box, *rgb.shape[:2])
+        panels = [(e.overlay, f"{what}, on the crop the model saw"),
+                  (overlay_on_photo(rgb, on_photo), "mapped back onto the photo")]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_panels(panels, e.topk, title).save(path, "PNG")
     return path
 
 

@@ -1,0 +1,231 @@
+"""Grad-CAM and Grad-CAM++: which parts of the crop raised a class's logit.
+
+The arithmetic is the grad-cam package's (``pytorch_grad_cam`` 1.5), step for step, so that maps agree with it
+to float rounding:
+
+1. channel weights: the spatial mean of the logit's gradient (Grad-CAM), or Chattopadhay et al.'s alpha-weighted
+   positive gradients (Grad-CAM++, eps 1e-6);
+2. the weighted sum of the layer's channels, then ReLU;
+3. min-max scaling, ``(m - min) / (1e-7 + max)``;
+4. a bilinear (half-pixel) resize to the input size;
+5. min-max scaling again.
+
+Gradients come from ``torch.autograd.grad`` with respect to the target layer's output only. The forward runs
+without autograd up to the layer; there a hook hands the rest of the network a detached copy that requires grad
+and turns recording on. So the graph covers the head alone (an explanation costs about one forward pass and
+memory stays that of inference), frozen parameters work, and no parameter's ``.grad`` is touched. The hook is
+removed, and the model's train/eval mode and the caller's grad mode restored, in ``finally``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InputError
+
+DEFAULT_LAYER = "Mixed_7c"
+METHODS = ("gradcam", "gradcam++")
+_SCALE_EPS = 1e-7  # grad-cam's scale_cam_image
+_PLUSPLUS_EPS = 1e-6  # grad-cam's GradCAMPlusPlus
+
+
+@dataclass
+class CamMaps:
+    """One batch's maps. ``maps``: N x H x W in [0, 1] over the input; ``layer_maps``: N x h x w at the layer's
+    resolution, after the ReLU and before any scaling (all zero where no channel raised the target)."""
+
+    maps: torch.Tensor
+    layer_maps: torch.Tensor
+    targets: list[int]
+    logits: torch.Tensor
+    empty: list[bool] = field(default_factory=list)
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        blocks = ", ".join(n for n, _ in model.named_children())
+        raise InputError(f"--layer {name!r}: no such module in the model (its blocks: {blocks}; nested modules "
+                         "by dotted name, e.g. Mixed_7c.branch_pool)")
+    return modules[name]
+
+
+def _scale(maps: torch.Tensor) -> torch.Tensor:
+    """grad-cam's min-max per map: subtract the minimum, divide by 1e-7 plus the new maximum."""
+    shifted = maps - maps.amin(dim=(1, 2), keepdim=True)
+    return shifted / (_SCALE_EPS + shifted.amax(dim=(1, 2), keepdim=True))
+
+
+def channel_weights(activations: torch.Tensor, gradients: torch.Tensor, method: str) -> torch.Tensor:
+    """N x C weights of the layer's channels."""
+    if method == "gradcam":
+        return gradients.mean(dim=(2, 3))
+    squared = gradients ** 2
+    cubed = squared * gradients
+    total = activations.sum(dim=(2, 3), keepdim=True)
+    alpha = squared / (2 * squared + total * cubed + _PLUSPLUS_EPS)
+    alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+    return (gradients.clamp_min(0) * alpha).sum(dim=(2, 3))
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None, *, layer: str = DEFAULT_LAYER,
+             method: str = "gradcam") -> CamMaps:
+    """Maps for a normalised N x 3 x H x W batch; ``targets`` are class indices (default: each image's top-1).
+    Each image's map depends on that image alone (the model runs in eval mode)."""
+    if method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    module = find_layer(model, layer)
+    captured: list[torch.Tensor | None] = []
+
+    def hook(_module: nn.Module, _inputs: tuple, output: object) -> torch.Tensor | None:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            captured.append(None)
+            return None
+        torch.set_grad_enabled(True)  # record the graph from here on only: the layers before need none
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    was_training = model.training
+    handle = module.register_forward_hook(hook)
+    try:
+        model.eval()
+        with torch.inference_mode(False), torch.no_grad():  # no_grad's exit restores the caller's grad mode
+            logits = model(x.clone() if x.is_inference() else x)
+            if not captured or captured[-1] is None:
+                raise InputError(f"--layer {layer!r} does not output an N x C x h x w feature map")
+            activations = captured[-1]
+            n, classes = logits.shape
+            if targets is None:
+                targets = logits.argmax(dim=1).tolist()
+            if len(targets) != n or any(not 0 <= int(t) < classes for t in targets):
+                raise InputError(f"targets must be {n} class indices in [0, {classes}), got {targets}")
+            chosen = logits[torch.arange(n), torch.as_tensor(targets, dtype=torch.long, device=logits.device)]
+            (gradients,) = torch.autograd.grad(chosen.sum(), activations)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    activations, logits = activations.detach().float(), logits.detach().float()
+    weights = channel_weights(activations, gradients.float(), method)
+    layer_maps = (weights[:, :, None, None] * activations).sum(dim=1).clamp_min(0)
+    maps = F.interpolate(_scale(layer_maps)[:, None], size=tuple(x.shape[-2:]), mode="bilinear",
+                         align_corners=False)[:, 0]
+    maps = _scale(maps.clamp_min(0))
+    empty = [bool(m.max() <= 0) for m in layer_maps]
+    return CamMaps(maps.cpu(), layer_maps.cpu(), [int(t) for t in targets], logits.cpu(), empty)
+
+
+@dataclass
+class Explanation:
+    """One input's explanation, ``Prediction``-like: on failure ``error`` holds the reason and the rest is None.
+
+    ``heatmap`` is crop-sized, in [0, 1]; ``crop`` the uint8 RGB crop the model saw and ``overlay`` the heatmap
+    blended on it; ``crop_box`` (left, top, right, bottom) locates the crop in the photo (``image_size`` is the
+    photo's height and width), so :func:`heatmap_on_photo` maps the heatmap back. ``empty`` means no channel
+    raised the target's logit: the map is all zero, not a finding of "everywhere equally"."""
+
+    index: int
+    source: str
+    heatmap: np.ndarray | None = None
+    layer_map: np.ndarray | None = None
+    target: int | None = None
+    target_name: str | None = None
+    target_score: float | None = None
+    topk: list[tuple[int, str | None, float]] = field(default_factory=list)
+    crop: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    crop_box: tuple[float, float, float, float] | None = None
+    image_size: tuple[int, int] | None = None
+    empty: bool = False
+    method: str = "gradcam"
+    layer: str = DEFAULT_LAYER
+    note: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def describe(self) -> str:
+        """One line: what was explained, and the finding."""
+        if self.error is not None:
+            return f"error: {self.error}"
+        name = f"{self.target_name} ({self.target})" if self.target_name else f"class {self.target}"
+        what = f"{self.method} of {name}, score {self.target_score:.4f}, at {self.layer}"
+        return f"{what}: no positive evidence (all-zero map)" if self.empty else what
+
+
+def resolve_target(target: int | str | None, class_names: tuple[str, ...] | None, num_classes: int) -> int | None:
+    """None (top-1), a class index, or a class name matched as class folders are (any synonym, wnid, case)."""
+    if target is None or (isinstance(target, str) and target.strip().lower() in ("", "top1")):
+        return None
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+        target = int(target)
+    if isinstance(target, int):
+        if not 0 <= target < num_classes:
+            raise InputError(f"--target {target}: the model has classes 0 to {num_classes - 1}")
+        return target
+    if not class_names:
+        raise InputError(f"--target {target!r}: the model has no class names; give a class index")
+    from .data import match_classes
+    from .imagenet import imagenet_wnids
+
+    wnids = imagenet_wnids() if len(class_names) == 1000 else None
+    (index,), reasons = match_classes([target], class_names, wnids)
+    if index is None:
+        raise InputError(f"--target {target!r}: {reasons[0] if reasons else 'no class of that name'}")
+    return index
+
+
+# -- pictures ---------------------------------------------------------------------------------------------------
+
+
+def jet(mask: np.ndarray) -> np.ndarray:
+    """H x W in [0, 1] -> H x W x 3 uint8 RGB through OpenCV's JET colour map, as grad-cam colours its maps."""
+    import cv2
+
+    return cv2.applyColorMap(np.uint8(255 * np.clip(mask, 0, 1)), cv2.COLORMAP_JET)[:, :, ::-1].copy()
+
+
+def overlay(rgb: np.ndarray, mask: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
+    """grad-cam's ``show_cam_on_image(rgb / 255, mask, use_rgb=True)``: the JET heatmap and the image blended
+    half and half, rescaled so that the brightest value is 1, as uint8."""
+    blended = (1 - image_weight) * (np.float32(jet(mask)) / 255) + image_weight * (np.float32(rgb) / 255)
+    return np.uint8(255 * blended / np.max(blended))
+
+
+def heatmap_on_photo(mask: np.ndarray, box: tuple[float, float, float, float], height: int,
+                     width: int) -> np.ndarray:
+    """The crop's heatmap mapped back onto the whole height x width photo through the crop box (left, top,
+    right, bottom in photo pixels), bilinearly; NaN outside the box, which the model never saw."""
+    left, top, right, bottom = box
+    ys = (np.arange(height) + 0.5 - top) * mask.shape[0] / (bottom - top) - 0.5
+    xs = (np.arange(width) + 0.5 - left) * mask.shape[1] / (right - left) - 0.5
+    inside_y = (np.arange(height) + 0.5 >= top) & (np.arange(height) + 0.5 <= bottom)
+    inside_x = (np.arange(width) + 0.5 >= left) & (np.arange(width) + 0.5 <= right)
+    grid = torch.from_numpy(np.stack(np.meshgrid(xs, ys), axis=-1)).float()
+    grid[..., 0] = (grid[..., 0] + 0.5) * 2 / mask.shape[1] - 1  # grid_sample's [-1, 1] (align_corners=False)
+    grid[..., 1] = (grid[..., 1] + 0.5) * 2 / mask.shape[0] - 1
+    sampled = F.grid_sample(torch.from_numpy(np.float32(mask))[None, None], grid[None], mode="bilinear",
+                            padding_mode="border", align_corners=False)[0, 0].numpy()
+    sampled[~(inside_y[:, None] & inside_x[None, :])] = np.nan
+    return sampled
+
+
+def overlay_on_photo(rgb: np.ndarray, photo_mask: np.ndarray) -> np.ndarray:
+    """The photo with the heatmap blended in over the crop box; outside it the photo is greyed and dimmed."""
+    inside = ~np.isnan(photo_mask)
+    out = (np.float32(rgb) * 0.35 + 0.65 * 128).astype(np.uint8)
+    if inside.any():
+        blended = overlay(rgb, np.nan_to_num(photo_mask))
+        out[inside] = blended[inside]
+    return out
+
+
+__all__ = ["DEFAULT_LAYER", "METHODS", "CamMaps", "Explanation", "channel_weights", "find_layer", "grad_cam",
+           "heatmap_on_photo", "jet", "overlay", "overlay_on_photo", "resolve_target"]

@@ -1,0 +1,183 @@
+"""Grad-CAM and Grad-CAM++, held to the grad-cam package and captum run here on the same module objects."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo_paths
+from PIL import Image
+
+from inceptionv3 import get_model
+from inceptionv3.cli import main
+from inceptionv3.errors import InputError
+from inceptionv3.explain import grad_cam, heatmap_on_photo, overlay
+from inceptionv3.inference import Classifier
+from inceptionv3.preprocess import PRESETS
+
+
+@pytest.fixture(scope="module")
+def model(trained_like_checkpoint):
+    return get_model(trained_like_checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(model):
+    """Two real photos through the model's own preprocessing, N x 3 x 299 x 299."""
+    preprocess = model.weights_info.preprocess
+    return preprocess.batch([str(p) for p in photo_paths()[:2]])
+
+
+def _argmax_pixel(maps: np.ndarray) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in np.unravel_index(m.argmax(), m.shape)) for m in maps]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_maps_match_the_grad_cam_package_square_and_not(model, batch, method):
+    """grad-cam 1.5.7's GradCAM / GradCAMPlusPlus with ClassifierOutputTarget on the same module object: one photo
+    at 299 x 299 and one at 224 x 160. The reference runs on a copy, because it backpropagates into the
+    parameters' .grad."""
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    reference_model = copy.deepcopy(model)
+    wide = torch.nn.functional.interpolate(batch[1:], size=(160, 224), mode="bilinear", align_corners=False)
+    for x, targets in ((batch[:1], [3]), (wide, [500])):
+        ours = grad_cam(model, x, targets, method=method).maps.numpy()
+        cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
+        with cls(model=reference_model, target_layers=[reference_model.Mixed_7c]) as cam:
+            expected = cam(x, [ClassifierOutputTarget(t) for t in targets])
+        assert ours.shape == expected.shape == (len(x), *x.shape[-2:])
+        assert np.abs(ours - expected).max() <= 1e-5  # 3e-6 measured
+        assert _argmax_pixel(ours) == _argmax_pixel(expected)
+    assert all(p.grad is None for p in model.parameters())  # ours never touched .grad
+
+
+def test_layer_map_matches_captum_layer_gradcam(model, batch):
+    from captum.attr import LayerGradCam
+
+    attribution = LayerGradCam(model, model.Mixed_7c).attribute(batch, target=[3, 500], relu_attributions=True)
+    ours = grad_cam(model, batch, [3, 500]).layer_maps
+
+    def min_max(m):
+        m = m - m.amin(dim=(1, 2), keepdim=True)
+        return m / m.amax(dim=(1, 2), keepdim=True)
+
+    assert ours.shape == (2, 8, 8)
+    assert (min_max(attribution.detach()[:, 0]) - min_max(ours)).abs().max() <= 1e-6
+
+
+def test_overlay_matches_show_cam_on_image():
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    mask = rng.random((37, 53)).astype(np.float32)
+    expected = show_cam_on_image(rgb / 255, mask, use_rgb=True)
+    assert np.abs(overlay(rgb, mask).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_map_properties_and_the_model_left_as_it_was(model, batch):
+    """In [0, 1] and input-sized; a batch equals single calls; the target matters; frozen parameters work; hooks,
+    train mode and the caller's grad mode are restored; and (Adebayo et al.'s sanity check) re-initialising
+    Mixed_7c and the head changes the map, so it reflects the learned weights, not image edges alone. At 160 px:
+    the properties hold at any size, and it is cheaper."""
+    small = torch.nn.functional.interpolate(batch, size=(160, 160), mode="bilinear", align_corners=False)
+    both = grad_cam(model, small, [3, 500])
+    assert both.maps.shape == (2, 160, 160) and 0 <= both.maps.min() and both.maps.max() <= 1
+    assert both.maps.max() == pytest.approx(1, abs=1e-6) and both.empty == [False, False]
+    for i in range(2):
+        alone = grad_cam(model, small[i:i + 1], [both.targets[i]]).maps[0]
+        assert (alone - both.maps[i]).abs().max() <= 1e-5
+    other = grad_cam(model, small[:1], [777]).maps[0]
+    assert (other - both.maps[0]).abs().max() > 0.1
+    frozen = copy.deepcopy(model).train()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        again = grad_cam(frozen, small[:1], [3]).maps[0]
+        assert not torch.is_grad_enabled()
+    assert (again - both.maps[0]).abs().max() <= 1e-5
+    assert frozen.training and not frozen.Mixed_7c._forward_hooks
+    shuffled = copy.deepcopy(model)
+    torch.manual_seed(1)
+    shuffled.Mixed_7c.apply(lambda m: m.reset_parameters() if isinstance(m, torch.nn.Conv2d) else None)
+    shuffled.fc.reset_parameters()
+    randomized = grad_cam(shuffled, small[:1], [3]).maps[0]
+    assert (randomized - both.maps[0]).abs().mean() > 0.05
+
+
+def test_no_positive_evidence_is_reported_not_drawn(model, tmp_path):
+    """A class whose fc row is zero gets a zero gradient: the map stays all zero, is flagged empty and said so,
+    and the picture shows the plain crop with the finding in its caption."""
+    from inceptionv3.visualize import save_explanation
+
+    silent = copy.deepcopy(model)
+    with torch.no_grad():
+        silent.fc.weight[9] = 0
+    classifier = Classifier(silent, backend="eager", device="cpu")
+    photo = str(photo_paths()[0])
+    result = classifier.explain(photo, target=9)
+    assert result.empty and result.heatmap.max() == 0 and result.overlay is None
+    assert "no positive evidence" in result.describe()
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    picture = np.asarray(Image.open(save_explanation(tmp_path / "e.png", rgb, result)))
+    offset = 10 + (400 - 299) // 2  # the 299 crop centred in the first 400 x 400 panel, not resized
+    assert np.array_equal(picture[offset:offset + 299, offset:offset + 299], result.crop)  # no overlay
+
+
+def test_explain_api_names_targets_maps_back_and_reports_bad_inputs(trained_like_checkpoint, tmp_path):
+    classifier = Classifier(trained_like_checkpoint, backend="eager", precision="bf16", device="cpu")
+    photo = photo_paths()[0]
+    by_name = classifier.explain(str(photo), target=classifier.class_names[5].split(",")[0])
+    assert by_name.ok and by_name.target == 5 and by_name.heatmap.shape == (299, 299)
+    assert by_name.topk[0][2] >= by_name.topk[1][2] and by_name.overlay.shape == (299, 299, 3)
+    assert "eager fp32" in by_name.note  # bf16 autocast: explained in float32, and said so
+    height, width = by_name.image_size
+    left, top, right, bottom = by_name.crop_box
+    assert 0 <= left < right <= width and 0 <= top < bottom <= height
+    on_photo = heatmap_on_photo(by_name.heatmap, by_name.crop_box, height, width)
+    assert on_photo.shape == (height, width) and np.isnan(on_photo).any() == (right - left < width - 1)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    bad = classifier.explain(str(tmp_path / "bad.jpg"))
+    assert not bad.ok and "bad.jpg" not in (bad.error or "") and bad.heatmap is None
+    with pytest.raises(InputError, match="--target 12345"):
+        classifier.explain(str(photo), target=12345)
+    with pytest.raises(InputError, match="--layer 'Mixed_9z'"):
+        classifier.explain(str(photo), layer="Mixed_9z")
+
+
+def test_source_box_locates_the_crop_in_the_photo():
+    """torchvision's preset on a 600 x 400 photo: short edge 400 -> 342 makes 513 x 342, crop 299 at (107, 22)
+    (offsets rounded half to even), scaled back by 600 / 513 and 400 / 342."""
+    box = PRESETS["torchvision"].source_box(400, 600)
+    expected = (107 * 600 / 513, 22 * 400 / 342, 406 * 600 / 513, 321 * 400 / 342)
+    assert box == pytest.approx(expected, abs=1e-9)
+    mask = np.random.default_rng(0).random((20, 20)).astype(np.float32)
+    assert np.abs(heatmap_on_photo(mask, (0, 0, 20, 20), 20, 20) - mask).max() <= 1e-6
+
+
+def test_cli_explain_and_predict_cam_write_pictures_and_keep_going(trained_like_checkpoint, tmp_path, capsys):
+    good = tmp_path / "in" / "photo.jpg"
+    good.parent.mkdir()
+    Image.open(photo_paths()[1]).convert("RGB").save(good)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "out"
+    args = ["explain", str(tmp_path / "in"), "--weights", str(trained_like_checkpoint), "--out", str(out),
+            "--device", "cpu"]
+    assert main(args) == 1
+    printed = capsys.readouterr()
+    assert "gradcam of" in printed.out and "error:" in printed.out and "1 ok, 1 failed" in printed.err
+    picture = Image.open(out / "photo.png")
+    assert picture.width > 1200  # crop overlay, photo overlay and the bars
+    assert main([*args, "--format", "npy", "--method", "gradcam++", "--allow-failures", "--target", "3"]) == 0
+    heatmap = np.load(out / "photo.npy")
+    assert heatmap.shape == (299, 299) and heatmap.dtype == np.float32 and heatmap.max() <= 1
+    vis = tmp_path / "vis"
+    assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--backend", "eager",
+                 "--save-vis", str(vis), "--cam", "--device", "cpu"]) == 0
+    assert Image.open(vis / "photo.png").width == picture.width
+    assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--cam"]) == 2
+    assert "--save-vis" in capsys.readouterr().err
