@@ -21,19 +21,34 @@ def _documented() -> dict[str, set[str]]:
 
 
 def _actual(path) -> set[str]:
+    """Package modules a file imports. In a subpackage (serve/) a sibling is named ``serve.x`` and ``..x`` is a
+    top-level module, so one map covers both levels."""
+    sub = path.parent.name if path.parent != PACKAGE else None
     imported = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                imported.add(node.module.split(".")[0])
-            else:  # `from . import x`: a submodule, or a name from the package itself (its version string)
-                imported.update(a.name if (PACKAGE / f"{a.name}.py").exists() else "__init__" for a in node.names)
+        if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            continue
+        top = node.level == (2 if sub else 1)
+        prefix = "" if top else f"{sub}."
+        if node.module:
+            imported.add(prefix + node.module.split(".")[0])
+        else:  # `from . import x`: a submodule, or a name from the package itself (its version string)
+            folder = PACKAGE if top else path.parent
+            imported.update(prefix + (a.name if (folder / f"{a.name}.py").exists() else "__init__")
+                            for a in node.names)
     return imported
+
+
+def _modules() -> dict[str, object]:
+    modules = {p.stem: p for p in PACKAGE.glob("*.py")}
+    for folder in (p for p in PACKAGE.iterdir() if (p / "__init__.py").exists()):
+        modules.update({f"{folder.name}.{p.stem}": p for p in folder.glob("*.py")})
+    return modules
 
 
 def test_every_module_is_on_the_map_and_imports_only_what_it_lists():
     rules = _documented()
-    modules = {p.stem: p for p in PACKAGE.glob("*.py")}
+    modules = _modules()
     assert set(rules) == set(modules), set(rules) ^ set(modules)
     wrong = {name: sorted(_actual(path) ^ rules[name]) for name, path in modules.items()
              if _actual(path) != rules[name]}

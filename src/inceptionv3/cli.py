@@ -687,6 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .metrics import add_commands as add_metric_commands
 
     add_metric_commands(commands)  # fid, features
+    from .serve import add_command as add_serve_command
+
+    add_serve_command(commands)
     return parser
 
 

@@ -275,6 +275,24 @@ class Classifier:
     def explain_many(self, inputs: Iterable[ImageInput], target: int | str | None = None,
                      method: str = "gradcam", *, layer: str | None = None, topk: int = 5) -> Iterator[Explanation]:
         """:meth:`explain` for each input in turn (one forward and one backward through the head each)."""
+        from .explain import Explanation, resolve_target
+
+        num_classes = getattr(self.model, "num_classes", None) or len(self.class_names or ())
+        index = resolve_target(target, self.class_names, num_classes)  # a bad target fails before any decoding
+        for position, item in enumerate(inputs):
+            name = describe_input(item, position)
+            try:
+                rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels,
+                                 max_bytes=self.max_bytes)
+            except ImageLoadError as exc:
+                yield Explanation(position, name, method=method, layer=layer or "", error=exc.reason)
+                continue
+            yield self.explain_decoded(rgb, index, method, layer=layer, topk=topk, name=name, position=position)
+
+    def explain_decoded(self, rgb: np.ndarray, target: int | str | None = None, method: str = "gradcam", *,
+                        layer: str | None = None, topk: int = 5, name: str = "<image>",
+                        position: int = 0) -> Explanation:
+        """:meth:`explain` of an image already decoded to H x W x 3 uint8 RGB (the server decodes elsewhere)."""
         from .explain import DEFAULT_LAYER, Explanation, grad_cam, overlay, resolve_target
 
         layer = layer or DEFAULT_LAYER
@@ -284,31 +302,21 @@ class Classifier:
         if (self.backend, self.precision) != ("eager", "fp32"):
             note = (f"explained with the eager fp32 model: {self.backend} {self.precision} has no gradients; the "
                     "scores shown are the eager model's")
-        for position, item in enumerate(inputs):
-            name = describe_input(item, position)
-            try:
-                rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels,
-                                 max_bytes=self.max_bytes)
-            except ImageLoadError as exc:
-                yield Explanation(position, name, method=method, layer=layer, error=exc.reason)
-                continue
-            crop = self.preprocess.crop_image(rgb)
-            x = self.preprocess.normalize(crop[None]).to(self.device)
-            cam = grad_cam(self.model, x, None if index is None else [index], layer=layer, method=method)
-            scores = torch.softmax(cam.logits[0], dim=0).numpy()
-            if not np.isfinite(scores).all():
-                yield Explanation(position, name, method=method, layer=layer, error=NON_FINITE_OUTPUT)
-                continue
-            chosen = cam.targets[0]
-            heatmap = cam.maps[0].numpy()
-            yield Explanation(
-                position, name, heatmap=heatmap, layer_map=cam.layer_maps[0].numpy(), target=chosen,
-                target_name=self.class_names[chosen] if self.class_names else None,
-                target_score=float(scores[chosen]),
-                topk=Prediction(position, name, scores=scores).topk(topk, self.class_names),
-                crop=crop, overlay=None if cam.empty[0] else overlay(crop, heatmap),
-                crop_box=self.preprocess.source_box(*rgb.shape[:2]), image_size=tuple(rgb.shape[:2]),
-                empty=cam.empty[0], method=method, layer=layer, note=note)
+        crop = self.preprocess.crop_image(rgb)
+        x = self.preprocess.normalize(crop[None]).to(self.device)
+        cam = grad_cam(self.model, x, None if index is None else [index], layer=layer, method=method)
+        scores = torch.softmax(cam.logits[0], dim=0).numpy()
+        if not np.isfinite(scores).all():
+            return Explanation(position, name, method=method, layer=layer, error=NON_FINITE_OUTPUT)
+        chosen = cam.targets[0]
+        heatmap = cam.maps[0].numpy()
+        return Explanation(
+            position, name, heatmap=heatmap, layer_map=cam.layer_maps[0].numpy(), target=chosen,
+            target_name=self.class_names[chosen] if self.class_names else None, target_score=float(scores[chosen]),
+            topk=Prediction(position, name, scores=scores).topk(topk, self.class_names), crop=crop,
+            overlay=None if cam.empty[0] else overlay(crop, heatmap),
+            crop_box=self.preprocess.source_box(*rgb.shape[:2]), image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+            empty=cam.empty[0], method=method, layer=layer, note=note)
 
     def _as_dict(self, prediction: Prediction, topk: int | None) -> dict:
         result = prediction.to_dict()

@@ -1,0 +1,75 @@
+"""``inceptionv3 serve``: the HTTP server (FastAPI on uvicorn, one model thread). Needs the ``serve`` extra."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import InputError
+
+logger = logging.getLogger("inceptionv3")
+
+
+def _require() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise InputError(f"inceptionv3 serve needs the serve extra: pip install 'inceptionv3[serve]' ({exc})") from None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _require()
+    import uvicorn
+
+    from .app import ServeConfig, config_dict, create_app, env_api_key
+
+    config = ServeConfig(
+        model=args.model, weights=args.weights, backend=args.backend, precision=args.precision, device=args.device,
+        max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size,
+        decode_workers=args.decode_workers, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
+        max_files=args.max_files, timeout_s=args.timeout_s, api_key=args.api_key or env_api_key(), name=args.name)
+    if config.weights and not args.model:
+        config.model = ""  # the checkpoint alone names the model
+    app = create_app(config)
+    server = app.state.server
+    print(f"serving {server.model_label} ({server.classifier.preprocess.name}, {server.classifier.backend} "
+          f"{server.classifier.precision} on {server.classifier.device}) at http://{args.host}:{args.port}/ "
+          f"with {config_dict(config)}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60,
+                access_log=args.log_level == "debug")
+    return 0
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    from ..backends import BACKENDS, PRECISIONS
+
+    p = commands.add_parser("serve", help="serve a model over HTTP: a JSON API, the Open Inference Protocol v2, "
+                            "Prometheus metrics and a web page")
+    p.add_argument("--model", default=None, help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless "
+                   "--weights)")
+    p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--max-batch", type=int, default=8, help="most images the model thread runs together")
+    p.add_argument("--max-delay-ms", type=float, default=0.0,
+                   help="how long the model thread waits to fill a batch (0: take what is queued; raise on GPUs)")
+    p.add_argument("--queue-size", type=int, default=64, help="images waiting beyond which requests get 503")
+    p.add_argument("--decode-workers", type=int, default=2, help="decoding threads")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (413 above)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest upload in pixels (400 above)")
+    p.add_argument("--max-files", type=int, default=16, help="most images per request")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="504 when a result takes longer")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set INCEPTIONV3_API_KEY)")
+    p.add_argument("--name", default="inceptionv3", help="the model's name in the v2 protocol")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=_cmd_serve)
+
+
+__all__ = ["add_command"]

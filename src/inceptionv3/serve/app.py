@@ -1,0 +1,416 @@
+"""The HTTP app: the v1 JSON API, the Open Inference Protocol v2 (KServe, Triton), Prometheus metrics, health
+checks and the web page, over one :class:`~.engine.Engine`.
+
+Every error is JSON ``{"error": ...}`` with its status: 400 undecodable image, 401 missing or wrong API key,
+413 body over ``max_body_mb`` (counted while it streams, chunked uploads included), 415 wrong content type,
+422 bad parameters, 503 with Retry-After (queue full or not ready), 504 past ``timeout_s``. The server never
+fetches URLs: images come in the request body only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import io
+import json
+import os
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..decode import ImageLoadError, load_image
+from ..errors import InputError
+from ..explain import METHODS, jet, resolve_target
+from ..inference import Classifier
+from .engine import Engine, Job, Observer, QueueFullError
+from .metrics import Metrics
+
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``inceptionv3 serve`` takes, with its defaults."""
+
+    model: str = "inception-v3_3rdparty_8xb32_in1k"
+    weights: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    device: str | None = None
+    max_batch: int = 8
+    max_delay_ms: float = 0.0
+    queue_size: int = 64
+    decode_workers: int = 2
+    max_body_mb: float = 20.0
+    max_pixels: int = 40_000_000
+    max_files: int = 16
+    timeout_s: float = 30.0
+    api_key: str | None = None
+    name: str = "inceptionv3"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _decode_reason(reason: str) -> str:
+    """A short label for the metrics, from the decoder's reason."""
+    for key, label in (("decompression bomb", "too_many_pixels"), ("pixels", "too_many_pixels"),
+                       ("bytes", "too_large"), ("empty", "empty"), ("not a recognised", "not_an_image"),
+                       ("corrupt", "corrupt"), ("truncated", "corrupt")):
+        if key in reason:
+            return label
+    return "other"
+
+
+@dataclass
+class Upload:
+    name: str
+    data: bytes
+
+
+class Server:
+    """The state behind the routes: the classifier, the engine, the decode pool and the metrics."""
+
+    def __init__(self, config: ServeConfig, classifier: Classifier | None = None) -> None:
+        self.config = config
+        if classifier is None:
+            model = config.model if config.weights is None or config.model else config.weights
+            pretrained = config.weights if config.weights else True
+            classifier = Classifier(model, pretrained, device=config.device, backend=config.backend,
+                                    precision=config.precision, expected_images=10_000)
+        self.classifier = classifier
+        self.metrics = Metrics()
+        observer = Observer(queue_wait=self.metrics.queue_wait.observe, inference=self.metrics.inference.observe,
+                            batch_size=self.metrics.batch_size.observe)
+        self.engine = Engine(classifier, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
+                             queue_size=config.queue_size, observer=observer)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, config.decode_workers),
+                                       thread_name_prefix="inceptionv3-decode")
+        self.max_body = int(config.max_body_mb * 1024 * 1024)
+        info = getattr(classifier.model, "weights_info", None)
+        self.model_label = str((info.name or info.path) if info else config.model)
+        self.metrics.model_info.labels(model=self.model_label, preset=classifier.preprocess.name,
+                                       backend=classifier.backend, precision=classifier.precision,
+                                       device=str(classifier.device)).set(1)
+
+    # -- reading requests ----------------------------------------------------------------------------------------
+
+    async def body(self, request: Request) -> bytes:
+        """The whole body, refused with 413 as soon as it passes the limit (declared or streamed)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise ApiError(413, f"request body of {int(declared):,} bytes is over the limit of {self.max_body:,} "
+                           f"bytes (--max-body-mb {self.config.max_body_mb:g})")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiError(413, f"request body is over the limit of {self.max_body:,} bytes "
+                               f"(--max-body-mb {self.config.max_body_mb:g})")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        request._body = data  # so that request.form() parses these bytes instead of reading the stream again
+        return data
+
+    async def uploads(self, request: Request) -> tuple[list[Upload], dict[str, Any], bool]:
+        """The images of a v1 request, its JSON parameters, and whether it was a list (several results)."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        data = await self.body(request)
+        if kind.startswith("image/") or kind == "application/octet-stream":
+            if not data:
+                raise ApiError(400, "empty request body: send the image bytes")
+            return [Upload("<body>", data)], {}, False
+        if kind == "multipart/form-data":
+            try:
+                form = await request.form(max_files=self.config.max_files, max_fields=64)
+            except Exception as exc:  # Starlette raises its own types for malformed or oversized forms
+                raise ApiError(400, f"malformed multipart body ({exc})") from None
+            files = [(key, value) for key, value in form.multi_items() if hasattr(value, "read")]
+            if not files:
+                raise ApiError(400, "multipart body holds no files")
+            uploads = [Upload(value.filename or key, await value.read()) for key, value in files]
+            return uploads, {}, len(uploads) > 1
+        if kind == "application/json":
+            try:
+                payload = json.loads(data)
+            except ValueError as exc:
+                raise ApiError(400, f"body is not valid JSON ({exc})") from None
+            if not isinstance(payload, dict) or "inputs" not in payload:
+                raise ApiError(422, 'JSON body must be {"inputs": <base64 image> or [<base64 image>, ...]}')
+            inputs = payload["inputs"]
+            many = isinstance(inputs, list)
+            items = inputs if many else [inputs]
+            if not items or len(items) > self.config.max_files:
+                raise ApiError(422, f"inputs must hold 1 to {self.config.max_files} images, got {len(items)}")
+            uploads = []
+            for i, item in enumerate(items):
+                if not isinstance(item, str):
+                    raise ApiError(422, f"inputs[{i}] must be a base64 string")
+                try:
+                    uploads.append(Upload(f"<inputs[{i}]>", base64.b64decode(item, validate=True)))
+                except (binascii.Error, ValueError):
+                    raise ApiError(422, f"inputs[{i}] is not valid base64") from None
+            parameters = payload.get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise ApiError(422, "parameters must be an object")
+            return uploads, parameters, many
+        raise ApiError(415, f"unsupported content type {kind or '(none)'!r}: send image/*, multipart/form-data "
+                       "or application/json")
+
+    def decode(self, upload: Upload, crop: bool) -> np.ndarray:
+        """In the pool: bytes -> the preset's crop (predict) or the whole RGB photo (explain)."""
+        rgb = load_image(upload.data, decoder=self.classifier.preprocess.decoder, name=upload.name,
+                         max_pixels=self.config.max_pixels, max_bytes=self.max_body)
+        return self.classifier.preprocess.crop_image(rgb) if crop else rgb
+
+    async def run(self, upload: Upload, kind: str, params: dict[str, Any] | None = None) -> Any:
+        """Decode in the pool, queue for the model thread, wait (bounded by timeout_s)."""
+        if not self.engine.ready.is_set():
+            raise ApiError(503, "the model is not ready yet" if self.engine.failed is None else
+                           f"the model failed to start: {self.engine.failed}", {"Retry-After": "5"})
+        loop = asyncio.get_running_loop()
+        try:
+            image = await loop.run_in_executor(self.pool, self.decode, upload, kind == "predict")
+        except ImageLoadError as exc:
+            self.metrics.decode_errors.labels(reason=_decode_reason(exc.reason)).inc()
+            raise ApiError(400, f"{upload.name}: {exc.reason}") from None
+        try:
+            future = self.engine.submit(Job(kind, image, params or {}))
+        except QueueFullError:
+            raise ApiError(503, f"server busy: the queue of {self.config.queue_size} is full",
+                           {"Retry-After": "1"}) from None
+        self.metrics.queue_depth.set(self.engine.depth())
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.config.timeout_s)
+        except TimeoutError:
+            future.cancel()
+            raise ApiError(504, f"no result within --timeout-s {self.config.timeout_s:g}") from None
+
+    # -- answers ---------------------------------------------------------------------------------------------
+
+    def predictions(self, scores: np.ndarray, topk: int) -> dict[str, Any]:
+        names = self.classifier.class_names
+        order = np.argsort(-scores, kind="stable")[:topk]
+        best = int(order[0])
+        out: dict[str, Any] = {
+            "predictions": [{"label": names[i] if names else str(int(i)), "class_id": int(i),
+                             "score": float(scores[i])} for i in order],
+            "pred_label": best, "pred_score": float(scores[best])}
+        if names:
+            out["pred_class"] = names[best]
+        return out
+
+    def topk(self, value: Any) -> int:
+        classes = len(self.classifier.class_names or ()) or getattr(self.classifier.model, "num_classes", 1000)
+        try:
+            k = int(value)
+        except (TypeError, ValueError):
+            raise ApiError(422, f"topk must be an integer, got {value!r}") from None
+        if not 1 <= k <= classes:
+            raise ApiError(422, f"topk must be between 1 and {classes}, got {k}")
+        return k
+
+    def card(self) -> dict[str, Any]:
+        c = self.classifier
+        return {
+            "name": self.config.name, "model": self.model_label, "version": __version__,
+            "classes": list(c.class_names or ()), "num_classes": len(c.class_names or ()),
+            "preset": c.preprocess.describe(), "crop": c.preprocess.crop, "backend": c.backend,
+            "precision": c.precision, "device": str(c.device), "ready": self.engine.ready.is_set(),
+            "limits": {"max_body_mb": self.config.max_body_mb, "max_pixels": self.config.max_pixels,
+                       "max_files": self.config.max_files, "max_batch": self.config.max_batch,
+                       "max_delay_ms": self.config.max_delay_ms, "queue_size": self.config.queue_size,
+                       "timeout_s": self.config.timeout_s},
+            "explain": {"methods": list(METHODS), "note": None if (c.backend, c.precision) == ("eager", "fp32")
+                        else "explanations run on the eager fp32 model"}}
+
+
+def _png(rgb_or_rgba: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb_or_rgba).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def create_app(config: ServeConfig | None = None, classifier: Classifier | None = None) -> FastAPI:
+    """The app; the engine starts (and warms up) with the app's lifespan and drains when it ends."""
+    config = config or ServeConfig()
+    server = Server(config, classifier)
+    page = resources.files("inceptionv3.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        server.engine.start()
+        yield
+        server.engine.stop()
+        server.pool.shutdown(wait=True)
+
+    app = FastAPI(title="inceptionv3", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.server = server
+    open_paths = {"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+
+    @app.middleware("http")
+    async def around(request: Request, call_next):
+        started = time.monotonic()
+        given = request.headers.get("x-request-id", "")
+        request_id = given if re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", given) else uuid.uuid4().hex
+        route = request.url.path
+        endpoint = route if not route.startswith("/v2/models/") else "/v2/models/{name}" + (
+            "/infer" if route.endswith("/infer") else "/ready" if route.endswith("/ready") else "")
+        if config.api_key and route not in open_paths:
+            token = request.headers.get("authorization", "")
+            if not hmac.compare_digest(token.encode(), f"Bearer {config.api_key}".encode()):
+                response = _error(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                                  {"WWW-Authenticate": "Bearer"})
+                response.headers["X-Request-ID"] = request_id
+                server.metrics.requests.labels(endpoint=endpoint, code="401").inc()
+                return response
+        try:
+            response = await call_next(request)
+        except ApiError as exc:
+            response = _error(exc.status, exc.message, exc.headers)
+        response.headers["X-Request-ID"] = request_id
+        server.metrics.requests.labels(endpoint=endpoint, code=str(response.status_code)).inc()
+        server.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return _error(422, problems)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    # -- the page, health, model card, metrics ------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data: "
+                                           "blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                                           "connect-src 'self'"})
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "live"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if server.engine.ready.is_set():
+            return JSONResponse({"status": "ready"})
+        return _error(503, "not ready" if server.engine.failed is None else f"failed: {server.engine.failed}",
+                      {"Retry-After": "5"})
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return server.card()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        server.metrics.queue_depth.set(server.engine.depth())
+        body, content_type = server.metrics.render()
+        return Response(body, media_type=content_type)
+
+    # -- v1 -------------------------------------------------------------------------------------------------------
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> JSONResponse:
+        uploads, parameters, many = await server.uploads(request)
+        k = server.topk(request.query_params.get("topk", parameters.get("top_k", parameters.get("topk", 5))))
+        outcomes = await asyncio.gather(*(server.run(u, "predict") for u in uploads), return_exceptions=True)
+        if not many:
+            outcome = outcomes[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return JSONResponse(server.predictions(outcome, k))
+        results = []
+        for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
+            if isinstance(outcome, ApiError):
+                results.append({"index": i, "name": upload.name, "error": outcome.message, "status": outcome.status})
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results.append({"index": i, "name": upload.name, **server.predictions(outcome, k)})
+        return JSONResponse({"results": results})
+
+    @app.post("/v1/explain")
+    async def explain(request: Request) -> JSONResponse:
+        uploads, parameters, many = await server.uploads(request)
+        if many:
+            raise ApiError(422, "explain takes one image per request")
+        query = request.query_params
+        k = server.topk(query.get("topk", parameters.get("topk", 5)))
+        method = query.get("method", parameters.get("method", "gradcam"))
+        if method not in METHODS:
+            raise ApiError(422, f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        target = query.get("target", parameters.get("target"))
+        classes = getattr(server.classifier.model, "num_classes", None) or len(server.classifier.class_names or ())
+        try:
+            index = resolve_target(target, server.classifier.class_names, classes)
+        except InputError as exc:
+            raise ApiError(422, str(exc).replace("--target", "target")) from None
+        e = await server.run(uploads[0], "explain", {"target": index, "method": method, "topk": k})
+        if e.error:
+            raise ApiError(500, e.error)
+        heatmap = jet(e.heatmap)
+        alpha = np.full(heatmap.shape[:2] + (1,), 255, np.uint8)
+        return JSONResponse({
+            "predictions": [{"label": name or str(label), "class_id": label, "score": score}
+                            for label, name, score in e.topk],
+            "target": {"class_id": e.target, "label": e.target_name, "score": e.target_score},
+            "method": e.method, "layer": e.layer, "empty": e.empty, "note": e.note,
+            "crop_box": list(e.crop_box), "image_size": list(e.image_size),
+            "heatmap_png": _png(np.concatenate([heatmap, alpha], axis=2)),
+            "heatmap_values_png": _png(np.uint8(np.round(e.heatmap * 255)))})
+
+    # -- Open Inference Protocol v2 ---------------------------------------------------------------------------
+
+    from .oip import add_v2_routes
+
+    add_v2_routes(app, server)
+    return app
+
+
+def config_dict(config: ServeConfig) -> dict[str, Any]:
+    """The configuration without the API key, for logs."""
+    out = asdict(config)
+    out["api_key"] = "(set)" if config.api_key else None
+    return out
+
+
+def env_api_key() -> str | None:
+    return os.environ.get("INCEPTIONV3_API_KEY") or None
+
+
+__all__ = ["ApiError", "MODEL_NAME_PATTERN", "ServeConfig", "Server", "config_dict", "create_app", "env_api_key"]

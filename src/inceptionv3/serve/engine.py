@@ -1,0 +1,161 @@
+"""The model thread: one thread owns the model, behind a bounded queue, and batches what is already waiting.
+
+Batching is opportunistic: the thread takes the first job, then whatever else is queued, up to ``max_batch``,
+waiting at most ``max_delay_ms`` for more (0 by default: on a CPU a bigger batch buys little, and waiting costs
+latency). Decoding happens before a job is queued, in a thread pool, so the model thread only stacks crops and
+runs the network. Explanations run on the same thread, one at a time, because Grad-CAM hooks the shared model.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..inference import Classifier
+
+
+class QueueFullError(Exception):
+    """The queue is at its bound: the caller answers 503 with Retry-After."""
+
+
+@dataclass
+class Job:
+    kind: str  # "predict" (crop: crop x crop x 3 uint8) or "explain" (rgb: the decoded photo)
+    image: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Observer:
+    """Hooks for metrics (the app fills them in); no-ops by default."""
+
+    queue_wait: Any = None
+    inference: Any = None
+    batch_size: Any = None
+
+
+class Engine:
+    def __init__(self, classifier: Classifier, *, max_batch: int = 8, max_delay_ms: float = 0.0,
+                 queue_size: int = 64, observer: Observer | None = None) -> None:
+        self.classifier = classifier
+        self.max_batch = max(1, max_batch)
+        self.max_delay = max(0.0, max_delay_ms) / 1000
+        self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, queue_size))
+        self.observer = observer or Observer()
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="inceptionv3-model", daemon=True)
+
+    # -- the public side (any thread) --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> Future:
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFullError from None
+        return job.future
+
+    def depth(self) -> int:
+        return self.queue.qsize()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish every queued job, then end the thread (the sentinel queues behind them)."""
+        if self._thread.is_alive():
+            self.queue.put(None)
+            self._thread.join(timeout)
+
+    # -- the model thread ----------------------------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """A batch of 1 and one of max_batch: torch.compile's fixed batch and OpenVINO's first run happen here,
+        before any request waits on them."""
+        crop = self.classifier.preprocess.crop
+        for n in sorted({1, self.max_batch}):
+            self.classifier.scores(torch.zeros(n, 3, crop, crop))
+
+    def _run(self) -> None:
+        try:
+            self._warm_up()
+        except BaseException as exc:  # reported by /readyz and the model card; the server stays live
+            self.failed = exc
+            return
+        self.ready.set()
+        stopping = False
+        while not stopping:
+            job = self.queue.get()
+            if job is None:
+                break
+            if job.kind == "explain":
+                self._explain(job)
+                continue
+            batch, later = [job], []
+            deadline = time.monotonic() + self.max_delay
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    nxt = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                (later if nxt.kind == "explain" else batch).append(nxt)
+            self._predict(batch)
+            for job in later:
+                self._explain(job)
+
+    def _start(self, jobs: list[Job]) -> list[Job]:
+        """The jobs still wanted (a request that timed out cancelled its future), with their queue wait noted."""
+        now = time.monotonic()
+        live = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        if self.observer.queue_wait:
+            for job in live:
+                self.observer.queue_wait(now - job.enqueued)
+        return live
+
+    def _predict(self, jobs: list[Job]) -> None:
+        jobs = self._start(jobs)
+        if not jobs:
+            return
+        started = time.monotonic()
+        try:
+            batch = self.classifier.preprocess.normalize(np.stack([job.image for job in jobs]))
+            scores = self.classifier.scores(batch).numpy()
+        except Exception as exc:  # the whole batch failed: every waiting request hears why
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        if self.observer.inference:
+            self.observer.inference(time.monotonic() - started)
+        if self.observer.batch_size:
+            self.observer.batch_size(len(jobs))
+        for job, row in zip(jobs, scores, strict=True):
+            job.future.set_result(row)
+
+    def _explain(self, job: Job) -> None:
+        if not self._start([job]):
+            return
+        started = time.monotonic()
+        try:
+            result = self.classifier.explain_decoded(job.image, **job.params)
+        except Exception as exc:
+            job.future.set_exception(exc)
+            return
+        if self.observer.inference:
+            self.observer.inference(time.monotonic() - started)
+        job.future.set_result(result)
+
+
+__all__ = ["Engine", "Job", "Observer", "QueueFullError"]

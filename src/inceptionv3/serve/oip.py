@@ -1,0 +1,170 @@
+"""The Open Inference Protocol v2 (KServe's and Triton's HTTP/REST API), so that existing clients and platforms
+can call the server.
+
+One model, named by ``--name`` (default ``inceptionv3``): input ``image``, datatype BYTES, shape [N], each element
+an encoded image (base64 strings in JSON; raw bytes with Triton's binary-data extension, where the JSON header
+is the first ``Inference-Header-Content-Length`` bytes of the body). Output ``probabilities``, FP32 [N, classes];
+with Triton's classification extension (``"parameters": {"classification": k}`` on the requested output) it is
+BYTES [N, k] instead, each element ``"score:index:label"``, best first. Outputs are always JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import struct
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from .. import __version__
+
+if TYPE_CHECKING:
+    from .app import Server
+
+
+def _bytes_elements(raw: bytes, where: str) -> list[bytes]:
+    """Triton's binary BYTES tensor: each element a little-endian uint32 length, then that many bytes."""
+    from .app import ApiError
+
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ApiError(400, f"{where}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise ApiError(400, f"{where}: BYTES element of {length} bytes runs past the data")
+        out.append(raw[offset:offset + length])
+        offset += length
+    return out
+
+
+def parse_infer(body: bytes, header_length: str | None, max_items: int) -> tuple[dict[str, Any], list[bytes]]:
+    """The request's JSON and the images of its ``image`` input, in order."""
+    from .app import ApiError
+
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ApiError(400, "Inference-Header-Content-Length does not fit the body")
+        head, rest = body[:int(header_length)], body[int(header_length):]
+    else:
+        head, rest = body, b""
+    try:
+        request = json.loads(head)
+    except ValueError as exc:
+        raise ApiError(400, f"inference request is not valid JSON ({exc})") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise ApiError(400, 'inference request needs "inputs": [{"name": "image", "datatype": "BYTES", ...}]')
+    images: list[bytes] | None = None
+    offset = 0
+    for tensor in request["inputs"]:
+        if not isinstance(tensor, dict):
+            raise ApiError(400, "each input must be an object")
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        raw = None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+                raise ApiError(400, f"input {tensor.get('name')!r}: binary_data_size does not fit the body")
+            raw, offset = rest[offset:offset + size], offset + size
+        if tensor.get("name") != "image":
+            raise ApiError(400, f"unknown input {tensor.get('name')!r}: this model takes one input, 'image'")
+        if tensor.get("datatype") != "BYTES":
+            raise ApiError(400, f"input 'image' must have datatype BYTES, got {tensor.get('datatype')!r}")
+        if raw is not None:
+            images = _bytes_elements(raw, "input 'image'")
+        else:
+            data = tensor.get("data")
+            if isinstance(data, str):
+                data = [data]
+            if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+                raise ApiError(400, "input 'image' data must be base64 strings")
+            try:
+                images = [base64.b64decode(d, validate=True) for d in data]
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "input 'image' holds a string that is not valid base64") from None
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or not shape or shape[0] != len(images):
+            raise ApiError(400, f"input 'image' shape {shape} does not match its {len(images)} elements")
+    if not images or len(images) > max_items:
+        raise ApiError(400, f"input 'image' must hold 1 to {max_items} images, got {len(images or [])}")
+    return request, images
+
+
+def add_v2_routes(app: FastAPI, server: Server) -> None:
+    from .app import ApiError, Upload
+
+    name = server.config.name
+
+    def check(model: str) -> None:
+        if model != name:
+            raise ApiError(404, f"unknown model {model!r}; this server has {name!r}")
+
+    def metadata() -> dict[str, Any]:
+        classes = len(server.classifier.class_names or ()) or getattr(server.classifier.model, "num_classes", 0)
+        return {"name": name, "versions": ["1"], "platform": "pytorch_inceptionv3",
+                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}]}
+
+    @app.get("/v2")
+    async def server_metadata() -> dict:
+        return {"name": "inceptionv3", "version": __version__, "extensions": ["classification", "binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        ok = server.engine.ready.is_set()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{model}")
+    async def model_metadata(model: str) -> dict:
+        check(model)
+        return metadata()
+
+    @app.get("/v2/models/{model}/ready")
+    async def model_ready(model: str) -> JSONResponse:
+        check(model)
+        ok = server.engine.ready.is_set()
+        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+    @app.post("/v2/models/{model}/infer")
+    async def infer(model: str, request: Request) -> JSONResponse:
+        check(model)
+        body = await server.body(request)
+        request_json, images = parse_infer(body, request.headers.get("inference-header-content-length"),
+                                           server.config.max_files)
+        classification = None
+        for output in request_json.get("outputs") or []:
+            if not isinstance(output, dict) or output.get("name") != "probabilities":
+                raise ApiError(400, f"unknown output {output!r}: this model has 'probabilities'")
+            value = (output.get("parameters") or {}).get("classification")
+            if value is not None:
+                classification = server.topk(value)
+        uploads = [Upload(f"image[{i}]", data) for i, data in enumerate(images)]
+        rows = await asyncio.gather(*(server.run(u, "predict") for u in uploads))
+        names = server.classifier.class_names
+        if classification:
+            data = []
+            for row in rows:
+                for i in np.argsort(-row, kind="stable")[:classification]:
+                    label = f":{names[i]}" if names else ""
+                    data.append(f"{float(row[i]):.6f}:{int(i)}{label}")
+            output = {"name": "probabilities", "datatype": "BYTES", "shape": [len(rows), classification],
+                      "data": data}
+        else:
+            output = {"name": "probabilities", "datatype": "FP32", "shape": [len(rows), len(rows[0])],
+                      "data": [float(v) for row in rows for v in row]}
+        response: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [output]}
+        if "id" in request_json:
+            response["id"] = request_json["id"]
+        return JSONResponse(response)
+
+
+__all__ = ["add_v2_routes", "parse_infer"]

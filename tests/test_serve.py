@@ -1,0 +1,347 @@
+"""The HTTP server against real clients on 127.0.0.1: httpx, tritonclient (the Open Inference Protocol v2) and a
+headless Chromium on the web page. Every request is bounded in time; every server stops by itself."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import photo_paths
+from PIL import Image
+
+from inceptionv3.inference import Classifier
+from inceptionv3.serve.app import ServeConfig, create_app
+
+TIMEOUT = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(base: str, deadline_s: float = 120.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{base} did not become ready within {deadline_s} s")
+
+
+@pytest.fixture(scope="module")
+def classifier(trained_like_checkpoint):
+    return Classifier(trained_like_checkpoint, backend="eager", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(classifier):
+    """uvicorn in a thread of this process, on a free loopback port; stopped at the end of the module."""
+    import uvicorn
+
+    config = ServeConfig(max_batch=4, max_pixels=2_000_000, max_files=4, max_body_mb=2.0, timeout_s=30.0)
+    app = create_app(config, classifier)
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    _wait_ready(base)
+    yield base, app.state.server
+    uv.should_exit = True
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def _jpeg(index: int, size: tuple[int, int] | None = None) -> bytes:
+    image = Image.open(photo_paths()[index]).convert("RGB")
+    if size:
+        image = image.resize(size)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _expected(classifier, data: bytes, k: int = 5) -> list[tuple[int, float]]:
+    """The in-process answer for the same bytes: the Classifier's own predict, batch of one."""
+    prediction = next(classifier.predict([data], batch_size=1))
+    return [(label, score) for label, _, score in prediction.topk(k)]
+
+
+def test_every_read_endpoint_answers_and_requests_carry_an_id(server):
+    base, state = server
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and "<title>inceptionv3</title>" in page.text
+        assert "http://" not in page.text.replace("http://www.w3.org", "") and "https://" not in page.text
+        assert client.get("/healthz").json() == {"status": "live"}
+        assert client.get("/readyz").status_code == 200
+        card = client.get("/v1/models").json()
+        assert card["num_classes"] == 1000 and card["backend"] == "eager" and card["limits"]["max_files"] == 4
+        assert client.get("/v2").json()["extensions"] == ["classification", "binary_tensor_data"]
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        meta = client.get("/v2/models/inceptionv3").json()
+        assert meta["inputs"][0] == {"name": "image", "datatype": "BYTES", "shape": [-1]}
+        assert client.get("/v2/models/inceptionv3/ready").status_code == 200
+        missing = client.get("/v2/models/resnet/ready")
+        assert missing.status_code == 404 and "resnet" in missing.json()["error"]
+        given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+        assert given.headers["x-request-id"] == "abc-123"
+        made = client.get("/healthz", headers={"X-Request-ID": "bad id\x01"}).headers["x-request-id"]
+        assert len(made) == 32 and made != client.get("/healthz").headers["x-request-id"]
+        assert client.get("/nowhere").json() == {"error": "Not Found"}
+
+
+def test_predict_takes_raw_multipart_and_json_and_answers_like_the_classifier(server, classifier):
+    base, _ = server
+    photos = [_jpeg(i) for i in (0, 3)]
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        raw = client.post("/v1/predict?topk=3", content=photos[0], headers={"Content-Type": "image/jpeg"}).json()
+        expected = _expected(classifier, photos[0], 3)
+        assert [p["class_id"] for p in raw["predictions"]] == [label for label, _ in expected]
+        assert [p["score"] for p in raw["predictions"]] == pytest.approx([s for _, s in expected], abs=1e-6)
+        assert raw["pred_label"] == expected[0][0] and raw["pred_class"] == classifier.class_names[expected[0][0]]
+        assert raw["predictions"][0]["label"] == raw["pred_class"]
+        files = [("files", ("a.jpg", photos[0], "image/jpeg")), ("files", ("bad.jpg", b"\xff\xd8junk", "image/jpeg")),
+                 ("files", ("b.jpg", photos[1], "image/jpeg"))]
+        multi = client.post("/v1/predict", files=files).json()["results"]
+        assert [r["index"] for r in multi] == [0, 1, 2] and [r["name"] for r in multi] == ["a.jpg", "bad.jpg", "b.jpg"]
+        second = _expected(classifier, photos[1])[0][0]
+        assert multi[0]["pred_label"] == expected[0][0] and multi[2]["pred_label"] == second
+        assert multi[1]["status"] == 400 and "bad.jpg" in multi[1]["error"] and "pred_label" not in multi[1]
+        body = {"inputs": [base64.b64encode(p).decode() for p in photos], "parameters": {"top_k": 2}}
+        listed = client.post("/v1/predict", json=body).json()["results"]
+        assert [r["pred_label"] for r in listed] == [multi[0]["pred_label"], multi[2]["pred_label"]]
+        assert all(len(r["predictions"]) == 2 for r in listed)
+        single = client.post("/v1/predict", json={"inputs": base64.b64encode(photos[1]).decode()}).json()
+        assert single["pred_label"] == multi[2]["pred_label"] and "results" not in single
+
+
+def _chunks(total: int, size: int = 65536):
+    sent = 0
+    while sent < total:
+        yield b"\0" * min(size, total - sent)
+        sent += size
+
+
+def test_every_error_is_json_with_its_status(server, monkeypatch):
+    base, state = server
+    photo = _jpeg(1)
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        def post(**kwargs):
+            kwargs.setdefault("headers", {"Content-Type": "image/jpeg"})
+            return client.post("/v1/predict", **kwargs)
+
+        declared = post(content=b"\0" * (3 * 1024 * 1024))
+        assert declared.status_code == 413 and "limit" in declared.json()["error"]
+        chunked = post(content=_chunks(3 * 1024 * 1024))  # no Content-Length: counted while it streams
+        assert chunked.status_code == 413 and "over the limit" in chunked.json()["error"]
+        assert post(content=photo, headers={"Content-Type": "text/plain"}).status_code == 415
+        assert post(content=photo, params={"topk": "0"}).status_code == 422
+        assert "integer" in post(content=photo, params={"topk": "x"}).json()["error"]
+        broken = post(content=b"\xff\xd8 not a jpeg")
+        assert broken.status_code == 400 and "<body>" in broken.json()["error"]
+        big = _jpeg(2, size=(2000, 1200))  # 2.4 MP over the server's 2 MP cap, under the library's
+        pixels = post(content=big)
+        assert pixels.status_code == 400 and "decompression bomb" in pixels.json()["error"]
+        too_many = client.post("/v1/predict", files=[("f", (f"{i}.jpg", photo, "image/jpeg")) for i in range(5)])
+        assert too_many.status_code == 400 and "files" in too_many.json()["error"].lower()
+        assert client.post("/v1/predict", json={"inputs": 3}).status_code == 422
+        assert client.post("/v1/predict", content=b"{", headers={"Content-Type": "application/json"}).status_code == 400
+
+        from inceptionv3.serve.engine import QueueFullError
+
+        def full(job):
+            raise QueueFullError
+
+        monkeypatch.setattr(state.engine, "submit", full)
+        busy = post(content=photo)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+        monkeypatch.undo()
+        monkeypatch.setattr(state.config, "timeout_s", 1e-6)
+        late = post(content=photo)
+        assert late.status_code == 504 and "timeout" in late.json()["error"]
+        monkeypatch.undo()
+        state.engine.ready.clear()
+        try:
+            assert client.get("/readyz").status_code == 503 and client.get("/healthz").status_code == 200
+            assert post(content=photo).status_code == 503
+        finally:
+            state.engine.ready.set()
+        monkeypatch.setattr(state.config, "api_key", "s3cret")
+        assert post(content=photo).status_code == 401 and client.get("/healthz").status_code == 200
+        assert post(content=photo, headers={"Content-Type": "image/jpeg",
+                                            "Authorization": "Bearer s3cret"}).status_code == 200
+        monkeypatch.undo()
+        assert post(content=photo).status_code == 200  # and the server is still fine
+
+
+def test_explain_returns_the_heatmap_of_the_explanations_module(server, classifier):
+    base, _ = server
+    photo = _jpeg(4)
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        answer = client.post("/v1/explain", content=photo, headers={"Content-Type": "image/jpeg"},
+                             params={"method": "gradcam++", "target": "3"}).json()
+        assert client.post("/v1/explain", content=photo, headers={"Content-Type": "image/jpeg"},
+                           params={"method": "lime"}).status_code == 422
+    reference = classifier.explain(photo, target=3, method="gradcam++")
+    assert answer["target"]["class_id"] == 3 and answer["method"] == "gradcam++"
+    assert answer["crop_box"] == pytest.approx(list(reference.crop_box))
+    values = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["heatmap_values_png"])))) / 255
+    assert np.abs(values - reference.heatmap).max() <= 0.5 / 255 + 1e-6
+    coloured = Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"])))
+    assert coloured.mode == "RGBA" and coloured.size == (299, 299)
+
+
+def test_open_inference_protocol_with_tritonclient(server, classifier):
+    """tritonclient (PyPI) against /v2: liveness, readiness, metadata, then inference with base64 JSON and with the
+    binary extension (raw bytes), FP32 probabilities and top-k classification."""
+    import tritonclient.http as triton
+
+    base, _ = server
+    photos = [_jpeg(i) for i in (5, 6)]
+    client = triton.InferenceServerClient(base.removeprefix("http://"), connection_timeout=TIMEOUT,
+                                          network_timeout=TIMEOUT)
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("inceptionv3")
+        assert client.get_model_metadata("inceptionv3")["outputs"][0]["name"] == "probabilities"
+        encoded = triton.InferInput("image", [2], "BYTES")
+        encoded.set_data_from_numpy(np.array([base64.b64encode(p) for p in photos], dtype=object), binary_data=False)
+        probabilities = client.infer("inceptionv3", [encoded], outputs=[
+            triton.InferRequestedOutput("probabilities", binary_data=False)]).as_numpy("probabilities")
+        assert probabilities.shape == (2, 1000)
+        for row, photo in zip(probabilities, photos, strict=True):
+            best = _expected(classifier, photo, 1)[0]
+            assert int(row.argmax()) == best[0] and float(row.max()) == pytest.approx(best[1], abs=1e-6)
+        raw = triton.InferInput("image", [2], "BYTES")
+        raw.set_data_from_numpy(np.array(photos, dtype=object), binary_data=True)
+        top = client.infer("inceptionv3", [raw], outputs=[
+            triton.InferRequestedOutput("probabilities", binary_data=False, class_count=5)]).as_numpy("probabilities")
+        assert top.shape == (2, 5)
+        for row, photo in zip(top, photos, strict=True):
+            parsed = [entry.decode() if isinstance(entry, bytes) else entry for entry in row]
+            assert [int(e.split(":")[1]) for e in parsed] == [label for label, _ in _expected(classifier, photo)]
+    finally:
+        client.close()
+
+
+def test_metrics_count_requests_batches_and_decode_errors(server):
+    base, _ = server
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        client.post("/v1/predict", content=b"GIF89a junk", headers={"Content-Type": "image/gif"})
+        client.post("/v1/predict", content=_jpeg(0), headers={"Content-Type": "image/jpeg"})
+        text = client.get("/metrics").text
+    assert 'inceptionv3_requests_total{code="200",endpoint="/v1/predict"}' in text
+    assert 'inceptionv3_decode_errors_total{reason=' in text
+    assert "inceptionv3_batch_size_count" in text and "inceptionv3_queue_wait_seconds_bucket" in text
+    assert 'inceptionv3_model_info{backend="eager"' in text and "inceptionv3_queue_depth" in text
+    counts = [line for line in text.splitlines() if line.startswith("inceptionv3_batch_size_count")]
+    assert float(counts[0].split()[-1]) >= 1
+
+
+def test_sigterm_lets_requests_in_flight_finish(trained_like_checkpoint, tmp_path):
+    """A real `inceptionv3 serve` process: 6 requests in flight when SIGTERM arrives all get their answer, then
+    the app shuts down (the model thread drains) and the process exits by itself."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "serve.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "inceptionv3", "serve", "--weights", str(trained_like_checkpoint),
+                                "--backend", "eager", "--device", "cpu", "--port", str(port), "--max-batch", "2"],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_ready(base)
+        photo = _jpeg(7)
+        codes: list[int] = []
+
+        def call() -> None:
+            codes.append(httpx.post(f"{base}/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"},
+                                    timeout=TIMEOUT).status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)  # the requests are in the server
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(TIMEOUT)
+        assert codes == [200] * 6
+        # uvicorn re-raises the signal once it has shut down cleanly, so the status is that of SIGTERM
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "Waiting for application shutdown" in text and "Finished server process" in text, text
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base}/healthz", timeout=2)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def test_web_page_in_headless_chromium(server, tmp_path):
+    """The page in Debian's chromium: a real photo dropped on it gives 5 sorted bars whose top label is
+    /v1/predict's for the same file, and a heatmap that renders; an oversize file shows the 413 message."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "install Debian's chromium (apt-get install chromium); .ci/run does it"
+    base, _ = server
+    photo = _jpeg(8)
+    expected = httpx.post(f"{base}/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"},
+                          timeout=TIMEOUT).json()["pred_class"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            outside = []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((base, "data:", "blob:"))
+                    else None)
+            page.goto(base, timeout=TIMEOUT * 1000)
+            data = base64.b64encode(photo).decode()
+            page.evaluate("""async (b64) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const transfer = new DataTransfer();
+                transfer.items.add(new File([bytes], "bird.jpg", {type: "image/jpeg"}));
+                document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: transfer,
+                                                                                     bubbles: true}));
+            }""", data)
+            # selectors, not wait_for_function: the page's CSP forbids the eval that polling a JS predicate uses
+            page.wait_for_selector("#bars li:nth-child(5)", timeout=TIMEOUT * 1000)
+            assert page.locator("#bars li").count() == 5
+            labels = page.eval_on_selector_all("#bars li", "items => items.map(i => i.dataset.label)")
+            scores = page.eval_on_selector_all("#bars li", "items => items.map(i => Number(i.dataset.score))")
+            assert labels[0] == expected and scores == sorted(scores, reverse=True)
+            page.wait_for_selector("#heatmap:not([hidden])", timeout=TIMEOUT * 1000)
+            deadline = time.monotonic() + TIMEOUT
+            while page.eval_on_selector("#heatmap", "h => h.complete ? h.naturalWidth : 0") != 299:
+                assert time.monotonic() < deadline, "the heatmap image did not render"
+                time.sleep(0.1)
+            box = page.locator("#heatmap").bounding_box()
+            assert box["width"] > 50 and box["height"] > 50
+            page.screenshot(path=str(tmp_path / "page.png"))
+            print(f"screenshot: {tmp_path / 'page.png'}")
+            page.set_input_files("#file", files=[{"name": "huge.jpg", "mimeType": "image/jpeg",
+                                                  "buffer": b"\xff\xd8" + b"\0" * (3 * 1024 * 1024)}])
+            page.wait_for_selector("#message:has-text('too large')", timeout=TIMEOUT * 1000)
+            assert "2 MB" in page.text_content("#message")
+            assert outside == []
+        finally:
+            browser.close()
