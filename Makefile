@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-ray lint demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests tools benchmarks
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not ray"
+
+# Ray Serve (about a minute: a local cluster with two replicas); its extra is heavy, so it has its own target.
+test-ray: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	$(BIN)/python -m pytest -m ray
 
 # The demo needs only the runtime and the default fast backend, not the test stack.
 DEMO_STAMP := $(VENV)/.installed-demo

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -345,3 +346,32 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             assert outside == []
         finally:
             browser.close()
+
+
+@pytest.mark.ray
+def test_ray_serve_spreads_requests_over_two_replicas(trained_like_checkpoint, classifier):
+    """A local Ray cluster on 127.0.0.1 (usage statistics off), the app as a deployment with 2 replicas: every
+    request gets its own correct answer, and both replicas (told apart by X-Served-By) answered some."""
+    ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[ray]'; make test-ray")
+    from ray import serve
+
+    from inceptionv3.serve.ray import run
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = ServeConfig(model="", weights=str(trained_like_checkpoint), backend="eager", device="cpu")
+    run(config, replicas=2, host="127.0.0.1", port=port, cpus_per_replica=0.5, block=False)
+    try:
+        photos = [_jpeg(i) for i in range(4)]
+        expected = [_expected(classifier, p, 1)[0][0] for p in photos]
+        served_by, answers = Counter(), []
+        with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+            for i in range(24):
+                r = client.post("/v1/predict", content=photos[i % 4], headers={"Content-Type": "image/jpeg"})
+                assert r.status_code == 200, r.text
+                answers.append(r.json()["pred_label"] == expected[i % 4])
+                served_by[r.headers["x-served-by"]] += 1
+        assert all(answers) and len(served_by) == 2 and min(served_by.values()) > 0, served_by
+    finally:
+        serve.shutdown()
+        ray.shutdown()

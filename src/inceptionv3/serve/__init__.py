@@ -34,6 +34,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_files=args.max_files, timeout_s=args.timeout_s, api_key=args.api_key or env_api_key(), name=args.name)
     if config.weights and not args.model:
         config.model = ""  # the checkpoint alone names the model
+    if args.ray:
+        from .ray import run
+
+        print(f"serving on Ray Serve with {args.replicas} replica(s) at http://{args.host}:{args.port}/ with "
+              f"{config_dict(config)}", file=sys.stderr)
+        run(config, args.replicas, args.host, args.port, args.ray_address, args.cpus_per_replica)
+        return 0
     app = create_app(config)
     server = app.state.server
     print(f"serving {server.model_label} ({server.classifier.preprocess.name}, {server.classifier.backend} "
@@ -68,6 +75,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0, help="504 when a result takes longer")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set INCEPTIONV3_API_KEY)")
     p.add_argument("--name", default="inceptionv3", help="the model's name in the v2 protocol")
+    p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (the ray extra)")
+    p.add_argument("--replicas", type=int, default=2, help="with --ray: copies of the model, each with its thread")
+    p.add_argument("--ray-address", help="with --ray: join this cluster (default: a local Ray on 127.0.0.1)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="with --ray: CPUs Ray reserves per replica")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve)
 

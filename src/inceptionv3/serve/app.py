@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,8 @@ class ServeConfig:
     timeout_s: float = 30.0
     api_key: str | None = None
     name: str = "inceptionv3"
+    ready_before_start: bool = False
+    """Finish the warm-up before the app starts (behind a proxy that routes to a replica once it has started)."""
 
 
 class ApiError(Exception):
@@ -262,6 +265,10 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         server.engine.start()
+        if config.ready_before_start:
+            await asyncio.to_thread(server.engine.ready.wait, 600)
+            if server.engine.failed is not None:
+                raise RuntimeError(f"the model failed to start: {server.engine.failed}")
         yield
         server.engine.stop()
         server.pool.shutdown(wait=True)
@@ -270,6 +277,7 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
                   openapi_url=None)
     app.state.server = server
     open_paths = {"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+    served_by = f"{socket.gethostname()}:{os.getpid()}"  # which process answered (replicas behind a proxy)
 
     @app.middleware("http")
     async def around(request: Request, call_next):
@@ -292,6 +300,7 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
         except ApiError as exc:
             response = _error(exc.status, exc.message, exc.headers)
         response.headers["X-Request-ID"] = request_id
+        response.headers["X-Served-By"] = served_by
         server.metrics.requests.labels(endpoint=endpoint, code=str(response.status_code)).inc()
         server.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
         return response
