@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -75,7 +78,9 @@ def main() -> None:
     if args.child:
         child(args.child, args.batch)
         return
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    print(f"{cpu.group(1) if cpu else platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
     model = build()
     x = torch.randn(1, 3, 299, 299)
 
