@@ -125,6 +125,13 @@ class Preprocess:
         crop_h, crop_w = min(self.crop, height), min(self.crop, width)
         return int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0)), crop_h, crop_w
 
+    def min_decode_side(self) -> int:
+        """The short side an image needs for this preset's resize to shrink (never enlarge) it: the fast decode
+        reduces JPEGs no further than this."""
+        if self.order == "crop_resize":
+            return -(-self.crop * 1000 // round(self.crop_fraction * 1000))  # the crop's side, rounded up
+        return self.resize
+
     def source_box(self, height: int, width: int) -> tuple[float, float, float, float]:
         """(left, top, right, bottom) of the centre crop in the original image's pixels, for a ``height`` x
         ``width`` image: the region the model saw (heatmaps are mapped back onto the photo through it)."""

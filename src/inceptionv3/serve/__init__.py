@@ -30,8 +30,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         model=args.model, weights=args.weights, backend=args.backend, precision=args.precision, device=args.device,
         max_batch=args.max_batch, max_delay_ms=args.max_delay_ms, queue_size=args.queue_size,
-        decode_workers=args.decode_workers, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
-        max_files=args.max_files, timeout_s=args.timeout_s, api_key=args.api_key or env_api_key(), name=args.name)
+        decode_workers=args.decode_workers, decode=args.decode, max_body_mb=args.max_body_mb,
+        max_pixels=args.max_pixels, max_files=args.max_files, timeout_s=args.timeout_s,
+        api_key=args.api_key or env_api_key(), name=args.name)
     if config.weights and not args.model:
         config.model = ""  # the checkpoint alone names the model
     if args.ray:
@@ -53,6 +54,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_command(commands: argparse._SubParsersAction) -> None:
     from ..backends import BACKENDS, PRECISIONS
+    from ..decode import DECODE_MODES
 
     p = commands.add_parser("serve", help="serve a model over HTTP: a JSON API, the Open Inference Protocol v2, "
                             "Prometheus metrics and a web page")
@@ -69,6 +71,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                    help="how long the model thread waits to fill a batch (0: take what is queued; raise on GPUs)")
     p.add_argument("--queue-size", type=int, default=64, help="images waiting beyond which requests get 503")
     p.add_argument("--decode-workers", type=int, default=2, help="decoding threads")
+    p.add_argument("--decode", choices=DECODE_MODES, default="auto",
+                   help="exact, fast (large JPEGs at a reduced DCT scale) or auto (exact on eager fp32, else fast)")
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (413 above)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest upload in pixels (400 above)")
     p.add_argument("--max-files", type=int, default=16, help="most images per request")

@@ -57,6 +57,7 @@ class ServeConfig:
     max_delay_ms: float = 0.0
     queue_size: int = 64
     decode_workers: int = 2
+    decode: str = "auto"
     max_body_mb: float = 20.0
     max_pixels: int = 40_000_000
     max_files: int = 16
@@ -102,7 +103,7 @@ class Server:
             model = config.model if config.weights is None or config.model else config.weights
             pretrained = config.weights if config.weights else True
             classifier = Classifier(model, pretrained, device=config.device, backend=config.backend,
-                                    precision=config.precision, expected_images=10_000)
+                                    precision=config.precision, expected_images=10_000, decode=config.decode)
         self.classifier = classifier
         self.metrics = Metrics()
         observer = Observer(queue_wait=self.metrics.queue_wait.observe, inference=self.metrics.inference.observe,
@@ -185,7 +186,8 @@ class Server:
     def decode(self, upload: Upload, crop: bool) -> np.ndarray:
         """In the pool: bytes -> the preset's crop (predict) or the whole RGB photo (explain)."""
         rgb = load_image(upload.data, decoder=self.classifier.preprocess.decoder, name=upload.name,
-                         max_pixels=self.config.max_pixels, max_bytes=self.max_body)
+                         max_pixels=self.config.max_pixels, max_bytes=self.max_body,
+                         min_side=self.classifier.min_side if crop else None)
         return self.classifier.preprocess.crop_image(rgb) if crop else rgb
 
     async def run(self, upload: Upload, kind: str, params: dict[str, Any] | None = None) -> Any:
@@ -240,7 +242,7 @@ class Server:
         return {
             "name": self.config.name, "model": self.model_label, "version": __version__,
             "classes": list(c.class_names or ()), "num_classes": len(c.class_names or ()),
-            "preset": c.preprocess.describe(), "crop": c.preprocess.crop, "backend": c.backend,
+            "preset": c.preprocess.describe(), "crop": c.preprocess.crop, "backend": c.backend, "decode": c.decode,
             "precision": c.precision, "device": str(c.device), "ready": self.engine.ready.is_set(),
             "limits": {"max_body_mb": self.config.max_body_mb, "max_pixels": self.config.max_pixels,
                        "max_files": self.config.max_files, "max_batch": self.config.max_batch,
