@@ -118,6 +118,12 @@ def end_to_end(files: list[Path], backend: str, batch: int) -> None:
                 eager(x)
 
     script = images_per_second(torchvision_script, len(files))
+    sweep = {}
+    for workers in (1, 2, 4):
+        other = Classifier(classifier.model, backend=classifier.backend, device="cpu", decode="fast",
+                           batch_size=batch, workers=workers, expected_images=len(files))
+        other.scores(ready)
+        sweep[workers] = images_per_second(lambda other=other: list(other.predict(files)), len(files))
     print(f"backend {classifier.backend} {classifier.precision}, batch {batch}, {len(files)} camera JPEGs, "
           f"{classifier.workers} decode threads:")
     print(f"  model alone on ready tensors       {model_only:6.1f} img/s")
@@ -125,6 +131,7 @@ def end_to_end(files: list[Path], backend: str, batch: int) -> None:
     print(f"  predict, decode exact              {exact_rate:6.1f} img/s  ({exact_rate / model_only:.0%})")
     print(f"  torchvision script (PIL, eager)    {script:6.1f} img/s  (fast is {fast / script:.1f}x, exact "
           f"{exact_rate / script:.1f}x)")
+    print("  decode threads, fast: " + ", ".join(f"{w}: {v:.1f} img/s" for w, v in sweep.items()))
 
 
 def peak_rss(paths_file: Path, weights: Path) -> float:

@@ -300,3 +300,41 @@ def test_a_bad_option_combination_is_one_line_not_a_traceback(trained_like_check
                  "--backend", "openvino", "--precision", "int8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "inceptionv3 predict: error: int8 needs calibration images from your data (--calibration DIR)"
+
+
+def test_torchrun_predict_writes_the_one_process_csv_byte_for_byte(trained_like_checkpoint, tmp_path):
+    """Two processes under torchrun (gloo, CPU): whole batches of 2 to each, rank 0 writes every row in input
+    order, the unreadable file a failed row. One process (this one, at torchrun's one thread, since thread counts
+    round convolutions differently) writes the same CSV, byte for byte."""
+    import socket
+    import subprocess
+
+    import torch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, path in enumerate(photo_paths()[:5]):
+        Image.open(path).convert("RGB").resize((200, 150)).save(folder / f"{i}.jpg")
+    (folder / "2_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    args = ["predict", str(folder), "--weights", str(trained_like_checkpoint), "--backend", "eager", "--device", "cpu",
+            "--batch-size", "2", "--workers", "1", "--allow-failures", "--quiet"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = tmp_path / "two.csv"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "inceptionv3", *args,
+                           "--output", str(two)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("5 ok, 1 failed") == 1 and "2 processes" in done.stderr, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, "--output", str(tmp_path / "one.csv")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert two.read_bytes() == (tmp_path / "one.csv").read_bytes()
+    rows = list(csv.DictReader(io.StringIO(two.read_text())))
+    assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in folder.iterdir())
+    assert [bool(r["error"]) for r in rows] == [Path(r["path"]).name == "2_broken.jpg" for r in rows]

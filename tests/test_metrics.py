@@ -353,6 +353,29 @@ def test_torchrun_statistics_equal_one_process(tmp_path, fid_weights, nine_files
     assert np.abs(two.covariance() - one.sigma).max() <= 1e-12 * np.abs(one.sigma).max()
 
 
+def test_torchrun_features_equal_one_process_in_file_order(tmp_path, fid_weights, nine_files):
+    """`inceptionv3 features` under torchrun: each process runs whole batches of 3, rank 0 writes one file with
+    every row in file order, equal to one process's (at torchrun's one thread) bit for bit."""
+    out = tmp_path / "two.npz"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "inceptionv3", "features", str(nine_files), "--layers", "64",
+               "--out", str(out), "--weights", str(fid_weights), "--batch-size", "3", "--workers", "0", "--device",
+               "cpu", "--quiet", "--skip-bad"]
+    env = dict(os.environ, INCEPTIONV3_OFFLINE="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.warns(UserWarning, match="skipped 1"):
+            one = extract_features(nine_files, ["64"], weights=fid_weights, device="cpu", batch_size=3, skip_bad=True)
+    finally:
+        torch.set_num_threads(threads)
+    two = Features.load(out)
+    assert two.files == one.files and len(one.files) == 8
+    assert np.array_equal(two.arrays["64"], one.arrays["64"])
+
+
 def test_torchrun_stops_when_one_process_meets_a_bad_file(tmp_path, fid_weights, nine_files):
     """Only one process's share holds the broken file: the run ends (no process left waiting in an all-reduce)
     with the typed error naming it, and nothing is written."""

@@ -21,7 +21,7 @@ def test_keras_weights_have_an_extra_for_h5py_and_extras_do_not_repeat_each_othe
             name = re.split(r"[<>=\[;]", requirement)[0].strip()
             assert name not in owners or name == "inceptionv3", f"{name} is in both [{owners[name]}] and [{extra}]"
             owners[name] = extra
-    assert "inceptionv3[keras,onnx,int8]" in extras["test"]
+    assert "inceptionv3[keras,onnx,int8,serve]" in extras["test"]
 
 
 def test_the_version_lives_in_one_place():
@@ -35,7 +35,7 @@ def test_the_version_lives_in_one_place():
 def test_every_phony_make_target_exists_and_the_demo_skips_the_test_stack():
     makefile = (REPO / "Makefile").read_text()
     phony = re.search(r"^\.PHONY:(.*)$", makefile, re.M).group(1).split()
-    defined = set(re.findall(r"^([a-z]+):", makefile, re.M))
+    defined = set(re.findall(r"^([a-z-]+):", makefile, re.M))
     assert set(phony) <= defined, set(phony) - defined
     demo_recipe = makefile[makefile.index("$(DEMO_STAMP):"):makefile.index("\ndemo:")]
     assert "'.[openvino]'" in demo_recipe and "test" not in demo_recipe

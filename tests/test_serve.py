@@ -104,7 +104,7 @@ def test_every_read_endpoint_answers_and_requests_carry_an_id(server):
         assert missing.status_code == 404 and "resnet" in missing.json()["error"]
         given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
         assert given.headers["x-request-id"] == "abc-123"
-        made = client.get("/healthz", headers={"X-Request-ID": "bad id\x01"}).headers["x-request-id"]
+        made = client.get("/healthz", headers={"X-Request-ID": "not (a) token"}).headers["x-request-id"]
         assert len(made) == 32 and made != client.get("/healthz").headers["x-request-id"]
         assert client.get("/nowhere").json() == {"error": "Not Found"}
 
@@ -229,7 +229,8 @@ def test_open_inference_protocol_with_tritonclient(server, classifier):
         assert probabilities.shape == (2, 1000)
         for row, photo in zip(probabilities, photos, strict=True):
             best = _expected(classifier, photo, 1)[0]
-            assert int(row.argmax()) == best[0] and float(row.max()) == pytest.approx(best[1], abs=1e-6)
+            # the two images may share a batch on the server: float32 results move by ~1e-6 with batch make-up
+            assert int(row.argmax()) == best[0] and float(row.max()) == pytest.approx(best[1], abs=1e-5)
         raw = triton.InferInput("image", [2], "BYTES")
         raw.set_data_from_numpy(np.array(photos, dtype=object), binary_data=True)
         top = client.infer("inceptionv3", [raw], outputs=[

@@ -18,7 +18,7 @@ from . import __version__
 from .checkpoints import SOURCES, read_checkpoint, save_canonical
 from .errors import InceptionV3Error, InputError
 from .files import SafeCSVWriter, display_name
-from .runtime import init_distributed
+from .runtime import init_distributed, rank_world
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -216,14 +216,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise InputError("--cam draws into the pictures of --save-vis DIR; give that too")
     model = args.model or args.weights
     pretrained = args.weights if (args.model and args.weights) else True
+    device = init_distributed() or args.device  # under torchrun: join the group, one GPU per process
+    rank, world = rank_world()
+    if world > 1 and args.save_vis:
+        raise InputError("--save-vis writes its pictures from one process; run it without torchrun")
     entries = list(expand_inputs(args.inputs))
-    classifier = Classifier(model, pretrained, device=args.device, batch_size=args.batch_size,
+    classifier = Classifier(model, pretrained, device=device, batch_size=args.batch_size,
                             workers=args.workers, crop_size=args.crop_size, backend=args.backend,
                             precision=args.precision, calibration=_calibration_images(args.calibration),
-                            expected_images=len(entries), transform_input=args.transform_input,
+                            expected_images=len(entries) // world, transform_input=args.transform_input,
                             max_bytes=args.max_bytes, decode=args.decode)
-    print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
-          f"backend: {classifier.backend} {classifier.precision}, decode: {classifier.decode}", file=sys.stderr)
+    if rank == 0:
+        print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
+              f"backend: {classifier.backend} {classifier.precision}, decode: {classifier.decode}"
+              + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
+    if world > 1:
+        return _predict_sharded(args, entries, classifier, fmt, rank, world)
 
     problems = {i: problem for i, (_, problem) in enumerate(entries) if problem}
     stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
@@ -269,17 +277,63 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if stream is not sys.stdout:
             stream.close()
 
-    ok = written - len(failed_paths)
-    summary = f"{ok} ok, {len(failed_paths)} failed"
     if interrupted:
-        summary = f"interrupted after {written} of {len(entries)} inputs: " + summary
+        _summary(args, written, failures, failed_paths, f"interrupted after {written} of {len(entries)} inputs: ")
+        return 130
+    return _summary(args, written, failures, failed_paths)
+
+
+def _summary(args: argparse.Namespace, written: int, failures: Counter[str], failed_paths: list[str],
+             prefix: str = "") -> int:
+    """The closing line of predict (on stderr), and its exit status."""
+    summary = prefix + f"{written - len(failed_paths)} ok, {len(failed_paths)} failed"
     if failures:
         summary += ": " + "; ".join(f"{count} x {reason}" for reason, count in failures.most_common())
         summary += "\n  failed: " + ", ".join(failed_paths[:10]) + (" ..." if len(failed_paths) > 10 else "")
     print(summary + (f" (results in {args.output})" if args.output else ""), file=sys.stderr)
-    if interrupted:
-        return 130
     return 1 if failed_paths and not args.allow_failures else 0
+
+
+def _predict_sharded(args: argparse.Namespace, entries: list[tuple[str, str | None]], classifier, fmt: str,
+                     rank: int, world: int) -> int:
+    """predict under torchrun: whole batches of inputs go to the processes in turn (batch k to rank k mod N, as
+    ``test`` shards), so each batch is the one a single process would run; rank 0 gathers every row and writes
+    one output in input order, a failed input as a failed row. Every input must come back exactly once."""
+    import torch.distributed as dist
+
+    from .evaluate import shard
+
+    mine = shard(len(entries), classifier.images_per_chunk(args.batch_size), rank, world)
+    predictions = classifier.predict(entries[i][0] for i in mine if not entries[i][1])
+    rows = []
+    for i in mine:
+        path, problem = entries[i]
+        if problem:
+            rows.append((i, [], problem))
+        else:
+            prediction = next(predictions)
+            rows.append((i, prediction.topk(args.topk, classifier.class_names), prediction.error))
+    parts: list = [None] * world
+    dist.all_gather_object(parts, rows)
+    if rank != 0:
+        return 0
+    gathered = sorted((row for part in parts for row in part), key=lambda row: row[0])
+    if [row[0] for row in gathered] != list(range(len(entries))):
+        raise RuntimeError(f"gathered {len(gathered)} rows for {len(entries)} inputs: the shards overlap or miss")
+    failures: Counter[str] = Counter()
+    failed_paths: list[str] = []
+    stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        out = _Rows(stream, fmt, args.topk)
+        for index, top, error in gathered:
+            out.write(entries[index][0], top, error)
+            if error:
+                failures[error.split(" (")[0]] += 1
+                failed_paths.append(display_name(entries[index][0]))
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    return _summary(args, len(gathered), failures, failed_paths)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -356,16 +356,37 @@ def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], la
     layers = check_layers(layers)
     kept: list[str] = []
     parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-    for names, taps in iterate_features(files, extractor, layers, batch_size=batch_size, workers=workers,
-                                        skip_bad=skip_bad, progress=progress):
-        kept.extend(names)
-        for layer in layers:
-            parts[layer].append(taps[layer].numpy())
+    error: Exception | None = None
+    try:
+        for names, taps in iterate_features(_shard(files, batch_size), extractor, layers, batch_size=batch_size,
+                                            workers=workers, skip_bad=skip_bad, progress=progress):
+            kept.extend(names)
+            for layer in layers:
+                parts[layer].append(taps[layer].numpy())
+    except (DatasetError, InputError) as exc:
+        error = exc
+    _fail_together(error)
     arrays = {layer: np.concatenate(chunks) if chunks else np.zeros((0, DIMS.get(layer, 0)), np.float32)
               for layer, chunks in parts.items()}
+    if _world_size() > 1:
+        kept, arrays = _gather_in_file_order(files, kept, arrays)
     meta = dict(extractor.meta(), layers=layers, n=len(kept), skipped=len(files) - len(kept),
                 files_digest=files_digest(kept, root))
     return Features(kept, arrays, meta)
+
+
+def _gather_in_file_order(files: list[str], kept: list[str],
+                          arrays: dict[str, np.ndarray]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Every process's rows, on every process, in the order of ``files`` (each process ran whole batches)."""
+    import torch.distributed as dist
+
+    parts: list = [None] * _world_size()
+    dist.all_gather_object(parts, (kept, arrays))
+    position = {name: i for i, name in enumerate(files)}
+    names = [name for part in parts for name in part[0]]
+    order = np.argsort([position[name] for name in names], kind="stable")
+    joined = {layer: np.concatenate([part[1][layer] for part in parts])[order] for layer in arrays}
+    return [names[i] for i in order], joined
 
 
 @dataclass
@@ -613,6 +634,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
+    device = init_distributed() or args.device  # under torchrun: whole batches per process, rank 0 writes
+    if not _is_main_process():
+        args.quiet = True
     model = None
     if args.model:
         from .weights import get_model
@@ -620,9 +644,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
         model = get_model(args.model, pretrained=args.weights or True)
     layers = [part for item in args.layers for part in item.split(",") if part]
     features = extract_features(args.folder, layers, preset=args.preset, weights=None if model else args.weights,
-                                model=model, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                model=model, batch_size=args.batch_size, workers=args.workers, device=device,
                                 skip_bad=args.skip_bad, progress=not args.quiet, backend=args.backend,
                                 pytorch_fid_glob=args.pytorch_fid_glob)
+    if not _is_main_process():
+        return 0
     features.save(out, overwrite=args.overwrite)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in features.arrays.items())
     print(f"wrote {out}: {shapes}")
