@@ -228,8 +228,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                             max_bytes=args.max_bytes, decode=args.decode)
     if rank == 0:
         print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
-              f"backend: {classifier.backend} {classifier.precision}, decode: {classifier.decode}"
-              + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
+              f"backend: {classifier.backend} {classifier.precision}, decode: {classifier.decode} "
+              f"({classifier.workers} threads)" + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
     if world > 1:
         return _predict_sharded(args, entries, classifier, fmt, rank, world)
 
