@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import photo_paths
 
 import inceptionv3.backends as backends
 from inceptionv3 import Classifier, get_model
+from inceptionv3.decode import load_image
 from inceptionv3.export import sample_batch
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory):
+    """One cache for the tests that export the unchanged trained-like model to OpenVINO fp32: the export is keyed
+    on the tensors, so the second and third find the first's (each export costs about 10 s)."""
+    return tmp_path_factory.mktemp("shared-home")
 
 
 @pytest.fixture
@@ -22,7 +31,8 @@ def model_and_batch(trained_like_checkpoint, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_fp32_backends_match_eager_on_real_pixels(model_and_batch, backend):
+def test_fp32_backends_match_eager_on_real_pixels(model_and_batch, backend, shared_home, monkeypatch):
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(shared_home))
     model, batch = model_and_batch
     tolerance = 1e-4
     run = backends.make_runner(model, backend, "fp32", torch.device("cpu"), 299)
@@ -115,8 +125,8 @@ def test_concurrent_runners_build_the_export_once(model_and_batch, monkeypatch):
     torch.testing.assert_close(runners[0](batch[:2]), runners[1](batch[:2]))
 
 
-def test_classifier_with_a_backend_predicts_like_eager(trained_like_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+def test_classifier_with_a_backend_predicts_like_eager(trained_like_checkpoint, shared_home, monkeypatch):
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(shared_home))
     photos = [str(p) for p in photo_paths()[:6]]
     eager = [p.label for p in Classifier(trained_like_checkpoint).predict(photos)]
     fast = [p.label for p in Classifier(trained_like_checkpoint, backend="openvino").predict(photos)]
@@ -145,9 +155,11 @@ def test_auto_prefers_openvino_on_cpu_and_falls_back(monkeypatch):
 
 
 @pytest.mark.slow
-def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model_and_batch, monkeypatch):
+def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model_and_batch, monkeypatch,
+                                                                          shared_home):
     import nncf
 
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(shared_home))
     model, batch = model_and_batch
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match="int8 needs calibration images"):
@@ -167,11 +179,22 @@ def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model
     assert 1e-3 < error < 0.3, error  # really quantised, still the same function to within int8 rounding
 
 
-@pytest.mark.slow
 def test_predict_int8_from_the_cli(trained_like_checkpoint, tmp_path, monkeypatch, capsys):
+    """The CLI's part of int8: refused without --calibration, and with it the folder's images reach the backend
+    as the preset's crops. The quantisation itself is the test above; here the runner is eager, to save a minute."""
     from inceptionv3.cli import main
 
     monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+    seen = []
+    real = backends.make_runner
+
+    def recording(model, backend, precision, device, size, calibration=None):
+        if calibration is None:
+            return real(model, backend, precision, device, size)  # raises: int8 needs calibration images
+        seen.append((backend, precision, calibration))
+        return real(model, "eager", "fp32", device, size)
+
+    monkeypatch.setattr(backends, "make_runner", recording)
     photos = [str(p) for p in photo_paths()]
     common = ["predict", photos[0], "--weights", str(trained_like_checkpoint), "--backend", "openvino",
               "--precision", "int8", "--topk", "1"]
@@ -183,14 +206,19 @@ def test_predict_int8_from_the_cli(trained_like_checkpoint, tmp_path, monkeypatc
         (calibration / p.rsplit("/", 1)[-1]).write_bytes(open(p, "rb").read())
     assert main([*common, "--calibration", str(calibration)]) == 0
     assert capsys.readouterr().out.startswith(photos[0])
+    (backend, precision, batch), = seen
+    preset = get_model(trained_like_checkpoint).weights_info.preprocess
+    expected = preset.normalize(np.stack([preset.crop_image(load_image(f, decoder=preset.decoder))
+                                          for f in sorted(calibration.iterdir())]))
+    assert (backend, precision) == ("openvino", "int8") and torch.equal(batch, expected)
 
 
-def test_cli_default_is_auto_sized_by_the_run(trained_like_checkpoint, tmp_path, monkeypatch, capsys):
+def test_cli_default_is_auto_sized_by_the_run(trained_like_checkpoint, shared_home, monkeypatch, capsys):
     """One photo runs eager (an OpenVINO start-up costs more than it saves); a folder runs OpenVINO, with the
     same answers as eager."""
     from inceptionv3.cli import main
 
-    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(shared_home))
     photos = photo_paths()
     common = ["--weights", str(trained_like_checkpoint), "--format", "csv", "--quiet"]
     assert main(["predict", str(photos[0]), *common]) == 0

@@ -353,27 +353,29 @@ def test_torchrun_statistics_equal_one_process(tmp_path, fid_weights, nine_files
     assert np.abs(two.covariance() - one.sigma).max() <= 1e-12 * np.abs(one.sigma).max()
 
 
-def test_torchrun_features_equal_one_process_in_file_order(tmp_path, fid_weights, nine_files):
-    """`inceptionv3 features` under torchrun: each process runs whole batches of 3, rank 0 writes one file with
-    every row in file order, equal to one process's (at torchrun's one thread) bit for bit."""
-    out = tmp_path / "two.npz"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "-m", "inceptionv3", "features", str(nine_files), "--layers", "64",
-               "--out", str(out), "--weights", str(fid_weights), "--batch-size", "3", "--workers", "0", "--device",
-               "cpu", "--quiet", "--skip-bad"]
-    env = dict(os.environ, INCEPTIONV3_OFFLINE="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.warns(UserWarning, match="skipped 1"):
-            one = extract_features(nine_files, ["64"], weights=fid_weights, device="cpu", batch_size=3, skip_bad=True)
-    finally:
-        torch.set_num_threads(threads)
-    two = Features.load(out)
-    assert two.files == one.files and len(one.files) == 8
-    assert np.array_equal(two.arrays["64"], one.arrays["64"])
+def test_sharded_features_come_back_in_file_order(tmp_path, fid_weights, nine_files, monkeypatch):
+    """`features` under torchrun: each process runs its whole batches of 3 (batch b to rank b mod 2), then every
+    row is gathered back into file order. Both shards are run here, then gathered through a fake all-gather: the
+    result equals one unsharded run bit for bit. (The torchrun wiring itself is the fid tests' above.)"""
+    from inceptionv3 import metrics
+
+    with pytest.warns(UserWarning, match="skipped 1"):
+        whole = extract_features(nine_files, ["64"], weights=fid_weights, device="cpu", batch_size=3, skip_bad=True)
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(metrics, "rank_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(metrics, "_fail_together", lambda error: None)
+        monkeypatch.setattr(metrics, "_gather_in_file_order", lambda files, kept, arrays: (kept, arrays))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            part = extract_features(nine_files, ["64"], weights=fid_weights, device="cpu", batch_size=3,
+                                    skip_bad=True)
+        shards.append((part.files, part.arrays))
+    monkeypatch.undo()
+    assert shards[0][0] == whole.files[:3] + whole.files[6:] and shards[1][0] == whole.files[3:6]  # 0 1 2 | 3 4 5 | 6 7
+    files = [str(p) for p in sorted(nine_files.iterdir())]
+    names, arrays = metrics._gather_in_file_order(files, shards[1][0], shards[1][1], all_gather=lambda part: shards)
+    assert names == whole.files and np.array_equal(arrays["64"], whole.arrays["64"])
 
 
 def test_torchrun_stops_when_one_process_meets_a_bad_file(tmp_path, fid_weights, nine_files):

@@ -375,13 +375,19 @@ def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], la
     return Features(kept, arrays, meta)
 
 
-def _gather_in_file_order(files: list[str], kept: list[str],
-                          arrays: dict[str, np.ndarray]) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Every process's rows, on every process, in the order of ``files`` (each process ran whole batches)."""
-    import torch.distributed as dist
+def _gather_in_file_order(files: list[str], kept: list[str], arrays: dict[str, np.ndarray],
+                          all_gather: Any = None) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Every process's rows, on every process, in the order of ``files`` (each process ran whole batches).
+    ``all_gather(part)`` returns every process's part in rank order (tests pass a fake one)."""
+    if all_gather is None:
+        import torch.distributed as dist
 
-    parts: list = [None] * _world_size()
-    dist.all_gather_object(parts, (kept, arrays))
+        def all_gather(part: Any) -> list:
+            gathered: list = [None] * _world_size()
+            dist.all_gather_object(gathered, part)
+            return gathered
+
+    parts = all_gather((kept, arrays))
     position = {name: i for i, name in enumerate(files)}
     names = [name for part in parts for name in part[0]]
     order = np.argsort([position[name] for name in names], kind="stable")
