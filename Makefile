@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-ray lint demo clean
+.PHONY: install test test-ray test-tf lint demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests tools benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -m "not ray"
+	$(BIN)/python -m pytest -m "not ray and not tf"
 
 # Ray Serve (about a minute: a local cluster with two replicas); its extra is heavy, so it has its own target.
 test-ray: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	$(BIN)/python -m pytest -m ray
+
+# TensorFlow itself (TF-slim checkpoints written by TF-slim); its extra is about 600 MB, so it has its own target.
+test-tf: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,tf]'
+	$(BIN)/python -m pytest -m tf
 
 # The demo needs only the runtime and the default fast backend, not the test stack.
 DEMO_STAMP := $(VENV)/.installed-demo

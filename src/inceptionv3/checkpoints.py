@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import pickle
 import re
 import warnings
@@ -627,6 +628,13 @@ def tf_slim_to_state_dict(variables: Mapping[str, np.ndarray]) -> dict[str, Tens
     return state
 
 
+def is_tf_checkpoint_prefix(path: str | os.PathLike) -> bool:
+    """A TensorFlow checkpoint named the way TF users name it, by its prefix (``model.ckpt``,
+    ``model.ckpt-100000``): no file of that name, but ``PREFIX.index`` beside ``PREFIX.data-*``."""
+    path = Path(path)
+    return not path.exists() and Path(f"{path}.index").is_file()
+
+
 def _from_tf_slim(path: Path) -> Checkpoint:
     try:
         import tensorflow as tf  # noqa: F401  (only needed to read TF's checkpoint format)
@@ -659,11 +667,12 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
     path = Path(path)
     if source is not None and source not in SOURCES:
         raise CheckpointError(f"{path}: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    if not path.exists():
+    prefix = is_tf_checkpoint_prefix(path)
+    if not path.exists() and not prefix:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
-    checkpoint, torch_layout = _convert(path, source)
+    checkpoint, torch_layout = (_from_tf_slim(path), False) if prefix else _convert(path, source)
     check_fits(checkpoint.state_dict, str(path))  # before anything is computed from the tensors
     if torch_layout:  # converted files (safetensors) were folded, if at all, when they were written
         checkpoint.transform_input_folded = False

@@ -32,6 +32,7 @@ from .checkpoints import (
     CheckpointError,
     build_model,
     count_include_pad_for,
+    is_tf_checkpoint_prefix,
     preset_spec,
     read_checkpoint,
 )
@@ -558,7 +559,7 @@ def get_model(
     checkpoint: Checkpoint | None = None
     if entry is None:
         path = Path(name_or_path)
-        if not path.exists():
+        if not path.exists() and not is_tf_checkpoint_prefix(path):
             raise UnknownModelError(
                 f"{name_or_path!r} is neither a zoo model ({', '.join(list_models())}) nor an existing file"
             )

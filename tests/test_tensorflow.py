@@ -1,0 +1,79 @@
+"""Against TensorFlow itself (the `tf` extra and marker; `make test-tf`): a real TF-slim checkpoint, written by
+`tf.compat.v1.train.Saver` from TF-slim's own `inception_v3` graph, loaded by this package."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo_paths
+
+from inceptionv3 import get_model
+from inceptionv3.preprocess import PRESETS
+
+pytestmark = pytest.mark.tf
+
+
+def _tf_slim():
+    """tf_slim 1.1.0 imports `tf_keras.legacy_tf_layers`, which tf-keras 2.21 keeps under `tf_keras.src`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    tf = pytest.importorskip("tensorflow", reason="the tf extra: make test-tf")
+    legacy = importlib.import_module("tf_keras.src.legacy_tf_layers")
+    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
+    for module in pkgutil.iter_modules(legacy.__path__):
+        sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{module.name}",
+                               importlib.import_module(f"tf_keras.src.legacy_tf_layers.{module.name}"))
+    import tf_slim
+    from tf_slim.nets import inception_v3
+
+    return tf, tf_slim, inception_v3
+
+
+@pytest.fixture(scope="module")
+def slim_checkpoint(tmp_path_factory):
+    """TF-slim's graph with random weights, BN moving statistics and offsets set to non-trivial values, saved as
+    `model.ckpt-7` (TF's prefix naming); and TF's own logits on real photos prepared by the tf-slim preset."""
+    tf, slim, nets = _tf_slim()
+    folder = tmp_path_factory.mktemp("tf-slim")
+    preset = PRESETS["tf-slim"]
+    batch = preset.batch([str(p) for p in photo_paths()[:4]])  # N x 3 x 299 x 299
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(0)
+        x = tf.compat.v1.placeholder(tf.float32, [None, 299, 299, 3])
+        with slim.arg_scope(nets.inception_v3_arg_scope()):
+            logits, _ = nets.inception_v3(x, num_classes=1001, is_training=False)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            rng = np.random.default_rng(0)
+            for variable in tf.compat.v1.global_variables():
+                shape = variable.shape.as_list()
+                if "moving_mean" in variable.name or "beta" in variable.name:
+                    variable.load(rng.normal(0, 0.1, shape).astype(np.float32), session)
+                elif "moving_variance" in variable.name:
+                    variable.load(rng.uniform(0.5, 2.0, shape).astype(np.float32), session)
+            prefix = saver.save(session, str(folder / "model.ckpt"), global_step=7)
+            expected = session.run(logits, {x: batch.permute(0, 2, 3, 1).numpy()})
+    return prefix, batch, expected
+
+
+def test_the_loader_matches_tf_slim_given_the_prefix_or_the_index_file(slim_checkpoint):
+    """Ours on the checkpoint against TF-slim's logits: within 1e-4 of the logit range, with the 1001st
+    (background) output dropped so that class i is ImageNet class i."""
+    prefix, batch, expected = slim_checkpoint
+    assert prefix.endswith("model.ckpt-7") and not os.path.exists(prefix)  # the form TF users pass
+    for name in (prefix, prefix + ".index"):
+        model = get_model(name).eval()
+        assert model.num_classes == 1000 and model.weights_info.preprocess.name == "tf-slim"
+        with torch.no_grad():
+            ours = model(batch).numpy()
+        span = float(expected.max() - expected.min())
+        assert span > 1.0  # a real range, not a saturated network
+        print(f"max abs {np.abs(ours - expected[:, 1:]).max():.3g} on a logit range of {span:.3g}")
+        assert np.abs(ours - expected[:, 1:]).max() <= 1e-4 * span
