@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import photo_paths
+from PIL import Image
 
 from inceptionv3 import get_model
 from inceptionv3.preprocess import PRESETS
@@ -77,3 +78,22 @@ def test_the_loader_matches_tf_slim_given_the_prefix_or_the_index_file(slim_chec
         assert span > 1.0  # a real range, not a saturated network
         print(f"max abs {np.abs(ours - expected[:, 1:]).max():.3g} on a logit range of {span:.3g}")
         assert np.abs(ours - expected[:, 1:]).max() <= 1e-4 * span
+
+
+def test_tf_slim_preset_matches_slims_eval_preprocessing_computed_by_tensorflow():
+    """slim's `preprocess_for_eval` done by TensorFlow on 5 real photos: convert_image_dtype to [0, 1],
+    central_crop(0.875), TF1 resize_bilinear to 299 (align_corners=False), (x - 0.5) * 2. The preset resizes
+    the same way but keeps the 299 crop as uint8, as every preset does: at most half a grey level apart."""
+    tf, _, _ = _tf_slim()
+    preset = PRESETS["tf-slim"]
+    worst = []
+    for path in photo_paths()[:5]:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        image = tf.image.convert_image_dtype(tf.constant(rgb), tf.float32)
+        image = tf.image.central_crop(image, central_fraction=0.875)
+        image = tf.compat.v1.image.resize_bilinear(image[None], [299, 299], align_corners=False)[0]
+        expected = ((image - 0.5) * 2.0).numpy()
+        ours = preset.normalize(preset.crop_image(rgb)[None])[0].permute(1, 2, 0).numpy()
+        worst.append(float(np.abs(ours - expected).max()))
+    print(f"tf-slim preset vs TensorFlow: max abs {max(worst):.4g} in [-1, 1] units")
+    assert max(worst) <= 1 / 255 + 1e-6  # half a grey level, on the [-1, 1] scale

@@ -31,6 +31,7 @@ from PIL import Image
 
 from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageLoadError, _probe, load_image, read_file
 from .errors import InputError
+from .preprocess import resize_bilinear_tf1
 
 FID_SIZE = 299
 
@@ -59,29 +60,6 @@ def _to_float01(rgb: np.ndarray) -> torch.Tensor:
 def resize_bilinear_torch(x: torch.Tensor, size: int = FID_SIZE) -> torch.Tensor:
     """pytorch-fid's resize: ``F.interpolate`` bilinear, ``align_corners=False``, no antialias. 3 x H x W in/out."""
     return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-
-
-def resize_bilinear_tf1(x: torch.Tensor, size: int = FID_SIZE) -> torch.Tensor:
-    """TensorFlow 1.x ``resize_bilinear(align_corners=False)``: output pixel i samples input position
-    ``i * in / out`` (no half-pixel centres), the upper neighbour clamped to the edge; rows are blended first,
-    then columns. Positions are float32, as in torch-fidelity's port. 3 x H x W float in/out."""
-    height, width = x.shape[-2:]
-
-    def axis(in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scale = torch.tensor(in_size / size, dtype=torch.float32)
-        position = torch.arange(size, dtype=x.dtype) * scale
-        low = position.long()
-        high = (low + 1).clamp_max(in_size - 1)
-        return low, high, position - low.float()
-
-    y_low, y_high, dy = axis(height)
-    x_low, x_high, dx = axis(width)
-    top, bottom = x[:, y_low, :], x[:, y_high, :]
-    top_left, top_right = top[:, :, x_low], top[:, :, x_high]
-    bottom_left, bottom_right = bottom[:, :, x_low], bottom[:, :, x_high]
-    upper = top_left + (top_right - top_left) * dx.view(1, 1, size)
-    lower = bottom_left + (bottom_right - bottom_left) * dx.view(1, 1, size)
-    return upper + (lower - upper) * dy.view(1, size, 1)
 
 
 def _pytorch_fid(rgb: np.ndarray) -> torch.Tensor:

@@ -45,7 +45,36 @@ VIEW_COUNTS = (1, 10, 144)
 MAX_ASPECT = 16
 
 _CV2_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
+#: TensorFlow 1.x's ``resize_bilinear(align_corners=False)``: no half-pixel centres (``resize_bilinear_tf1``).
+TF1_BILINEAR = "tf1-bilinear"
+INTERPOLATIONS = (*_CV2_INTERPOLATION, TF1_BILINEAR)
 _PIL_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize_bilinear_tf1(x: torch.Tensor, size: int | tuple[int, int] = 299) -> torch.Tensor:
+    """TensorFlow 1.x ``resize_bilinear(align_corners=False)``: output pixel i samples input position
+    ``i * in / out`` (no half-pixel centres), the upper neighbour clamped to the edge; rows are blended first,
+    then columns. Positions are float32, as in torch-fidelity's port. 3 x H x W float in/out. The one TF1 resize
+    of the package: the FID ``tf`` preset and the ``tf-slim`` classification preset both use it."""
+    height, width = x.shape[-2:]
+    out_h, out_w = (size, size) if isinstance(size, int) else size
+
+    def axis(in_size: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale = torch.tensor(in_size / size, dtype=torch.float32)
+        position = torch.arange(size, dtype=x.dtype) * scale
+        low = position.long()
+        high = (low + 1).clamp_max(in_size - 1)
+        return low, high, position - low.float()
+
+    y_low, y_high, dy = axis(height, out_h)
+    x_low, x_high, dx = axis(width, out_w)
+    top, bottom = x[:, y_low, :], x[:, y_high, :]
+    top_left, top_right = top[:, :, x_low], top[:, :, x_high]
+    bottom_left, bottom_right = bottom[:, :, x_low], bottom[:, :, x_high]
+    upper = top_left + (top_right - top_left) * dx.view(1, 1, out_w)
+    lower = bottom_left + (bottom_right - bottom_left) * dx.view(1, 1, out_w)
+    return upper + (lower - upper) * dy.view(1, out_h, 1)
+
 
 
 @dataclass(frozen=True)
@@ -74,8 +103,8 @@ class Preprocess:
     source_note: str = ""
 
     def __post_init__(self) -> None:
-        if self.interpolation not in _CV2_INTERPOLATION:
-            raise InputError(f"interpolation must be one of {sorted(_CV2_INTERPOLATION)}, got {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
         if self.decoder not in ("cv2", "pil"):
             raise InputError(f"decoder must be 'cv2' or 'pil', got {self.decoder!r}")
         if self.order not in ("resize_crop", "crop_resize"):
@@ -155,6 +184,10 @@ class Preprocess:
     def _resize(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray:
         if rgb.shape[0] == height and rgb.shape[1] == width:
             return rgb
+        if self.interpolation == TF1_BILINEAR:  # on floats, as TF resizes, then rounded to the crop's uint8
+            x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
+            resized = resize_bilinear_tf1(x, (height, width)).permute(1, 2, 0).numpy()
+            return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
         if self.decoder == "cv2":
             return cv2.resize(rgb, (width, height), interpolation=_CV2_INTERPOLATION[self.interpolation])
         resized = Image.fromarray(rgb).resize((width, height), _PIL_INTERPOLATION[self.interpolation])
@@ -296,10 +329,10 @@ PRESETS: dict[str, Preprocess] = {
             "centre crop 0.875 as in the TF-slim evaluation the weights come from",
         ),
         Preprocess(
-            "tf-slim", 299, 299, "bilinear", "cv2", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), scale=255.0,
+            "tf-slim", 299, 299, TF1_BILINEAR, "cv2", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), scale=255.0,
             order="crop_resize",
             source_note="TF-slim inception_preprocessing (eval): central_crop(0.875) with tf.image's integer "
-            "offsets, bilinear resize without antialiasing, (x / 255 - 0.5) * 2",
+            "offsets, TF1 resize_bilinear (align_corners=False, no half-pixel centres), (x / 255 - 0.5) * 2",
         ),
     )
 }
