@@ -97,6 +97,18 @@ class Server:
         self.process.wait(60)
 
 
+async def post_one(client: httpx.AsyncClient, image: bytes, latencies: list[float], codes: Counter) -> None:
+    """One upload: its status code counted, its latency kept when it succeeded."""
+    started = time.monotonic()
+    try:
+        r = await client.post("/v1/predict", content=image, headers={"Content-Type": "image/jpeg"})
+        codes[r.status_code] += 1
+        if r.status_code == 200:
+            latencies.append(time.monotonic() - started)
+    except httpx.HTTPError as exc:
+        codes[type(exc).__name__] += 1
+
+
 async def closed_loop(base: str, images: list[bytes], clients: int, seconds: float):
     latencies, codes = [], Counter()
     end = time.monotonic() + seconds
@@ -105,15 +117,7 @@ async def closed_loop(base: str, images: list[bytes], clients: int, seconds: flo
         async def one(worker: int) -> None:
             i = worker
             while time.monotonic() < end:
-                started = time.monotonic()
-                try:
-                    r = await client.post("/v1/predict", content=images[i % len(images)],
-                                          headers={"Content-Type": "image/jpeg"})
-                    codes[r.status_code] += 1
-                    if r.status_code == 200:
-                        latencies.append(time.monotonic() - started)
-                except httpx.HTTPError as exc:
-                    codes[type(exc).__name__] += 1
+                await post_one(client, images[i % len(images)], latencies, codes)
                 i += clients
 
         await asyncio.gather(*(one(w) for w in range(clients)))
@@ -123,21 +127,10 @@ async def closed_loop(base: str, images: list[bytes], clients: int, seconds: flo
 async def open_loop(base: str, images: list[bytes], rate: float, seconds: float):
     latencies, codes = [], Counter()
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=512)) as client:
-        async def one(i: int) -> None:
-            started = time.monotonic()
-            try:
-                r = await client.post("/v1/predict", content=images[i % len(images)],
-                                      headers={"Content-Type": "image/jpeg"})
-                codes[r.status_code] += 1
-                if r.status_code == 200:
-                    latencies.append(time.monotonic() - started)
-            except httpx.HTTPError as exc:
-                codes[type(exc).__name__] += 1
-
         tasks, start = [], time.monotonic()
         for i in range(int(rate * seconds)):
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            tasks.append(asyncio.create_task(one(i)))
+            tasks.append(asyncio.create_task(post_one(client, images[i % len(images)], latencies, codes)))
         await asyncio.gather(*tasks)
     return latencies, codes
 

@@ -147,6 +147,7 @@ class Classifier:
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
             raise InputError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
         self.class_names = tuple(class_names) if class_names is not None else None
+        self.num_classes = num_classes or len(self.class_names or ())
         warn_if_small_crop(self.preprocess, num_classes or 0)
         self.device = select_device(device)
         self.model.to(self.device).eval()
@@ -286,8 +287,7 @@ class Classifier:
         """:meth:`explain` for each input in turn (one forward and one backward through the head each)."""
         from .explain import Explanation, resolve_target
 
-        num_classes = getattr(self.model, "num_classes", None) or len(self.class_names or ())
-        index = resolve_target(target, self.class_names, num_classes)  # a bad target fails before any decoding
+        index = resolve_target(target, self.class_names, self.num_classes)  # a bad target fails before decoding
         for position, item in enumerate(inputs):
             name = describe_input(item, position)
             try:
@@ -305,8 +305,7 @@ class Classifier:
         from .explain import DEFAULT_LAYER, Explanation, grad_cam, overlay, resolve_target
 
         layer = layer or DEFAULT_LAYER
-        num_classes = getattr(self.model, "num_classes", None) or len(self.class_names or ())
-        index = resolve_target(target, self.class_names, num_classes)
+        index = resolve_target(target, self.class_names, self.num_classes)
         note = None
         if (self.backend, self.precision) != ("eager", "fp32"):
             note = (f"explained with the eager fp32 model: {self.backend} {self.precision} has no gradients; the "

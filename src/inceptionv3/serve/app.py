@@ -228,7 +228,7 @@ class Server:
         return out
 
     def topk(self, value: Any) -> int:
-        classes = len(self.classifier.class_names or ()) or getattr(self.classifier.model, "num_classes", 1000)
+        classes = self.classifier.num_classes
         try:
             k = int(value)
         except (TypeError, ValueError):
@@ -297,10 +297,7 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
                 response.headers["X-Request-ID"] = request_id
                 server.metrics.requests.labels(endpoint=endpoint, code="401").inc()
                 return response
-        try:
-            response = await call_next(request)
-        except ApiError as exc:
-            response = _error(exc.status, exc.message, exc.headers)
+        response = await call_next(request)  # ApiError becomes its JSON answer in the handler below
         response.headers["X-Request-ID"] = request_id
         response.headers["X-Served-By"] = served_by
         server.metrics.requests.labels(endpoint=endpoint, code=str(response.status_code)).inc()
@@ -386,9 +383,8 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
         if method not in METHODS:
             raise ApiError(422, f"method must be one of {', '.join(METHODS)}, got {method!r}")
         target = query.get("target", parameters.get("target"))
-        classes = getattr(server.classifier.model, "num_classes", None) or len(server.classifier.class_names or ())
         try:
-            index = resolve_target(target, server.classifier.class_names, classes)
+            index = resolve_target(target, server.classifier.class_names, server.classifier.num_classes)
         except InputError as exc:
             raise ApiError(422, str(exc).replace("--target", "target")) from None
         e = await server.run(uploads[0], "explain", {"target": index, "method": method, "topk": k})

@@ -105,7 +105,7 @@ def add_v2_routes(app: FastAPI, server: Server) -> None:
             raise ApiError(404, f"unknown model {model!r}; this server has {name!r}")
 
     def metadata() -> dict[str, Any]:
-        classes = len(server.classifier.class_names or ()) or getattr(server.classifier.model, "num_classes", 0)
+        classes = server.classifier.num_classes
         return {"name": name, "versions": ["1"], "platform": "pytorch_inceptionv3",
                 "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}]}
