@@ -24,9 +24,10 @@ test-ray: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	$(BIN)/python -m pytest -m ray
 
-# TensorFlow itself (TF-slim checkpoints written by TF-slim); its extra is about 600 MB, so it has its own target.
+# TensorFlow's stack itself: TF-slim checkpoints written by TF-slim, Keras files written on the TensorFlow backend
+# and by tf-keras, the TF preprocessing, and the LiteRT export. Its extras are about 1.5 GB, so it has its own target.
 test-tf: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,tf]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,tf,litert]'
 	$(BIN)/python -m pytest -m tf
 
 # The demo needs only the runtime and the default fast backend, not the test stack.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import subprocess
 import sys
 
 import numpy as np
@@ -98,3 +99,104 @@ def test_tf_slim_preset_matches_slims_eval_preprocessing_computed_by_tensorflow(
         worst.append(float(np.abs(ours - expected).max()))
     print(f"tf-slim preset vs TensorFlow: max abs {max(worst):.4g} in [-1, 1] units")
     assert max(worst) <= 1 / 255 + 1e-6  # half a grey level, on the [-1, 1] scale
+
+
+KERAS_WRITER = '''
+import os, sys
+os.environ["KERAS_BACKEND"] = "tensorflow"
+import numpy as np
+
+out = sys.argv[1]
+batch = np.load(os.path.join(out, "batch.npy"))  # N x H x W x 3
+
+
+def moving_statistics(model, rng):
+    """Non-trivial BN offsets and moving statistics (a fresh model has mean 0, variance 1)."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            shape = layer.get_weights()[0].shape  # beta, moving_mean, moving_variance (scale=False)
+            layer.set_weights([rng.normal(0, 0.2, shape).astype("float32"), rng.normal(0, 0.1, shape).astype("float32"),
+                               rng.uniform(0.5, 2.0, shape).astype("float32")])
+
+
+import keras
+
+assert keras.backend.backend() == "tensorflow", keras.backend.backend()
+keras.utils.set_random_seed(0)
+model = keras.applications.InceptionV3(weights=None, classifier_activation=None)
+moving_statistics(model, np.random.default_rng(0))
+model.save(os.path.join(out, "keras3-full.h5"))
+model.save_weights(os.path.join(out, "keras3.weights.h5"))
+model.save(os.path.join(out, "keras3.keras"))
+np.save(os.path.join(out, "keras3-logits.npy"), model.predict(batch, verbose=0))
+
+import tf_keras  # Keras 2.x, as tf.keras was up to TensorFlow 2.15
+
+tf_keras.utils.set_random_seed(1)
+model = tf_keras.applications.InceptionV3(weights=None, classifier_activation=None)
+moving_statistics(model, np.random.default_rng(1))
+model.save_weights(os.path.join(out, "tf-keras-weights.h5"))
+model.save(os.path.join(out, "tf-keras-full.h5"))
+model.save_weights(os.path.join(out, "tf-keras-checkpoint", "weights"))  # TensorFlow's checkpoint format
+np.save(os.path.join(out, "tf-keras-logits.npy"), model.predict(batch, verbose=0))
+'''
+
+
+@pytest.fixture(scope="module")
+def keras_tf_files(tmp_path_factory):
+    """Keras 3 on its TensorFlow backend and tf-keras 2.x write their files and predict, in a process of their own
+    (KERAS_BACKEND is read once per process, and the other tests run Keras on torch)."""
+    folder = tmp_path_factory.mktemp("keras-tf")
+    batch = PRESETS["keras"].batch([str(p) for p in photo_paths()[:4]])
+    np.save(folder / "batch.npy", batch.permute(0, 2, 3, 1).numpy())
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", KERAS_WRITER, str(folder)], env=env, capture_output=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return folder, batch
+
+
+@pytest.mark.parametrize("name, writer", [
+    ("keras3-full.h5", "keras3"), ("keras3.weights.h5", "keras3"), ("keras3.keras", "keras3"),
+    ("tf-keras-weights.h5", "tf-keras"), ("tf-keras-full.h5", "tf-keras"),
+    ("tf-keras-checkpoint/weights", "tf-keras"), ("tf-keras-checkpoint/weights.index", "tf-keras"),
+])
+def test_keras_files_written_by_tensorflow_load_and_match_keras_predict(keras_tf_files, name, writer):
+    folder, batch = keras_tf_files
+    expected = np.load(folder / f"{writer}-logits.npy")
+    model = get_model(str(folder / name)).eval()
+    info = model.weights_info
+    assert info.source == "keras" and info.preprocess.name == "keras" and model.count_include_pad is False
+    with torch.no_grad():
+        ours = model(batch).numpy()
+    span = float(expected.max() - expected.min())
+    assert span > 1.0
+    print(f"{name}: max abs {np.abs(ours - expected).max():.3g} on a logit range of {span:.3g}")
+    assert np.abs(ours - expected).max() <= 1e-4
+
+
+def test_keras_preset_matches_preprocess_input_after_tensorflows_resize():
+    """The `keras` preset on 5 real photos against TensorFlow: central_crop(0.875), then `tf.image.resize`
+    (bilinear, half-pixel centres, no antialias: what `keras.layers.Resizing` and
+    `keras.utils.image_dataset_from_directory` do), then `keras.applications.inception_v3.preprocess_input`.
+    The normalisation alone is bit-identical; the whole is within one grey level: the crop is kept as uint8 (half a
+    level) and cv2 blends uint8 pixels with 11-bit fixed-point weights (measured: 0.77 of a level at most, 0.2 on
+    average)."""
+    tf, _, _ = _tf_slim()
+    from tf_keras.applications.inception_v3 import preprocess_input
+
+    preset = PRESETS["keras"]
+    worst, mean = [], []
+    for path in photo_paths()[:5]:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        crop = preset.crop_image(rgb)
+        ours = preset.normalize(crop[None])[0].permute(1, 2, 0).numpy()
+        assert np.array_equal(ours, preprocess_input(crop.astype(np.float32)))  # the same float operations
+        image = tf.image.central_crop(tf.constant(rgb, tf.float32), central_fraction=0.875)
+        image = tf.image.resize(image, [299, 299], method="bilinear", antialias=False)
+        expected = preprocess_input(image.numpy())
+        worst.append(float(np.abs(ours - expected).max()))
+        mean.append(float(np.abs(ours - expected).mean()))
+    level = 1 / 127.5  # one grey level on the [-1, 1] scale
+    print(f"keras preset vs TensorFlow: max abs {max(worst) / level:.3f}, mean {max(mean) / level:.3f} grey levels")
+    assert max(worst) <= level and max(mean) <= 0.35 * level

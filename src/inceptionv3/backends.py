@@ -1,5 +1,5 @@
-"""Inference backends behind one option: eager PyTorch, ``torch.compile``, OpenVINO and ONNX Runtime, in fp32
-or bf16. Each turns a model into a function from a normalised N x 3 x H x W float32 batch to logits.
+"""Inference backends behind one option: eager PyTorch, ``torch.compile``, OpenVINO, ONNX Runtime and LiteRT, in
+fp32, bf16 or int8. Each turns a model into a function from a normalised N x 3 x H x W float32 batch to logits.
 
 Exported artefacts are cached per weights, backend, precision and input size under ``cache_dir()/compiled``,
 with a manifest holding the file's sha256: an entry whose file no longer matches (a stale or corrupted cache)
@@ -24,7 +24,10 @@ from .files import cache_dir, file_digest
 
 logger = logging.getLogger("inceptionv3")
 
-BACKENDS = ("auto", "eager", "compile", "openvino", "onnxruntime")
+BACKENDS = ("auto", "eager", "compile", "openvino", "onnxruntime", "litert")
+#: The module each optional backend needs, and the extra that installs it.
+_BACKEND_MODULES = {"openvino": (("openvino",), "openvino"), "onnxruntime": (("onnxruntime",), "onnx"),
+                    "litert": (("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), "litert")}
 PRECISIONS = ("fp32", "bf16", "int8")
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -34,7 +37,8 @@ def available(backend: str) -> bool:
     """Whether the backend's package is installed (the PyTorch ones always are)."""
     import importlib.util
 
-    return backend not in ("openvino", "onnxruntime") or importlib.util.find_spec(backend) is not None
+    modules, _ = _BACKEND_MODULES.get(backend, ((), ""))
+    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 # Where the fast paths start to pay on a CPU (the measurements are in docs/fast-inference.md): OpenVINO's fixed
@@ -44,7 +48,7 @@ FAST_PATH_WORTH_IT_IMAGES = 16
 COMPILE_WORTH_IT_IMAGES = 1000
 #: First builds long enough to pass for a hang (2 CPU cores, Inception V3 at 299: the OpenVINO export 22 s, NNCF's
 #: int8 about a minute) are announced at WARNING, the level the CLI shows; the ONNX export takes about a second.
-SLOW_BUILDS = {"openvino export": "about 25 s", "int8 model": "about a minute"}
+SLOW_BUILDS = {"openvino export": "about 25 s", "int8 model": "about a minute", "litert export": "about 30 s"}
 
 
 def choose_backend(device: torch.device, precision: str = "fp32", images: int | None = None) -> str:
@@ -140,9 +144,10 @@ def _cached_files(name: str, filename: str, what: str, build: Callable[[Path], N
 def _cached_export(model: nn.Module, fmt: str, shape: tuple[int, ...], precision: str) -> Path:
     """The exported file for these weights and shape, made once; a mismatching file is rebuilt."""
     name = f"{weights_key(model)}-{fmt}-{precision}-{'x'.join(map(str, shape[1:]))}"
-    return _cached_files(name, "model.xml" if fmt == "openvino" else "model.onnx", f"{fmt} export",
+    filename = {"openvino": "model.xml", "litert": "model.tflite"}.get(fmt, "model.onnx")
+    return _cached_files(name, filename, f"{fmt} export",
                          lambda target: export_model(model, fmt, target, example=torch.zeros(2, *shape[1:]),
-                                                     dynamic_batch=True))
+                                                     dynamic_batch=True, precision=precision))
 
 
 def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Tensor) -> Path:
@@ -181,19 +186,23 @@ def fixed_batch(run: Runner) -> Runner:
 def make_runner(model: nn.Module, backend: str, precision: str, device: torch.device,
                 image_size: int, calibration: torch.Tensor | None = None) -> Runner:
     """A function from a float32 batch on ``device`` to logits, for the chosen backend and precision.
-    ``int8`` (OpenVINO only) needs ``calibration``: a few hundred normalised images like the real inputs."""
+    ``int8`` on OpenVINO needs ``calibration``: a few hundred normalised images like the real inputs; on LiteRT it
+    is dynamic-range quantisation, which needs none."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if backend == "auto":
         backend = choose_backend(device, precision)
-    if precision == "int8" and backend != "openvino":
-        raise InputError("int8 runs on the openvino backend (NNCF post-training quantisation)")
-    if precision == "int8" and (calibration is None or len(calibration) == 0):
+    if precision == "int8" and backend not in ("openvino", "litert"):
+        raise InputError("int8 runs on the openvino backend (NNCF post-training quantisation) or on litert "
+                         "(dynamic-range)")
+    if precision == "bf16" and backend == "litert":
+        raise InputError("litert runs fp32 or int8 here; use openvino or compile for bf16")
+    if precision == "int8" and backend == "openvino" and (calibration is None or len(calibration) == 0):
         raise InputError("int8 needs calibration images from your data (--calibration DIR)")
     shape = (1, 3, image_size, image_size)
-    if backend in ("openvino", "onnxruntime") and device.type != "cpu":  # checked before any export
+    if backend in _BACKEND_MODULES and device.type != "cpu":  # checked before any export
         raise InputError(f"backend {backend} runs on the CPU here; use eager or compile on {device.type}")
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else (
         contextlib.nullcontext)
@@ -220,9 +229,11 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
         return fixed_batch(run_fixed)
     if backend == "onnxruntime" and precision != "fp32":
         raise InputError("onnxruntime runs fp32 here; use openvino or compile for bf16")
-    require(*(("openvino",) if backend == "openvino" else ("onnxruntime",)),
-            extra="openvino" if backend == "openvino" else "onnx")
+    modules, extra = _BACKEND_MODULES[backend]
+    require(*modules, extra=extra)
     try:
+        if backend == "litert":
+            return load_runner(_cached_export(model, "litert", shape, precision), "litert")
         if backend == "openvino":
             path = _int8_model(model, shape, calibration) if precision == "int8" else _cached_export(
                 model, "openvino", shape, "fp32")

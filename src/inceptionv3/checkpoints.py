@@ -13,6 +13,7 @@ gets a one-line :class:`CheckpointError` instead of exhausting memory.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,9 @@ MAX_CLASSES = 100_000
 biggest tensor a file may hold; anything larger is refused before memory is spent on it."""
 
 MAX_TENSOR_NUMEL = 2048 * (MAX_CLASSES + 1)  # TensorFlow heads carry one extra (background) row
+
+MAX_KERAS_ARCHIVE_BYTES = 4 * MAX_TENSOR_NUMEL + (256 << 20)
+"""The most a ``.keras`` archive's weights may unpack to: the largest head in fp32 and the rest of the network."""
 
 MAX_UNPACK_RATIO = 4
 """torch.save stores zip members uncompressed, so a real checkpoint unpacks to its own size; a deflated
@@ -516,12 +520,29 @@ def _keras_layers(handle: Any, path: Path) -> dict[str, dict[str, Any]]:
     return layers
 
 
+@dataclass(frozen=True)
+class _StoredTensor:
+    """A variable of a TensorFlow checkpoint, described by its index and read only once its shape has passed."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[], np.ndarray]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, _: Any) -> np.ndarray:
+        return np.asarray(self.read())
+
+
 def _read_dataset(dataset: Any, shape: tuple[int, ...], what: str, path: Path) -> np.ndarray:
     """Read one weight after checking that it is a float dataset of the shape Inception V3 needs."""
-    import h5py
+    if not isinstance(dataset, _StoredTensor):
+        import h5py
 
-    if not isinstance(dataset, h5py.Dataset):
-        raise _not_keras_inception(path, f"{what} is not a dataset")
+        if not isinstance(dataset, h5py.Dataset):
+            raise _not_keras_inception(path, f"{what} is not a dataset")
     if tuple(dataset.shape) != tuple(shape):
         raise _not_keras_inception(path, f"{what} has shape {tuple(dataset.shape)}, Inception V3 needs {tuple(shape)}")
     if dataset.dtype.kind != "f":
@@ -529,8 +550,8 @@ def _read_dataset(dataset: Any, shape: tuple[int, ...], what: str, path: Path) -
     return np.asarray(dataset[()])
 
 
-def _keras_checkpoint(handle: Any, path: Path) -> Checkpoint:
-    layers = _keras_layers(handle, path)
+def _keras_checkpoint(layers: Mapping[str, Mapping[str, Any]], path: Path) -> Checkpoint:
+    """Keras layers by name ({layer: {role: dataset}}, from any Keras file) mapped onto this layout."""
     convs = sorted((n for n in layers if re.fullmatch(r"conv2d(_\d+)?", n)), key=_layer_number)
     bns = sorted((n for n in layers if re.fullmatch(r"batch_normalization(_\d+)?", n)), key=_layer_number)
     dense = [n for n in layers if "bias" in layers[n] and getattr(layers[n].get("kernel"), "ndim", 0) == 2]
@@ -571,21 +592,44 @@ def _keras_checkpoint(handle: Any, path: Path) -> Checkpoint:
     )
 
 
+KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"
+"""The member of a Keras 3 ``.keras`` archive (a zip) that holds the weights, in the ``.weights.h5`` layout."""
+
+
+def _is_keras_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return KERAS_ARCHIVE_WEIGHTS in archive.namelist()
+
+
+def _keras_archive_weights(path: Path) -> io.BytesIO:
+    """The weights member of a ``.keras`` archive, in memory, after checking the bytes it claims."""
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo(KERAS_ARCHIVE_WEIGHTS)
+        if member.file_size > MAX_UNPACK_RATIO * size + (1 << 20) or member.file_size > MAX_KERAS_ARCHIVE_BYTES:
+            raise CheckpointError(f"{path}: {KERAS_ARCHIVE_WEIGHTS} claims {member.file_size:,} bytes in a "
+                                  f"{size:,}-byte archive: refused as a zip bomb")
+        return io.BytesIO(archive.read(member))
+
+
 def _from_keras(path: Path) -> Checkpoint:
     try:
         import h5py
     except ImportError:
         raise CheckpointError(
-            f"{path}: reading a Keras .h5 file needs h5py: pip install 'inceptionv3[keras]'"
+            f"{path}: reading a Keras .h5 or .keras file needs h5py: pip install 'inceptionv3[keras]'"
         ) from None
     try:
-        with h5py.File(path, "r") as handle:
-            return _keras_checkpoint(handle, path)
+        source = _keras_archive_weights(path) if _is_keras_archive(path) else path
+        with h5py.File(source, "r") as handle:
+            return _keras_checkpoint(_keras_layers(handle, path), path)
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"{path}: not a readable Keras HDF5 file ({type(exc).__name__}: {reason})") from None
+        raise CheckpointError(f"{path}: not a readable Keras file ({type(exc).__name__}: {reason})") from None
 
 
 # --- TF-slim --------------------------------------------------------------------------------
@@ -635,17 +679,58 @@ def is_tf_checkpoint_prefix(path: str | os.PathLike) -> bool:
     return not path.exists() and Path(f"{path}.index").is_file()
 
 
+#: tf.keras's own checkpoint format (``model.save_weights("dir/name")`` in TensorFlow 2.x without ``.h5``) keys
+#: every variable by its place in the object graph, which also records the variable's name.
+_KERAS_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_KERAS_CHECKPOINT_KEY = re.compile(r"(layer_with_weights-\d+/)+[a-z_]+/\.ATTRIBUTES/VARIABLE_VALUE")
+
+
+def _keras_object_graph_layers(reader: Any, shapes: Mapping[str, list[int]],
+                               path: Path) -> dict[str, dict[str, Any]]:
+    """{layer name: {role: tensor}} of a tf.keras checkpoint, named by the object graph's ``full_name``
+    (``conv2d_5/kernel``), which says what the ``layer_with_weights-N`` keys do not."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor(_KERAS_OBJECT_GRAPH))
+    dtypes = reader.get_variable_to_dtype_map()
+    layers: dict[str, dict[str, Any]] = {}
+    for node in graph.nodes:
+        for attribute in node.attributes:
+            key, name = attribute.checkpoint_key, attribute.full_name
+            if key not in shapes or not _KERAS_CHECKPOINT_KEY.fullmatch(key) or "/" not in name:
+                continue  # optimizer slots, counters and the like
+            layer, role = name.rsplit("/", 1)
+            layers.setdefault(layer.rsplit("/", 1)[-1], {})[role.split(":")[0]] = _StoredTensor(
+                tuple(shapes[key]), np.dtype(dtypes[key].as_numpy_dtype),
+                lambda key=key: reader.get_tensor(key))
+    return layers
+
+
 def _from_tf_slim(path: Path) -> Checkpoint:
+    """A TensorFlow checkpoint: TF-slim's ``InceptionV3/...`` variables, or tf.keras's object-graph layout."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter is not for our users
     try:
-        import tensorflow as tf  # noqa: F401  (only needed to read TF's checkpoint format)
+        import tensorflow as tf
     except ImportError:
         raise CheckpointError(
-            f"{path}: reading a TF-slim checkpoint needs TensorFlow: pip install tensorflow-cpu "
+            f"{path}: reading a TensorFlow checkpoint needs TensorFlow: pip install tensorflow-cpu "
             "(then convert once with `inceptionv3 convert` and drop it again)"
         ) from None
     prefix = str(path).removesuffix(".index").removesuffix(".data-00000-of-00001")
-    reader = tf.train.load_checkpoint(prefix)
-    variables = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        shapes = reader.get_variable_to_shape_map()
+    except (tf.errors.OpError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"{path}: not a readable TensorFlow checkpoint ({type(exc).__name__}: "
+                              f"{reason})") from None
+    if len(shapes) > 10_000:
+        raise CheckpointError(f"{path}: holds {len(shapes):,} variables; Inception V3 has under 1,000")
+    _check_declared_sizes({name: tuple(shape) for name, shape in shapes.items()}, path)
+    if _KERAS_OBJECT_GRAPH in shapes and any(_KERAS_CHECKPOINT_KEY.fullmatch(name) for name in shapes):
+        return _keras_checkpoint(_keras_object_graph_layers(reader, shapes, path), path)
+    variables = {name: reader.get_tensor(name) for name in shapes if name.startswith("InceptionV3/")}
     notes: list[str] = []
     state = _drop_background_class(tf_slim_to_state_dict(variables), notes)
     return Checkpoint(
@@ -685,7 +770,7 @@ def _convert(path: Path, source: str | None) -> tuple[Checkpoint, bool]:
     """The file converted to this layout, and whether it is a torchvision/timm layout file."""
     if source == "tf-slim" or path.name.endswith((".index", ".ckpt")) or ".data-" in path.name:
         return _from_tf_slim(path), False
-    if source == "keras" or _is_hdf5(path):
+    if source == "keras" or _is_hdf5(path) or _is_keras_archive(path):
         return _from_keras(path), False
     if _is_safetensors(path):
         tensors, metadata = _read_safetensors(path)

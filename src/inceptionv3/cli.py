@@ -586,7 +586,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto (default): the fastest installed; eager: the reference's exact arithmetic")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="int8: OpenVINO post-training quantisation, calibrated on --calibration")
+                   help="int8: OpenVINO post-training quantisation, calibrated on --calibration; with --backend "
+                   "litert, dynamic-range int8 (no calibration)")
     p.add_argument("--calibration", metavar="DIR", help="images like yours, for int8 (a few hundred)")
     p.add_argument("--max-bytes", type=int, default=MAX_BYTES,
                    help=f"refuse input files larger than this (default {MAX_BYTES // 1024**2} MB)")
@@ -714,7 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends import PRECISIONS
     from .export import FORMATS
 
-    p = commands.add_parser("export", help="export to ONNX, OpenVINO, TorchScript or torch.export, then check it")
+    p = commands.add_parser("export", help="export to ONNX, OpenVINO, TorchScript, torch.export or LiteRT, then "
+                            "check it")
     p.add_argument("model", help="zoo name or checkpoint file")
     p.add_argument("--weights", help="with a zoo name: load this file into it")
     _add_transform_input(p)
@@ -723,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size (without --dynamic-batch)")
     p.add_argument("--check-images", nargs="+", help="photos for the check (default: the packaged demo photo)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16 and int8 (with --calibration): openvino only")
+                   help="bf16: openvino; int8: openvino (static, with --calibration) or litert (dynamic-range)")
     p.add_argument("--calibration", metavar="DIR", help="images like yours, for int8 (a few hundred)")
     p.add_argument("--min-agreement", type=float,
                    help="least top-1 agreement with eager fp32 on the check images (default 0.9 for bf16, int8)")

@@ -1,4 +1,4 @@
-"""Export to ONNX, OpenVINO IR, TorchScript or torch.export, each checked right after it is written.
+"""Export to ONNX, OpenVINO IR, TorchScript, torch.export or LiteRT, each checked right after it is written.
 
 The check runs the written artefact on crops of a real photo (the packaged demo photo's 10-crop views, or
 photos you name), at two batch sizes when the batch is dynamic, and compares its logits with eager PyTorch.
@@ -22,7 +22,11 @@ from .decode import load_image
 from .errors import ExportError
 from .preprocess import Preprocess
 
-FORMATS = ("onnx", "openvino", "torchscript", "torch-export")
+FORMATS = ("onnx", "openvino", "torchscript", "torch-export", "litert")
+#: The precisions each format is written in besides fp32. OpenVINO: bf16 (a runtime hint) and int8 (NNCF's static
+#: quantisation, calibrated on your images); LiteRT: int8 as dynamic-range quantisation (int8 weights, activations
+#: quantised per call, no calibration), the usual mobile choice.
+LOW_PRECISIONS = {"openvino": ("bf16", "int8"), "litert": ("int8",)}
 
 #: Largest |logit difference| accepted for an fp32 export, as a fraction of the largest |logit| (at least 1):
 #: exporters reorder and fuse float operations, which costs about 1e-6 to 3e-5 of the range.
@@ -36,7 +40,6 @@ BF16_TOLERANCE = 0.25
 LOW_PRECISION_MIN_AGREEMENT = 0.9
 TOLERANCES = {"fp32": FP32_TOLERANCE, "bf16": BF16_TOLERANCE, "int8": float("inf")}
 
-_EXTRAS = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
 OPENVINO_PRECISION_KEY = ("runtime_options", "INFERENCE_PRECISION_HINT")
 OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers left unquantised run in f32
 
@@ -79,6 +82,37 @@ def quantize_openvino(fp32_xml: str | os.PathLike, calibration: torch.Tensor, ou
     return out
 
 
+def export_litert(model: nn.Module, example: torch.Tensor, out: str | os.PathLike, *, int8: bool = False) -> Path:
+    """A ``.tflite`` flatbuffer from litert-torch, optionally with dynamic-range int8 weights (ai-edge-quantizer's
+    ``dynamic_wi8_afp32``: per-channel int8 weights, activations quantised at run time). The input stays
+    N x 3 x H x W. It is converted at batch 1, since litert-torch cannot yet trace a symbolic batch for this graph;
+    LiteRT's interpreter resizes the input for other batch sizes, and ``load_runner`` does that."""
+    import contextlib
+    import sys
+
+    require("litert_torch", "ai_edge_quantizer", extra="litert")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import litert_torch
+
+    out = Path(out).with_suffix(".tflite")
+    with contextlib.redirect_stdout(sys.stderr), torch.no_grad():  # the converter's progress lines are not results
+        converted = litert_torch.convert(model.eval(), (example[:1].contiguous(),))
+        if not int8:
+            converted.export(str(out))
+            return out
+        from ai_edge_quantizer import quantizer, recipe
+
+        fp32 = out.with_name(out.stem + ".fp32.tflite")
+        converted.export(str(fp32))
+        try:
+            quantized = quantizer.Quantizer(str(fp32), recipe.dynamic_wi8_afp32()).quantize()
+            out.unlink(missing_ok=True)
+            quantized.export_model(str(out))
+        finally:
+            fp32.unlink(missing_ok=True)
+    return out
+
+
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, *, example: torch.Tensor,
                  dynamic_batch: bool = False, precision: str = "fp32",
                  calibration: torch.Tensor | None = None) -> Path:
@@ -86,16 +120,18 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, *, example:
 
     ``precision="bf16"``: OpenVINO only, recorded as the model's inference precision (a whole-bf16 TorchScript
     program lost 1 top-1 answer in 8 on the tests' model, where OpenVINO's bf16 lost none; for PyTorch, export fp32
-    and run it under ``torch.autocast``). ``"int8"``: OpenVINO only, quantised with NNCF on ``calibration``."""
+    and run it under ``torch.autocast``). ``"int8"``: OpenVINO quantised with NNCF on ``calibration``, or LiteRT
+    with dynamic-range quantisation (no calibration)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     if precision not in TOLERANCES:
         raise ExportError(f"precision must be one of {', '.join(TOLERANCES)}, got {precision!r}")
-    if precision != "fp32" and fmt != "openvino":
-        raise ExportError(f"{precision} exports are OpenVINO models: use --format openvino, or export {fmt} in fp32"
+    if precision != "fp32" and precision not in LOW_PRECISIONS.get(fmt, ()):
+        formats = " or ".join(f"--format {f}" for f, kept in LOW_PRECISIONS.items() if precision in kept)
+        raise ExportError(f"{precision} exports are written with {formats}; export {fmt} in fp32"
                           + (" and run it under torch.autocast" if fmt in ("torchscript", "torch-export") else ""))
-    if precision == "int8":
+    if precision == "int8" and fmt == "openvino":
         if calibration is None or len(calibration) == 0:
             raise ExportError("int8 needs calibration images from your data (--calibration DIR)")
         fp32_xml = export_model(model, fmt, out.with_name(out.stem + ".fp32.xml"), example=example,
@@ -135,6 +171,8 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, *, example:
         with torch.no_grad():
             program = torch.export.export(model, (example,), dynamic_shapes=dims)
         torch.export.save(program, str(out))
+    elif fmt == "litert":
+        out = export_litert(model, example, out, int8=precision == "int8")
     else:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     return out
@@ -167,6 +205,8 @@ def load_runner(path: str | os.PathLike, fmt: str,
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                      "PERFORMANCE_HINT": "THROUGHPUT" if cores > 4 else "LATENCY"})
         return lambda x: torch.from_numpy(compiled(x.numpy())[0].copy())
+    if fmt == "litert":
+        return _litert_runner(path)
     if fmt == "torchscript":
         module = torch.jit.load(str(path)).eval()
     elif fmt == "torch-export":
@@ -177,6 +217,34 @@ def load_runner(path: str | os.PathLike, fmt: str,
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return module(x)
+
+    return run
+
+
+def _litert_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """LiteRT's interpreter on every core (XNNPACK), its input resized whenever the batch size changes. One
+    interpreter holds one set of buffers, so calls are serialised."""
+    import threading
+
+    require("ai_edge_litert", extra="litert")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    source, = interpreter.get_input_details()
+    target = interpreter.get_output_details()[0]["index"]
+    lock = threading.Lock()
+    shape: list[int] = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with lock:
+            if list(x.shape) != shape:
+                interpreter.resize_tensor_input(source["index"], list(x.shape))
+                interpreter.allocate_tensors()
+                shape[:] = list(x.shape)
+            interpreter.set_tensor(source["index"], x.detach().float().contiguous().numpy())
+            interpreter.invoke()
+            return torch.from_numpy(interpreter.get_tensor(target).copy())
 
     return run
 
