@@ -16,8 +16,13 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests tools benchmarks
 
+# The tf-marked tests run here too once the tf and litert extras are installed (make test-tf installs them).
+TF_MODULES := tensorflow tf_slim tf_keras litert_torch ai_edge_litert ai_edge_quantizer
 test: lint
-	$(BIN)/python -m pytest -m "not ray and not tf"
+	@if $(BIN)/python -c "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))" \
+	    $(TF_MODULES); then marks="not ray"; \
+	else marks="not ray and not tf"; echo "make test: without the tf extras; make test-tf installs them and runs the rest"; fi; \
+	$(BIN)/python -m pytest -m "$$marks"
 
 # Ray Serve (about a minute: a local cluster with two replicas); its extra is heavy, so it has its own target.
 test-ray: $(STAMP)

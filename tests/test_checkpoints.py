@@ -192,10 +192,11 @@ def write_keras2_weights_file(model, path):
         handle.attrs["keras_version"] = b"2.1.5"
 
 
-@pytest.mark.parametrize("layout", ["full_model.h5", "model.weights.h5", "keras2_weights_tf_kernels.h5"])
+@pytest.mark.parametrize("layout", ["full_model.h5", "model.weights.h5", "keras2_weights_tf_kernels.h5",
+                                    "model.keras"])
 def test_keras_parity(tmp_path, layout, keras_reference, inception_batch):
     path = tmp_path / layout
-    if layout == "full_model.h5":
+    if layout in ("full_model.h5", "model.keras"):  # .keras: Keras 3's default, a zip around model.weights.h5
         keras_reference.save(path)
     elif layout == "model.weights.h5":
         keras_reference.save_weights(path)
@@ -207,6 +208,16 @@ def test_keras_parity(tmp_path, layout, keras_reference, inception_batch):
     diff = max_abs_diff(logits(ours, inception_batch), keras_logits(keras_reference, inception_batch))
     print(f"keras {layout} max |dlogit| = {diff:.2e}")
     assert diff <= 1e-3
+
+
+def test_a_keras_archive_whose_weights_unpack_to_far_more_than_its_size_is_refused(tmp_path):
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("model.weights.h5", bytes(64 << 20))  # 64 MiB of zeros deflate to about 64 KiB
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match=r"bomb\.keras: model\.weights\.h5 claims 67,108,864 bytes.*zip bomb"):
+        read_checkpoint(path)
 
 
 # --- mmpretrain layout and the canonical format ----------------------------------------------------

@@ -82,6 +82,30 @@ def test_the_loader_matches_tf_slim_given_the_prefix_or_the_index_file(slim_chec
         assert np.abs(ours - expected[:, 1:]).max() <= 1e-4 * span
 
 
+def test_a_tensorflow_checkpoint_is_refused_on_its_declared_shapes_before_any_read(slim_checkpoint, monkeypatch):
+    """The index declares every variable's shape; a declared size past the bound stops the load before a byte of
+    the data file is read (here the bound is lowered so that a real checkpoint crosses it)."""
+    from inceptionv3 import CheckpointError, checkpoints
+
+    prefix, _, _ = slim_checkpoint
+    monkeypatch.setattr(checkpoints, "MAX_TENSOR_NUMEL", 1000)
+    read = []
+    import tensorflow as tf
+
+    real = tf.train.load_checkpoint
+
+    def spy(name):
+        reader = real(name)
+        get_tensor = reader.get_tensor
+        return type("Spy", (), {"get_variable_to_shape_map": reader.get_variable_to_shape_map,
+                                "get_tensor": lambda _, key: read.append(key) or get_tensor(key)})()
+
+    monkeypatch.setattr(tf.train, "load_checkpoint", spy)
+    with pytest.raises(CheckpointError, match=r"model\.ckpt-7: tensor '.*' declares shape .* more than any"):
+        get_model(prefix)
+    assert read == []
+
+
 def test_tf_slim_preset_matches_slims_eval_preprocessing_computed_by_tensorflow():
     """slim's `preprocess_for_eval` done by TensorFlow on 5 real photos: convert_image_dtype to [0, 1],
     central_crop(0.875), TF1 resize_bilinear to 299 (align_corners=False), (x - 0.5) * 2. The preset resizes
