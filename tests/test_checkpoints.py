@@ -601,6 +601,19 @@ def keras2_skeleton(path, *, replace=None, rename=None):
     return path
 
 
+def test_keras_weights_stored_in_other_files_are_refused(tmp_path):
+    """HDF5 external storage would read a dataset's bytes from any file on disk into the weights."""
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.ones(3 * 3 * 3 * 32, dtype=np.float32).tobytes())
+    path = keras2_skeleton(tmp_path / "external.h5")
+    with h5py.File(path, "a") as handle:
+        del handle["conv2d_1/conv2d_1/kernel:0"]
+        handle["conv2d_1"].create_dataset("conv2d_1/kernel:0", shape=(3, 3, 3, 32), dtype="f4",
+                                          external=[(str(secret), 0, 3456)])
+    with pytest.raises(CheckpointError, match=r"external\.h5: .*'conv2d_1' 'kernel' keeps its data in other files"):
+        read_checkpoint(path)
+
+
 def test_keras_skeleton_reads(tmp_path):
     """The skeleton itself is a valid file: the refusals below are about what was changed in it."""
     checkpoint = read_checkpoint(keras2_skeleton(tmp_path / "ok.h5"))

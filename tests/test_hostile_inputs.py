@@ -320,3 +320,92 @@ def test_class_folders_that_are_not_utf8_are_named_in_errors(tmp_path):
     message = str(caught.value)
     message.encode("utf-8")
     assert "gu\\xe9pard (no such class)" in message
+
+
+# --- checkpoint files built to hurt --------------------------------------------------------------
+
+
+def test_checkpoints_that_are_fifos_or_devices_are_refused_before_they_are_opened(specials, tmp_path):
+    from inceptionv3 import CheckpointError, read_checkpoint
+
+    fifo = next(iter(specials))
+    for name in ("weights.keras", "weights.pth", "weights.h5"):
+        os.mkfifo(tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"{name}: is a FIFO, not a regular file"):
+            _within(10, read_checkpoint, tmp_path / name, fifos=(tmp_path / name,))
+        _release(tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"zero\.jpg: is a symlink to a character device \(/dev/zero\)"):
+        _within(10, read_checkpoint, tmp_path / "zero.jpg", fifos=(fifo,))
+    with pytest.raises(CheckpointError, match="^/dev/zero: is a character device, not a regular file$"):
+        _within(10, read_checkpoint, "/dev/zero")
+
+
+def _keras_zip(path: Path, weights: bytes = b"x" * 100) -> bytes:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("model.weights.h5", weights)
+    return path.read_bytes()
+
+
+def _patched(raw: bytes, patches: list[tuple[bytes, int, bytes]]) -> bytes:
+    """The zip with bytes replaced at an offset from the first of each record signature."""
+    data = bytearray(raw)
+    for signature, offset, value in patches:
+        at = data.find(signature) + offset
+        data[at:at + len(value)] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize("patches, reason", [
+    ([(b"PK\x01\x02", 0, b"XXXX")], "a damaged zip archive"),  # the central directory's signature
+    ([(b"PK\x01\x02", 20, struct.pack("<II", 10**6, 10**6))], r"EOFError"),  # sizes past the end of the file
+    ([(b"PK\x03\x04", 6, b"\x01"), (b"PK\x01\x02", 8, b"\x01")], "encrypted"),
+    ([(b"PK\x03\x04", 8, b"\x09\x00"), (b"PK\x01\x02", 10, b"\x09\x00")], "compression method is not supported"),
+])
+def test_keras_archives_with_damaged_or_unsupported_zip_records_are_one_clear_error(tmp_path, patches, reason):
+    from inceptionv3 import CheckpointError, read_checkpoint
+
+    path = tmp_path / "model.keras"
+    path.write_bytes(_patched(_keras_zip(tmp_path / "ok.keras"), patches))
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: .*{reason}"):
+        read_checkpoint(path)
+
+
+def _h5_bytes(build) -> bytes:
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        build(handle)
+    return buffer.getvalue()
+
+
+def _dataset_named_layers(handle):
+    handle.create_dataset("layers", data=np.zeros(3))
+
+
+def _a_link_loop(handle):
+    import h5py
+
+    handle.create_group("layers/conv2d/vars")["0"] = h5py.SoftLink("/layers/conv2d/vars/0")
+
+
+def _billion_row_vars(handle):  # 427 bytes zipped; `"0" in dataset` would scan 10^9 rows
+    handle.create_group("layers/conv2d").create_dataset("vars", shape=(10**9,), dtype="u1", chunks=(1 << 20,),
+                                                        compression="gzip")
+
+
+@pytest.mark.parametrize("build, reason", [
+    (_dataset_named_layers, "'layers' is not a group"),
+    (_a_link_loop, "too many links"),
+    (_billion_row_vars, "layer 'conv2d' is not a group"),
+])
+def test_keras_weights_with_crafted_hdf5_structure_fail_fast_and_clearly(tmp_path, build, reason):
+    from inceptionv3 import CheckpointError, read_checkpoint
+
+    path = tmp_path / "crafted.keras"
+    _keras_zip(path, _h5_bytes(build))
+    with pytest.raises(CheckpointError, match=f"crafted.keras: .*{reason}"):
+        _within(20, read_checkpoint, path)
+

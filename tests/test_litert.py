@@ -3,6 +3,8 @@ with LiteRT's own interpreter (the `litert` extra; `make test-tf` installs it an
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -101,3 +103,17 @@ def test_litert_refuses_bf16_and_an_int8_request_elsewhere_names_both_formats(tr
     assert main(["export", str(trained_like_checkpoint), "--format", "onnx", "--precision", "int8",
                  "--out", str(tmp_path / "m.onnx")]) == 2
     assert "--format openvino or --format litert" in capsys.readouterr().err
+
+
+def test_files_litert_cannot_load_are_export_errors_naming_them(tmp_path):
+    from inceptionv3 import ExportError
+    from inceptionv3.export import load_runner
+
+    garbage, empty = tmp_path / "garbage.tflite", tmp_path / "empty.tflite"
+    garbage.write_bytes(np.random.default_rng(0).bytes(5000))
+    empty.write_bytes(b"")
+    for path, reason in ((garbage, "not a valid Flatbuffer"), (empty, "size 0"),
+                         (tmp_path / "missing.tflite", "no such LiteRT file"), (tmp_path, "is a directory"),
+                         ("/dev/zero", "is a character device, not a regular file")):
+        with pytest.raises(ExportError, match=f"^{re.escape(str(path))}: .*{reason}"):
+            load_runner(path, "litert")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 
@@ -224,3 +225,75 @@ def test_keras_preset_matches_preprocess_input_after_tensorflows_resize():
     level = 1 / 127.5  # one grey level on the [-1, 1] scale
     print(f"keras preset vs TensorFlow: max abs {max(worst) / level:.3f}, mean {max(mean) / level:.3f} grey levels")
     assert max(worst) <= level and max(mean) <= 0.35 * level
+
+
+def _save_variables(prefix: str, variables: dict) -> str:
+    tf, _, _ = _tf_slim()
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=list(variables), shape_and_slices=[""] * len(variables),
+                      tensors=[tf.constant(v) for v in variables.values()])
+    return prefix
+
+
+def _damaged_copy(prefix: str, folder, damage: str) -> str:
+    import shutil
+
+    for part in (".index", ".data-00000-of-00001"):
+        shutil.copy(prefix + part, folder / f"model{part}")
+    data = folder / "model.data-00000-of-00001"
+    if damage == "truncated":
+        os.truncate(data, data.stat().st_size // 2)
+    elif damage == "missing":
+        data.unlink()
+    elif damage == "flipped":
+        with open(data, "r+b") as handle:
+            handle.seek(data.stat().st_size // 2)
+            handle.write(b"\xff" * 64)
+    return str(folder / "model")
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncated", "Read less bytes than requested"), ("missing", "No such file"), ("flipped", "[Cc]hecksum"),
+])
+def test_a_damaged_tensorflow_checkpoint_is_one_clear_error_naming_it(slim_checkpoint, tmp_path, damage, reason):
+    from inceptionv3 import CheckpointError
+
+    prefix = _damaged_copy(slim_checkpoint[0], tmp_path, damage)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(prefix)}: not a readable .*{reason}"):
+        get_model(prefix)
+
+
+def test_checkpoints_that_are_not_inception_v3_name_the_file_and_the_problem(tmp_path):
+    from inceptionv3 import CheckpointError
+
+    key = "layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    cases = {
+        "garbled-graph": ({"_CHECKPOINTABLE_OBJECT_GRAPH": np.array(b"\x0a\xff\xff\xff\xff\x0f", dtype=object),
+                           key: np.zeros((3, 4), np.float32)}, "DecodeError"),
+        "float-graph": ({"_CHECKPOINTABLE_OBJECT_GRAPH": np.zeros(4, np.float32), key: np.zeros((3, 4), np.float32)},
+                        "TypeError"),
+        "no-batch-norm": ({f"InceptionV3/Conv{i:03d}/weights": np.zeros((1, 1, 1, 1), np.float32) for i in range(94)},
+                          "KeyError: 'InceptionV3/Conv000/BatchNorm/beta'"),
+        "one-conv": ({"InceptionV3/Conv2d_1a_3x3/weights": np.zeros((3, 3, 3, 32), np.float32)},
+                     "found 1 TF-slim conv layers, Inception V3 has 94"),
+    }
+    for name, (variables, reason) in cases.items():
+        prefix = _save_variables(str(tmp_path / name / "model"), variables)
+        with pytest.raises(CheckpointError, match=f"^{re.escape(prefix)}: .*{re.escape(reason)}"):
+            get_model(prefix)
+
+
+def test_a_fifo_data_shard_beside_a_real_index_is_refused_without_blocking(slim_checkpoint, tmp_path):
+    """In a process of its own, which the test can kill: TensorFlow would block opening the FIFO."""
+    import shutil
+
+    shutil.copy(slim_checkpoint[0] + ".index", tmp_path / "model.index")
+    os.mkfifo(tmp_path / "model.data-00000-of-00001")
+    code = ("import sys\nfrom inceptionv3 import CheckpointError, get_model\ntry:\n    get_model(sys.argv[1])\n"
+            "except CheckpointError as exc:\n    print(exc)")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "model")], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a checkpoint whose data file is a FIFO blocked")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model.data-00000-of-00001: is a FIFO, not a regular file" in done.stdout

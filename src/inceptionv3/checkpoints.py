@@ -13,6 +13,7 @@ gets a one-line :class:`CheckpointError` instead of exhausting memory.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .decode import not_regular
 from .errors import CheckpointError
 from .files import atomic_path, file_digest
 from .imagenet import MEAN, STD
@@ -157,7 +159,8 @@ def _check_torch_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"{path}: a damaged zip archive, not a readable PyTorch checkpoint ({exc})") from None
+        raise CheckpointError(f"{path}: a damaged zip archive, not a readable PyTorch or Keras checkpoint "
+                              f"({exc})") from None
     if not any(m.filename == "data.pkl" or m.filename.endswith("/data.pkl") for m in members):
         raise CheckpointError(f"{path}: not a checkpoint (a zip archive without the data.pkl torch.save writes)")
     for member in members:
@@ -485,12 +488,17 @@ def _keras_layers(handle: Any, path: Path) -> dict[str, dict[str, Any]]:
         return weight_name.rsplit("/", 1)[-1].split(":")[0]
 
     def member(group: Any, key: str, what: str) -> Any:
+        # `key in dataset` would scan every row of a dataset (a crafted 10^9-row one takes hours)
+        if not isinstance(group, h5py.Group):
+            raise _not_keras_inception(path, f"{what} is not a group")
         if key not in group:
             raise _not_keras_inception(path, f"{what} has no {key!r}")
         return group[key]
 
     layers: dict[str, dict[str, Any]] = {}
     if "layers" in handle and "layer_names" not in handle.attrs:  # Keras 3 .weights.h5
+        if not isinstance(handle["layers"], h5py.Group):
+            raise _not_keras_inception(path, "'layers' is not a group")
         for name, group in handle["layers"].items():
             if not isinstance(group, h5py.Group) or "vars" not in group or not len(group["vars"]):
                 continue
@@ -509,7 +517,7 @@ def _keras_layers(handle: Any, path: Path) -> dict[str, dict[str, Any]]:
             layers[_keras3_creation_name(name, path)] = dict(zip(roles, arrays, strict=True))
         return layers
     # Keras 2 weights files and legacy full-model files share the "layer_names" layout.
-    root = handle["model_weights"] if "model_weights" in handle else handle
+    root = member(handle, "model_weights", "the file") if "model_weights" in handle else handle
     if "layer_names" not in root.attrs:
         raise CheckpointError(f"{path}: an HDF5 file, but not a Keras model or weights file")
     for name in _h5_names(root, "layer_names", path, "the file", limit=10_000):
@@ -543,6 +551,8 @@ def _read_dataset(dataset: Any, shape: tuple[int, ...], what: str, path: Path) -
 
         if not isinstance(dataset, h5py.Dataset):
             raise _not_keras_inception(path, f"{what} is not a dataset")
+        if dataset.external or dataset.is_virtual:  # such a dataset reads its bytes from other files on disk
+            raise _not_keras_inception(path, f"{what} keeps its data in other files (external or virtual storage)")
     if tuple(dataset.shape) != tuple(shape):
         raise _not_keras_inception(path, f"{what} has shape {tuple(dataset.shape)}, Inception V3 needs {tuple(shape)}")
     if dataset.dtype.kind != "f":
@@ -597,10 +607,11 @@ KERAS_ARCHIVE_WEIGHTS = "model.weights.h5"
 
 
 def _is_keras_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return KERAS_ARCHIVE_WEIGHTS in archive.namelist()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return KERAS_ARCHIVE_WEIGHTS in archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False  # a damaged zip is reported by the reader of the format it claims to be
 
 
 def _keras_archive_weights(path: Path) -> io.BytesIO:
@@ -627,7 +638,8 @@ def _from_keras(path: Path) -> Checkpoint:
             return _keras_checkpoint(_keras_layers(handle, path), path)
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, EOFError, RuntimeError, NotImplementedError,
+            zipfile.BadZipFile) as exc:  # what zipfile and h5py raise on damaged or crafted files
         reason = str(exc).splitlines()[0] if str(exc) else ""
         raise CheckpointError(f"{path}: not a readable Keras file ({type(exc).__name__}: {reason})") from None
 
@@ -670,6 +682,21 @@ def tf_slim_to_state_dict(variables: Mapping[str, np.ndarray]) -> dict[str, Tens
         state[prefix + ".weight"] = torch.from_numpy(np.ascontiguousarray(kernel[0, 0].T))
         state[prefix + ".bias"] = torch.from_numpy(variables[tf_name + "/biases"].copy())
     return state
+
+
+def _is_tf_checkpoint_name(path: Path) -> bool:
+    return path.name.endswith((".index", ".ckpt")) or ".data-" in path.name
+
+
+def _tf_checkpoint_prefix(path: Path) -> str:
+    return re.sub(r"(\.index|\.data-\d+-of-\d+)$", "", str(path))
+
+
+def _tf_checkpoint_files(path: Path) -> list[Path]:
+    """The files TensorFlow will open for this checkpoint: its index and every data shard."""
+    prefix = Path(_tf_checkpoint_prefix(path))
+    return [path, prefix.with_name(prefix.name + ".index"),
+            *sorted(prefix.parent.glob(f"{glob.escape(prefix.name)}.data-*"))]
 
 
 def is_tf_checkpoint_prefix(path: str | os.PathLike) -> bool:
@@ -717,22 +744,27 @@ def _from_tf_slim(path: Path) -> Checkpoint:
             f"{path}: reading a TensorFlow checkpoint needs TensorFlow: pip install tensorflow-cpu "
             "(then convert once with `inceptionv3 convert` and drop it again)"
         ) from None
-    prefix = str(path).removesuffix(".index").removesuffix(".data-00000-of-00001")
+    from google.protobuf.message import DecodeError
+
     try:
-        reader = tf.train.load_checkpoint(prefix)
+        reader = tf.train.load_checkpoint(_tf_checkpoint_prefix(path))
         shapes = reader.get_variable_to_shape_map()
-    except (tf.errors.OpError, ValueError) as exc:
+        if len(shapes) > 10_000:
+            raise CheckpointError(f"{path}: holds {len(shapes):,} variables; Inception V3 has under 1,000")
+        _check_declared_sizes({name: tuple(shape) for name, shape in shapes.items()}, path)
+        if _KERAS_OBJECT_GRAPH in shapes and any(_KERAS_CHECKPOINT_KEY.fullmatch(name) for name in shapes):
+            return _keras_checkpoint(_keras_object_graph_layers(reader, shapes, path), path)
+        variables = {name: reader.get_tensor(name) for name in shapes if name.startswith("InceptionV3/")}
+        state = tf_slim_to_state_dict(variables)
+    except CheckpointError as exc:
+        raise exc if str(exc).startswith(f"{path}:") else CheckpointError(f"{path}: {exc}") from None
+    except (tf.errors.OpError, DecodeError, KeyError, IndexError, TypeError, ValueError, EOFError) as exc:
+        # a damaged data file, a missing variable, a tensor of the wrong rank or type
         reason = str(exc).splitlines()[0] if str(exc) else ""
-        raise CheckpointError(f"{path}: not a readable TensorFlow checkpoint ({type(exc).__name__}: "
+        raise CheckpointError(f"{path}: not a readable Inception V3 TensorFlow checkpoint ({type(exc).__name__}: "
                               f"{reason})") from None
-    if len(shapes) > 10_000:
-        raise CheckpointError(f"{path}: holds {len(shapes):,} variables; Inception V3 has under 1,000")
-    _check_declared_sizes({name: tuple(shape) for name, shape in shapes.items()}, path)
-    if _KERAS_OBJECT_GRAPH in shapes and any(_KERAS_CHECKPOINT_KEY.fullmatch(name) for name in shapes):
-        return _keras_checkpoint(_keras_object_graph_layers(reader, shapes, path), path)
-    variables = {name: reader.get_tensor(name) for name in shapes if name.startswith("InceptionV3/")}
     notes: list[str] = []
-    state = _drop_background_class(tf_slim_to_state_dict(variables), notes)
+    state = _drop_background_class(state, notes)
     return Checkpoint(
         state, "tf-slim", str(path), preprocess="tf-slim", count_include_pad=count_include_pad_for("tf-slim"),
         notes=notes,
@@ -757,6 +789,10 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    for part in _tf_checkpoint_files(path) if prefix or _is_tf_checkpoint_name(path) else [path]:
+        problem = not_regular(str(part), part.stat().st_mode, "a checkpoint file") if part.exists() else None
+        if problem:  # a FIFO would block the first read, and /dev/zero never ends
+            raise CheckpointError(f"{part}: {problem}")
     checkpoint, torch_layout = (_from_tf_slim(path), False) if prefix else _convert(path, source)
     check_fits(checkpoint.state_dict, str(path))  # before anything is computed from the tensors
     if torch_layout:  # converted files (safetensors) were folded, if at all, when they were written
@@ -768,7 +804,7 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
 
 def _convert(path: Path, source: str | None) -> tuple[Checkpoint, bool]:
     """The file converted to this layout, and whether it is a torchvision/timm layout file."""
-    if source == "tf-slim" or path.name.endswith((".index", ".ckpt")) or ".data-" in path.name:
+    if source == "tf-slim" or _is_tf_checkpoint_name(path):
         return _from_tf_slim(path), False
     if source == "keras" or _is_hdf5(path) or _is_keras_archive(path):
         return _from_keras(path), False

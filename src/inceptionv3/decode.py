@@ -83,7 +83,7 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR,
           (stat.S_ISBLK, "a block device"))
 
 
-def _not_regular(name: str, mode: int, what: str) -> str | None:
+def not_regular(name: str, mode: int, what: str) -> str | None:
     """Why a file of this mode cannot be read as ``what``, or None for a regular file. Reading a FIFO or a
     device would block or never end, so they are refused from their mode, before they are read."""
     if stat.S_ISREG(mode):
@@ -108,7 +108,7 @@ def open_regular(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str 
     """
     name = os.fspath(path)
     try:
-        problem = _not_regular(name, os.stat(name).st_mode, what)
+        problem = not_regular(name, os.stat(name).st_mode, what)
         if problem:
             raise ImageLoadError(name, problem)
         handle = open(name, "rb", opener=lambda file, flags: os.open(file, flags | os.O_NONBLOCK))
@@ -122,7 +122,7 @@ def open_regular(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str 
         reason = "symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
         raise ImageLoadError(name, reason) from None
     info = os.fstat(handle.fileno())
-    problem = _not_regular(name, info.st_mode, what) or (
+    problem = not_regular(name, info.st_mode, what) or (
         _too_big(f"{info.st_size:,} bytes", max_bytes) if info.st_size > max_bytes else None)
     if problem:
         handle.close()

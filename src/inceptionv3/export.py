@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .decode import load_image
+from .decode import load_image, not_regular
 from .errors import ExportError
 from .preprocess import Preprocess
 
@@ -230,9 +230,21 @@ def _litert_runner(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
-    source, = interpreter.get_input_details()
-    target = interpreter.get_output_details()[0]["index"]
+    if not path.exists():
+        raise ExportError(f"{path}: no such LiteRT file")
+    problem = not_regular(str(path), path.stat().st_mode, "a LiteRT file")
+    if problem:  # LiteRT maps the file; a FIFO would block and a device never end
+        raise ExportError(f"{path}: {problem}")
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    except (ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExportError(f"{path}: not a LiteRT model that LiteRT can load ({reason})") from None
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ExportError(f"{path}: a LiteRT model with {len(inputs)} inputs and {len(outputs)} outputs; an exported "
+                          "classifier has one of each")
+    source, target = inputs[0], outputs[0]["index"]
     lock = threading.Lock()
     shape: list[int] = []
 
