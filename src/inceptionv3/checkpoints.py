@@ -793,7 +793,7 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
         problem = not_regular(str(part), part.stat().st_mode, "a checkpoint file") if part.exists() else None
         if problem:  # a FIFO would block the first read, and /dev/zero never ends
             raise CheckpointError(f"{part}: {problem}")
-    checkpoint, torch_layout = (_from_tf_slim(path), False) if prefix else _convert(path, source)
+    checkpoint, torch_layout = _convert(path, source)
     check_fits(checkpoint.state_dict, str(path))  # before anything is computed from the tensors
     if torch_layout:  # converted files (safetensors) were folded, if at all, when they were written
         checkpoint.transform_input_folded = False
@@ -804,7 +804,7 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
 
 def _convert(path: Path, source: str | None) -> tuple[Checkpoint, bool]:
     """The file converted to this layout, and whether it is a torchvision/timm layout file."""
-    if source == "tf-slim" or _is_tf_checkpoint_name(path):
+    if source == "tf-slim" or _is_tf_checkpoint_name(path) or is_tf_checkpoint_prefix(path):
         return _from_tf_slim(path), False
     if source == "keras" or _is_hdf5(path) or _is_keras_archive(path):
         return _from_keras(path), False

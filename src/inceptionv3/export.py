@@ -7,7 +7,9 @@ An export whose largest difference exceeds the tolerance is reported as failed, 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,9 +66,6 @@ def sample_batch(preprocess: Preprocess, photos: Sequence[str | os.PathLike] = (
 def quantize_openvino(fp32_xml: str | os.PathLike, calibration: torch.Tensor, out: str | os.PathLike) -> Path:
     """NNCF post-training int8 quantisation of an OpenVINO fp32 model, calibrated on ``calibration`` (normalised
     images like the real inputs), written to ``out``."""
-    import contextlib
-    import sys
-
     require("nncf", "openvino", extra="int8")
     import nncf
     import openvino as ov
@@ -87,9 +86,6 @@ def export_litert(model: nn.Module, example: torch.Tensor, out: str | os.PathLik
     ``dynamic_wi8_afp32``: per-channel int8 weights, activations quantised at run time). The input stays
     N x 3 x H x W. It is converted at batch 1, since litert-torch cannot yet trace a symbolic batch for this graph;
     LiteRT's interpreter resizes the input for other batch sizes, and ``load_runner`` does that."""
-    import contextlib
-    import sys
-
     require("litert_torch", "ai_edge_quantizer", extra="litert")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import litert_torch

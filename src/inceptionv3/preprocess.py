@@ -76,7 +76,6 @@ def resize_bilinear_tf1(x: torch.Tensor, size: int | tuple[int, int] = 299) -> t
     return upper + (lower - upper) * dy.view(1, out_h, 1)
 
 
-
 @dataclass(frozen=True)
 class Preprocess:
     """One evaluation pipeline, on RGB pixels: ``(pixel / scale - mean) / std`` after resizing and cropping.
