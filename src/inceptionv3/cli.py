@@ -19,6 +19,7 @@ from .checkpoints import SOURCES, read_checkpoint, save_canonical
 from .errors import InceptionV3Error, InputError
 from .files import SafeCSVWriter, display_name
 from .runtime import init_distributed, rank_world
+from .weights import DEFAULT_MODEL, resolve_model
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -214,20 +215,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     fmt = output_format(args.output, args.format)  # a typo in --output fails now, not after the model loads
     if args.cam and not args.save_vis:
         raise InputError("--cam draws into the pictures of --save-vis DIR; give that too")
-    model = args.model or args.weights
-    pretrained = args.weights if (args.model and args.weights) else True
+    choice = resolve_model(args.model, args.weights)
     device = init_distributed() or args.device  # under torchrun: join the group, one GPU per process
     rank, world = rank_world()
     if world > 1 and args.save_vis:
         raise InputError("--save-vis writes its pictures from one process; run it without torchrun")
     entries = list(expand_inputs(args.inputs))
-    classifier = Classifier(model, pretrained, device=device, batch_size=args.batch_size,
+    classifier = Classifier(choice.name_or_path, choice.pretrained, device=device, batch_size=args.batch_size,
                             workers=args.workers, crop_size=args.crop_size, backend=args.backend,
                             precision=args.precision, calibration=_calibration_images(args.calibration),
                             expected_images=len(entries) // world, transform_input=args.transform_input,
                             max_bytes=args.max_bytes, decode=args.decode)
     if rank == 0:
-        print(f"model: {model}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
+        print(f"model: {choice.label}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
               f"backend: {classifier.backend} {classifier.precision}, decode: {classifier.decode} "
               f"({classifier.workers} threads)" + (f", {world} processes" if world > 1 else ""), file=sys.stderr)
     if world > 1:
@@ -260,7 +260,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 failed_paths.append(display_name(path))
             elif args.save_vis:
                 target = _unique_png(Path(args.save_vis), path, used_names)
-                title = f"{display_name(Path(path).name)} | {model}"
+                title = f"{display_name(Path(path).name)} | {choice.label}"
                 photo = load_image(path, decoder=classifier.preprocess.decoder, max_bytes=args.max_bytes)
                 if args.cam:
                     explanation = classifier.explain(path, target=top[0][0], topk=args.topk)
@@ -350,10 +350,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if args.method not in METHODS:  # argparse checks it too; this keeps the API and the command in step
         raise InputError(f"--method must be one of {', '.join(METHODS)}")
-    model = args.model or args.weights
-    pretrained = args.weights if (args.model and args.weights) else True
+    choice = resolve_model(args.model, args.weights)
     entries = list(expand_inputs(args.inputs))
-    classifier = Classifier(model, pretrained, device=args.device, backend="eager", workers=1,
+    classifier = Classifier(choice.name_or_path, choice.pretrained, device=args.device, backend="eager", workers=1,
                             transform_input=args.transform_input, max_bytes=args.max_bytes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -378,7 +377,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         else:
             save_explanation(target, load_image(path, decoder=classifier.preprocess.decoder,
                                                 max_bytes=args.max_bytes),
-                             e, title=f"{display_name(Path(path).name)} | {model}")
+                             e, title=f"{display_name(Path(path).name)} | {choice.label}")
     print(f"{ok} ok, {failed} failed (written to {display_name(out)})", file=sys.stderr)
     return 1 if failed and not args.allow_failures else 0
 
@@ -397,20 +396,22 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
     device = init_distributed() or args.device
     try:
-        requested = args.ensemble or [args.model or args.weights]
-        pretrained = args.weights if (args.model and args.weights and not args.ensemble) else True
+        choices = ([resolve_model(name) for name in args.ensemble] if args.ensemble
+                   else [resolve_model(args.model, args.weights)])
         class_names = read_class_names(args.classes) if args.classes else None
         dataset = load_dataset(args.data, args.ann, class_names, args.skip_missing,
                                label_by_folder_order=args.label_by_folder_order).head(args.limit)
-        members = [Classifier(name, pretrained, device=device, batch_size=args.batch_size, workers=args.workers,
+        members = [Classifier(choice.name_or_path, choice.pretrained, device=device, batch_size=args.batch_size,
+                              workers=args.workers,
                               crops=args.crops, backend=args.backend, precision=args.precision,
                               transform_input=args.transform_input, max_bytes=args.max_bytes,
                               class_names=class_names, decode=args.decode,
                               calibration=_calibration_images(args.calibration),
                               expected_images=len(dataset) * args.crops)
-                   for name in requested]
-        config = EvalConfig(data=str(args.data), ann=args.ann, models=tuple(requested), batch_size=args.batch_size,
-                            limit=args.limit, crops=args.crops, real_labels=args.real_labels)
+                   for choice in choices]
+        config = EvalConfig(data=str(args.data), ann=args.ann, models=tuple(c.label for c in choices),
+                            batch_size=args.batch_size, limit=args.limit, crops=args.crops,
+                            real_labels=args.real_labels)
         outcome = evaluate(members, dataset, config, progress=not args.quiet)
         if outcome is None:  # not rank 0
             return 0
@@ -496,7 +497,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import LOW_PRECISION_MIN_AGREEMENT, TOLERANCES, export_model, load_runner, sample_batch, verify_export
     from .weights import get_model
 
-    model = get_model(args.model, args.weights or True, transform_input=args.transform_input)
+    choice = resolve_model(args.model, args.weights)
+    model = get_model(choice.name_or_path, choice.pretrained, transform_input=args.transform_input)
     preset = model.weights_info.preprocess
     batch = sample_batch(preset, args.check_images or ())
     example = batch[:2] if args.dynamic_batch else batch[:args.batch_size]  # size 1 would be traced as a constant
@@ -504,7 +506,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     calibration = None
     if args.calibration:
         calibration = preset.batch(_calibration_images(args.calibration))
-    print(f"exporting {args.model} to {args.format} {args.precision} (Inception V3 takes 5-30 s)...", file=sys.stderr)
+    print(f"exporting {choice.label} to {args.format} {args.precision} (Inception V3 takes 5-30 s)...", file=sys.stderr)
     path = export_model(model, args.format, args.out, example=example, dynamic_batch=args.dynamic_batch,
                         precision=args.precision, calibration=calibration)
     print(f"checking {path} against eager PyTorch on {len(batch)} views at batch sizes {sizes}...", file=sys.stderr)
@@ -535,8 +537,9 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .export import sample_batch
     from .weights import get_model
 
-    model = (get_model(args.weights, transform_input=args.transform_input) if args.weights
-             else get_model(args.model, pretrained=False))
+    choice = resolve_model(args.model, args.weights)  # random weights unless a file is given: speed is the same
+    model = get_model(choice.name_or_path, choice.pretrained if args.weights else False,
+                      transform_input=args.transform_input)
     batch = sample_batch(model.weights_info.preprocess)
     rows = benchmark(model.eval(), batch, args.backends.split(","), args.precision.split(","),
                      [int(b) for b in args.batch_sizes.split(",")], seconds=args.seconds)
@@ -565,7 +568,7 @@ def _calibration_images(folder: str | None) -> list[str] | None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless --weights)")
+    p.add_argument("--model", help=f"zoo name (default {DEFAULT_MODEL} unless --weights)")
     p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
     _add_transform_input(p)
 
@@ -717,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="export to ONNX, OpenVINO, TorchScript, torch.export or LiteRT, then "
                             "check it")
-    p.add_argument("model", help="zoo name or checkpoint file")
+    p.add_argument("model", nargs="?", help=f"zoo name or checkpoint file (default {DEFAULT_MODEL})")
     p.add_argument("--weights", help="with a zoo name: load this file into it")
     _add_transform_input(p)
     p.add_argument("--format", required=True, choices=FORMATS)
@@ -733,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = commands.add_parser("benchmark", help="images per second of each backend against eager fp32, one run")
-    p.add_argument("--model", default="inception-v3_3rdparty_8xb32_in1k", help="zoo entry (random weights)")
+    p.add_argument("--model", help=f"zoo entry, with random weights (default {DEFAULT_MODEL})")
     p.add_argument("--weights", help="a checkpoint file instead")
     _add_transform_input(p)
     p.add_argument("--backends", default="eager,compile,openvino,onnxruntime")
@@ -756,10 +759,6 @@ def main(argv: list[str] | None = None) -> int:
     """Our errors (a bad file, argument, download or dataset) print one line naming the culprit and exit 2;
     anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    if args.command in ("predict", "test") and args.model is None and args.weights is None:
-        from .inference import DEFAULT_MODEL
-
-        args.model = DEFAULT_MODEL
     for flag in ("topk", "batch_size", "limit"):
         if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(f"inceptionv3 {args.command}: error: --{flag.replace('_', '-')} must be at least 1", file=sys.stderr)

@@ -24,8 +24,9 @@ import torch.distributed as dist
 from .data import ImageDataset, align_to_model, real_labels_for
 from .errors import InputError
 from .files import SafeCSVWriter, file_digest
-from .inference import Classifier, Prediction
+from .inference import Classifier, Prediction, top_classes
 from .runtime import rank_world
+from .weights import DEFAULT_MODEL
 
 TOPK = 5
 
@@ -79,7 +80,7 @@ def score(members: Sequence[Classifier], dataset: ImageDataset, progress: bool =
     correct = seen = 0
     for local, prediction in enumerate(stream):
         if prediction.ok:
-            order = np.argsort(-prediction.scores, kind="stable")[:k]
+            order = top_classes(prediction.scores, k)
             topk[local], topk_scores[local], ok[local] = order, prediction.scores[order], True
             seen += 1
             correct += int(order[0] == dataset.labels[mine[local]])
@@ -181,7 +182,7 @@ class EvalConfig:
 
     data: str
     ann: str | None = None
-    models: tuple[str, ...] = ("inception-v3_3rdparty_8xb32_in1k",)  # as requested: zoo names or files
+    models: tuple[str, ...] = (DEFAULT_MODEL,)  # as requested: zoo names or files
     batch_size: int = 32
     limit: int | None = None
     crops: int = 1

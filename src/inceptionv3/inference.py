@@ -29,17 +29,21 @@ from .errors import InputError
 from .imagenet import imagenet_classes
 from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
 from .runtime import select_device
-from .weights import get_model
+from .weights import DEFAULT_MODEL, get_model, resolve_model
 
 if TYPE_CHECKING:
     from .explain import Explanation
 
 logger = logging.getLogger("inceptionv3")
 
-DEFAULT_MODEL = "inception-v3_3rdparty_8xb32_in1k"
-
 #: The per-image error when the model's scores are NaN or infinite (broken weights, or an fp16 overflow).
 NON_FINITE_OUTPUT = "the model's output is not finite (NaN or inf); check the weights for NaN or inf values"
+
+
+def top_classes(scores: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k best scores, best first; ties keep the lower label first. The one top-k of the
+    package: ``predict``, ``test``, and the server's v1 and v2 answers all rank with it."""
+    return np.argsort(-scores, kind="stable")[:k]
 
 
 @dataclass
@@ -62,8 +66,8 @@ class Prediction:
         """The k best (label, class name, score), best first; ties keep the lower label first."""
         if self.scores is None:
             return []
-        order = np.argsort(-self.scores, kind="stable")[:k]
-        return [(int(i), class_names[i] if class_names else None, float(self.scores[i])) for i in order]
+        return [(int(i), class_names[i] if class_names else None, float(self.scores[i]))
+                for i in top_classes(self.scores, k)]
 
     def to_dict(self) -> dict:
         """mmpretrain's result dict: the same keys and types (``pred_class`` only when class names are known)."""
@@ -92,7 +96,9 @@ class Classifier:
     """A model with its preprocessing and class names, loaded once and reused.
 
     ``model`` is a zoo name, a checkpoint path or an ``nn.Module`` (one from ``get_model`` carries its
-    preset; any other gets the torchvision preset unless ``preprocess`` is given). ``crop_size`` rescales
+    preset; any other gets the torchvision preset unless ``preprocess`` is given); ``pretrained=PATH`` loads a
+    file into the named model, or alone (``model=None``) names the model itself, as ``--weights`` does
+    (``weights.resolve_model``). With neither, the default model. ``crop_size`` rescales
     the preset (with a warning below 299 on ImageNet weights). ``crops=10`` or ``144`` averages the softmax
     over multi-crop views (``Preprocess.view_boxes``). NumPy arrays are read as **BGR**, as in mmpretrain;
     PIL images and files as what they are.
@@ -106,7 +112,7 @@ class Classifier:
 
     def __init__(
         self,
-        model: str | os.PathLike | nn.Module = DEFAULT_MODEL,
+        model: str | os.PathLike | nn.Module | None = DEFAULT_MODEL,
         pretrained: bool | str | os.PathLike = True,
         *,
         device: str | torch.device | None = None,
@@ -129,8 +135,12 @@ class Classifier:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if crops not in VIEW_COUNTS:
             raise InputError(f"crops must be one of {VIEW_COUNTS}, got {crops}")
-        self.model = model if isinstance(model, nn.Module) else get_model(model, pretrained,
-                                                                          transform_input=transform_input)
+        if isinstance(model, nn.Module):
+            self.model = model
+        else:
+            choice = resolve_model(model, None if isinstance(pretrained, bool) else pretrained)
+            self.model = get_model(choice.name_or_path, choice.pretrained if pretrained is not False else False,
+                                   transform_input=transform_input)
         info = getattr(self.model, "weights_info", None)
         if isinstance(preprocess, str):
             if preprocess not in PRESETS:
@@ -191,10 +201,42 @@ class Classifier:
         batch = batch.to(self.device, non_blocking=True)
         return torch.softmax(self._runner(batch).float(), dim=1).cpu()
 
-    def _load(self, item: ImageInput, name: str) -> np.ndarray:
-        rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels,
-                         max_bytes=self.max_bytes, min_side=self.min_side)
+    def load_photo(self, item: ImageInput, name: str, *, max_pixels: int | None = None,
+                   max_bytes: int | None = None, min_side: int | None = None) -> np.ndarray:
+        """Decode one input to H x W x 3 uint8 RGB with the preset's decoder, within this classifier's limits or
+        the caller's (the server's). Raises ``ImageLoadError`` naming the input. Thread-safe."""
+        return load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=max_pixels or self.max_pixels,
+                          max_bytes=max_bytes or self.max_bytes, min_side=min_side)
+
+    def load_views(self, item: ImageInput, name: str, *, max_pixels: int | None = None,
+                   max_bytes: int | None = None) -> np.ndarray:
+        """Decode one input and cut the views the model scores: ``crops`` x crop x crop x 3 uint8 RGB. ``predict``
+        and the server both decode with this, from their pools."""
+        rgb = self.load_photo(item, name, max_pixels=max_pixels, max_bytes=max_bytes, min_side=self.min_side)
         return self.preprocess.views(rgb, self.crops)
+
+    def predict_views(self, views: Sequence[np.ndarray], names: Sequence[str] | None = None,
+                      batch_size: int | None = None) -> list[Prediction]:
+        """One ``Prediction`` per image from views already cut by :meth:`load_views`, in order. Non-finite
+        scores (NaN or inf weights, an fp16 overflow) become that image's error, never a NaN score."""
+        names = names if names is not None else [f"<image {i}>" for i in range(len(views))]
+        results = [Prediction(i, name) for i, name in enumerate(names)]
+        if not views:
+            return results
+        batch_size = batch_size or self.batch_size
+        stacked = np.concatenate(views)
+        scores = torch.cat([self.scores(self.preprocess.normalize(stacked[i:i + batch_size]))
+                            for i in range(0, len(stacked), batch_size)]).numpy()
+        if self.crops > 1:  # average the softmax over each image's views
+            scores = scores.reshape(len(views), self.crops, -1).mean(axis=1)
+        for prediction, row in zip(results, scores, strict=True):
+            if not np.isfinite(row).all():
+                prediction.error = NON_FINITE_OUTPUT
+                continue
+            label = int(row.argmax())
+            prediction.scores, prediction.label, prediction.score = row, label, float(row[label])
+            prediction.class_name = self.class_names[label] if self.class_names else None
+        return results
 
     def images_per_chunk(self, batch_size: int | None = None) -> int:
         """How many images go through the model together: ``batch_size`` tensors, so fewer images with crops."""
@@ -219,7 +261,7 @@ class Classifier:
                     except StopIteration:
                         return
                     name = describe_input(item, index)
-                    pending.append((index, name, pool.submit(self._load, item, name)))
+                    pending.append((index, name, pool.submit(self.load_views, item, name)))
 
             try:
                 refill()
@@ -242,20 +284,12 @@ class Classifier:
                 results.append(Prediction(index, name, error=exc.reason))
             except Exception as exc:  # a decoder bug must not cost the rest of the batch either
                 results.append(Prediction(index, name, error=f"{type(exc).__name__}: {exc}"))
-        if views:
-            stacked = np.concatenate(views)
-            scores = torch.cat([self.scores(self.preprocess.normalize(stacked[i:i + batch_size]))
-                                for i in range(0, len(stacked), batch_size)]).numpy()
-            if self.crops > 1:  # average the softmax over each image's views
-                scores = scores.reshape(len(views), self.crops, -1).mean(axis=1)
-            for prediction, row in zip([p for p in results if p.ok], scores, strict=True):
-                if not np.isfinite(row).all():  # NaN or inf weights: an error, never a NaN score
-                    prediction.error = NON_FINITE_OUTPUT
-                    continue
-                label = int(row.argmax())
-                prediction.scores, prediction.label, prediction.score = row, label, float(row[label])
-                prediction.class_name = self.class_names[label] if self.class_names else None
-        return results
+        decoded = [p for p in results if p.ok]
+        scored = self.predict_views(views, [p.source for p in decoded], batch_size)
+        for prediction, outcome in zip(decoded, scored, strict=True):
+            outcome.index = prediction.index
+        by_index = {p.index: p for p in scored}
+        return [by_index.get(p.index, p) for p in results]
 
     def __call__(self, inputs: ImageInput | list[ImageInput] | tuple, batch_size: int | None = None,
                  topk: int | None = None) -> dict | list[dict]:
@@ -291,8 +325,7 @@ class Classifier:
         for position, item in enumerate(inputs):
             name = describe_input(item, position)
             try:
-                rgb = load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=self.max_pixels,
-                                 max_bytes=self.max_bytes)
+                rgb = self.load_photo(item, name)
             except ImageLoadError as exc:
                 yield Explanation(position, name, method=method, layer=layer or "", error=exc.reason)
                 continue

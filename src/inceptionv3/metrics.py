@@ -644,10 +644,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
     if not _is_main_process():
         args.quiet = True
     model = None
-    if args.model:
-        from .weights import get_model
+    if args.model:  # without it: the FID network, with --weights in its layout
+        from .weights import get_model, resolve_model
 
-        model = get_model(args.model, pretrained=args.weights or True)
+        choice = resolve_model(args.model, args.weights)
+        model = get_model(choice.name_or_path, choice.pretrained)
     layers = [part for item in args.layers for part in item.split(",") if part]
     features = extract_features(args.folder, layers, preset=args.preset, weights=None if model else args.weights,
                                 model=model, batch_size=args.batch_size, workers=args.workers, device=device,

@@ -260,7 +260,8 @@ class TrainConfig:
     val: str | None = option(help="a separate validation set (same forms as --data)")
     val_split: float | None = option(help="hold out this fraction of each class of --data instead")
     label_by: str = option("alphabet", choices=("alphabet", "character"), help="Omniglot labels")
-    model: str | None = option(help="zoo entry: its preprocessing, and its weights for --recipe finetune")
+    model: str | None = option(help="zoo entry: its preprocessing, and its weights for --recipe finetune (default "
+                               "there: the default model)")
     weights: str | None = option(help="start from this checkpoint (with --model: loaded into that entry)")
     epochs: int | None = option(help="default: the recipe's")
     max_steps: int | None = option(help="stop after this many optimizer steps instead of --epochs")
@@ -332,7 +333,7 @@ class Trainer:
         self.total_steps = c.max_steps or epochs * self.steps_per_epoch
 
     def _build_model(self) -> None:
-        from .weights import get_entry, get_model
+        from .weights import get_entry, get_model, resolve_model
 
         c = self.config
         num_classes = self.train_set.num_classes
@@ -344,11 +345,8 @@ class Trainer:
         base = entry.preprocess if entry else PRESETS["mmpretrain"]
         new_head = True
         if self.recipe.from_pretrained or c.weights:
-            if not (c.model or c.weights):
-                raise InputError(f"recipe {c.recipe!r} starts from pretrained weights: pass --model NAME or --weights")
-            source = c.model or c.weights
-            pretrained = c.weights if (c.model and c.weights) else True
-            model = get_model(source, pretrained, aux_logits=False, dropout=c.dropout)
+            choice = resolve_model(c.model, c.weights)  # neither: the default model
+            model = get_model(choice.name_or_path, choice.pretrained, aux_logits=False, dropout=c.dropout)
             base = model.weights_info.preprocess
             if model.num_classes != num_classes or aux:
                 fresh = InceptionV3(num_classes=num_classes, aux_logits=aux, dropout=c.dropout,

@@ -264,6 +264,33 @@ ZOO: dict[str, WeightsEntry] = {
 }
 
 
+DEFAULT_MODEL = "inception-v3_3rdparty_8xb32_in1k"
+"""What every command, ``Classifier`` and the server load when given neither a model nor a weights file."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What a ``--model`` / ``--weights`` pair means, decided in one place: ``get_model(name_or_path, pretrained)``.
+
+    Neither: the default model, downloaded. A model alone: that zoo name (or file). A file alone: the file names
+    the model. Both: the file loaded into that zoo entry (keeping its preprocessing)."""
+
+    name_or_path: str
+    pretrained: bool | str = True
+    label: str = ""
+    """How messages and the server name it: the zoo name, else the file."""
+
+
+def resolve_model(model: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> ModelChoice:
+    model = os.fspath(model) if model else None
+    weights = os.fspath(weights) if weights else None
+    if model is None and weights is None:
+        return ModelChoice(DEFAULT_MODEL, True, DEFAULT_MODEL)
+    if model is None:
+        return ModelChoice(weights, True, weights)
+    return ModelChoice(model, weights or True, model)
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Zoo names, optionally filtered by a shell-style pattern such as ``'*tf*'``."""
     names = sorted(ZOO)
@@ -482,7 +509,11 @@ def download_weights(
         f"could not get weights for {entry.name}.\n"
         + "".join(f"  - {line}\n" for line in tried)
         + f"Cache: {directory} (set INCEPTIONV3_HOME to move it, INCEPTIONV3_MIRROR to use a mirror).\n"
-        f"If you have the file, pass it directly: --weights PATH, or get_model({entry.name!r}, pretrained=PATH)."
+        + (f"{entry.name} is the default model, used when neither --model nor --weights is given.\n"
+           if entry.name == DEFAULT_MODEL else "")
+        + ("If you have the file, pass it directly: --weights PATH, or load_fid_network(PATH)."
+           if entry.name == FID_MODEL else
+           f"If you have the file, pass it directly: --weights PATH, or get_model({entry.name!r}, pretrained=PATH).")
     )
 
 

@@ -33,8 +33,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         decode_workers=args.decode_workers, decode=args.decode, max_body_mb=args.max_body_mb,
         max_pixels=args.max_pixels, max_files=args.max_files, timeout_s=args.timeout_s,
         api_key=args.api_key or env_api_key(), name=args.name)
-    if config.weights and not args.model:
-        config.model = ""  # the checkpoint alone names the model
     if args.ray:
         from .ray import run
 
@@ -55,11 +53,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def add_command(commands: argparse._SubParsersAction) -> None:
     from ..backends import BACKENDS, PRECISIONS
     from ..decode import DECODE_MODES
+    from ..weights import DEFAULT_MODEL
 
     p = commands.add_parser("serve", help="serve a model over HTTP: a JSON API, the Open Inference Protocol v2, "
                             "Prometheus metrics and a web page")
-    p.add_argument("--model", default=None, help="zoo name (default inception-v3_3rdparty_8xb32_in1k unless "
-                   "--weights)")
+    p.add_argument("--model", help=f"zoo name (default {DEFAULT_MODEL} unless --weights)")
     p.add_argument("--weights", help="checkpoint file; with --model, loaded into that zoo entry")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)

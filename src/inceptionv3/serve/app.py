@@ -15,6 +15,7 @@ import binascii
 import hmac
 import io
 import json
+import logging
 import os
 import re
 import socket
@@ -34,12 +35,15 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..decode import ImageLoadError, load_image
+from ..decode import ImageLoadError
 from ..errors import InputError
 from ..explain import METHODS, jet, resolve_target
-from ..inference import Classifier
+from ..inference import Classifier, Prediction
+from ..weights import resolve_model
 from .engine import Engine, Job, Observer, QueueFullError
 from .metrics import Metrics
+
+logger = logging.getLogger("inceptionv3")
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -48,7 +52,8 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 class ServeConfig:
     """Everything ``inceptionv3 serve`` takes, with its defaults."""
 
-    model: str = "inception-v3_3rdparty_8xb32_in1k"
+    model: str | None = None
+    """A zoo name; with neither this nor ``weights``, the default model (``weights.resolve_model``)."""
     weights: str | None = None
     backend: str = "auto"
     precision: str = "fp32"
@@ -100,9 +105,7 @@ class Server:
     def __init__(self, config: ServeConfig, classifier: Classifier | None = None) -> None:
         self.config = config
         if classifier is None:
-            model = config.model if config.weights is None or config.model else config.weights
-            pretrained = config.weights if config.weights else True
-            classifier = Classifier(model, pretrained, device=config.device, backend=config.backend,
+            classifier = Classifier(config.model, config.weights or True, device=config.device, backend=config.backend,
                                     precision=config.precision, expected_images=10_000, decode=config.decode)
         self.classifier = classifier
         self.metrics = Metrics()
@@ -113,8 +116,9 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=max(1, config.decode_workers),
                                        thread_name_prefix="inceptionv3-decode")
         self.max_body = int(config.max_body_mb * 1024 * 1024)
+        self.decoding = 0  # images in the decode pool or waiting for it (changed on the event loop only)
         info = getattr(classifier.model, "weights_info", None)
-        self.model_label = str((info.name or info.path) if info else config.model)
+        self.model_label = str((info.name or info.path) if info else resolve_model(config.model, config.weights).label)
         self.metrics.model_info.labels(model=self.model_label, preset=classifier.preprocess.name,
                                        backend=classifier.backend, precision=classifier.precision,
                                        device=str(classifier.device)).set(1)
@@ -184,23 +188,34 @@ class Server:
                        "or application/json")
 
     def decode(self, upload: Upload, crop: bool) -> np.ndarray:
-        """In the pool: bytes -> the preset's crop (predict) or the whole RGB photo (explain)."""
-        rgb = load_image(upload.data, decoder=self.classifier.preprocess.decoder, name=upload.name,
-                         max_pixels=self.config.max_pixels, max_bytes=self.max_body,
-                         min_side=self.classifier.min_side if crop else None)
-        return self.classifier.preprocess.crop_image(rgb) if crop else rgb
+        """In the pool, through the classifier's own loaders: bytes -> the views it scores (predict) or the whole
+        RGB photo (explain), within the server's limits."""
+        load = self.classifier.load_views if crop else self.classifier.load_photo
+        return load(upload.data, upload.name, max_pixels=self.config.max_pixels, max_bytes=self.max_body)
 
     async def run(self, upload: Upload, kind: str, params: dict[str, Any] | None = None) -> Any:
-        """Decode in the pool, queue for the model thread, wait (bounded by timeout_s)."""
+        """Decode in the pool, queue for the model thread, wait. Decoding counts against both bounds: the
+        decode backlog against ``queue_size`` (503 when the decoders are saturated) and its time against
+        ``timeout_s`` (504). A prediction comes back as the classifier's ``Prediction``; one that failed in the
+        model (non-finite scores) is that image's error, worded as the CLI words it."""
         if not self.engine.ready.is_set():
             raise ApiError(503, "the model is not ready yet" if self.engine.failed is None else
                            f"the model failed to start: {self.engine.failed}", {"Retry-After": "5"})
+        if self.decoding >= self.config.queue_size:
+            raise ApiError(503, f"server busy: {self.decoding} images are waiting to be decoded",
+                           {"Retry-After": "1"})
+        deadline = time.monotonic() + self.config.timeout_s
         loop = asyncio.get_running_loop()
+        self.decoding += 1
+        decoding = loop.run_in_executor(self.pool, self.decode, upload, kind == "predict")
+        decoding.add_done_callback(self._decoded)  # when the thread is done, even after a timeout or a disconnect
         try:
-            image = await loop.run_in_executor(self.pool, self.decode, upload, kind == "predict")
+            image = await asyncio.wait_for(asyncio.shield(decoding), self.config.timeout_s)
         except ImageLoadError as exc:
             self.metrics.decode_errors.labels(reason=_decode_reason(exc.reason)).inc()
             raise ApiError(400, f"{upload.name}: {exc.reason}") from None
+        except TimeoutError:  # a decoding thread cannot be stopped: it still holds its place in the backlog
+            raise ApiError(504, f"{upload.name}: not decoded within --timeout-s {self.config.timeout_s:g}") from None
         try:
             future = self.engine.submit(Job(kind, image, params or {}))
         except QueueFullError:
@@ -208,23 +223,30 @@ class Server:
                            {"Retry-After": "1"}) from None
         self.metrics.queue_depth.set(self.engine.depth())
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.config.timeout_s)
+            result = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             future.cancel()
             raise ApiError(504, f"no result within --timeout-s {self.config.timeout_s:g}") from None
+        if isinstance(result, Prediction) and not result.ok:
+            raise ApiError(500, f"{upload.name}: {result.error}")
+        return result
+
+    def _decoded(self, future: asyncio.Future) -> None:
+        self.decoding -= 1
+        if not future.cancelled():
+            future.exception()  # seen here, so a decode that outlived its request is not logged as unhandled
 
     # -- answers ---------------------------------------------------------------------------------------------
 
-    def predictions(self, scores: np.ndarray, topk: int) -> dict[str, Any]:
-        names = self.classifier.class_names
-        order = np.argsort(-scores, kind="stable")[:topk]
-        best = int(order[0])
+    def predictions(self, prediction: Prediction, topk: int) -> dict[str, Any]:
+        """The v1 answer for one scored image (``Classifier.predict_views``)."""
+        top = prediction.topk(topk, self.classifier.class_names)
         out: dict[str, Any] = {
-            "predictions": [{"label": names[i] if names else str(int(i)), "class_id": int(i),
-                             "score": float(scores[i])} for i in order],
-            "pred_label": best, "pred_score": float(scores[best])}
-        if names:
-            out["pred_class"] = names[best]
+            "predictions": [{"label": name if name else str(label), "class_id": label, "score": score}
+                            for label, name, score in top],
+            "pred_label": prediction.label, "pred_score": prediction.score}
+        if prediction.class_name is not None:
+            out["pred_class"] = prediction.class_name
         return out
 
     def topk(self, value: Any) -> int:
@@ -318,8 +340,10 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
         return _error(422, problems)
 
     @app.exception_handler(Exception)
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A bug: the details go to the server's log, never into the answer (no paths, no command lines)."""
+        logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); the server's log has the details")
 
     # -- the page, health, model card, metrics ------------------------------------------------------------------
 
@@ -361,7 +385,7 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
             outcome = outcomes[0]
             if isinstance(outcome, BaseException):
                 raise outcome
-            return JSONResponse(server.predictions(outcome, k))
+            return JSONResponse(server.predictions(outcome, k))  # a Prediction
         results = []
         for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
             if isinstance(outcome, ApiError):

@@ -27,7 +27,7 @@ class QueueFullError(Exception):
 
 @dataclass
 class Job:
-    kind: str  # "predict" (crop: crop x crop x 3 uint8) or "explain" (rgb: the decoded photo)
+    kind: str  # "predict" (the views of Classifier.load_views) or "explain" (rgb: the decoded photo)
     image: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
     future: Future = field(default_factory=Future)
@@ -131,8 +131,7 @@ class Engine:
             return
         started = time.monotonic()
         try:
-            batch = self.classifier.preprocess.normalize(np.stack([job.image for job in jobs]))
-            scores = self.classifier.scores(batch).numpy()
+            predictions = self.classifier.predict_views([job.image for job in jobs], batch_size=len(jobs))
         except Exception as exc:  # the whole batch failed: every waiting request hears why
             for job in jobs:
                 job.future.set_exception(exc)
@@ -141,8 +140,8 @@ class Engine:
             self.observer.inference(time.monotonic() - started)
         if self.observer.batch_size:
             self.observer.batch_size(len(jobs))
-        for job, row in zip(jobs, scores, strict=True):
-            job.future.set_result(row)
+        for job, prediction in zip(jobs, predictions, strict=True):
+            job.future.set_result(prediction)
 
     def _explain(self, job: Job) -> None:
         if not self._start([job]):

@@ -17,7 +17,6 @@ import json
 import struct
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -148,19 +147,17 @@ def add_v2_routes(app: FastAPI, server: Server) -> None:
             if value is not None:
                 classification = server.topk(value)
         uploads = [Upload(f"image[{i}]", data) for i, data in enumerate(images)]
-        rows = await asyncio.gather(*(server.run(u, "predict") for u in uploads))
+        predictions = await asyncio.gather(*(server.run(u, "predict") for u in uploads))
         names = server.classifier.class_names
         if classification:
-            data = []
-            for row in rows:
-                for i in np.argsort(-row, kind="stable")[:classification]:
-                    label = f":{names[i]}" if names else ""
-                    data.append(f"{float(row[i]):.6f}:{int(i)}{label}")
-            output = {"name": "probabilities", "datatype": "BYTES", "shape": [len(rows), classification],
+            data = [f"{score:.6f}:{label}" + (f":{name}" if name else "")
+                    for p in predictions for label, name, score in p.topk(classification, names)]
+            output = {"name": "probabilities", "datatype": "BYTES", "shape": [len(predictions), classification],
                       "data": data}
         else:
-            output = {"name": "probabilities", "datatype": "FP32", "shape": [len(rows), len(rows[0])],
-                      "data": [float(v) for row in rows for v in row]}
+            output = {"name": "probabilities", "datatype": "FP32",
+                      "shape": [len(predictions), len(predictions[0].scores)],
+                      "data": [float(v) for p in predictions for v in p.scores]}
         response: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [output]}
         if "id" in request_json:
             response["id"] = request_json["id"]
