@@ -276,7 +276,7 @@ def test_classifier_decodes_exactly_on_eager_fp32_and_fast_elsewhere(trained_lik
     fast = Classifier(exact.model, backend="eager", precision="bf16", device="cpu")
     assert fast.decode == "fast" and fast.min_side == 342
     forced = Classifier(exact.model, backend="eager", device="cpu", decode="fast")
-    a, b = exact._load(large_jpeg, "a")[0], forced._load(large_jpeg, "b")[0]
+    a, b = exact.load_views(large_jpeg, "a")[0], forced.load_views(large_jpeg, "b")[0]
     # 4.9 grey levels measured: mmpretrain's cv2 resize does not antialias, so the exact path aliases on the way
     # from 1600 x 1200 down to 456 x 342, and the half-size DCT decode (a box filter) aliases less
     assert a.shape == b.shape == (299, 299, 3) and 0 < np.abs(a.astype(int) - b.astype(int)).mean() < 8

@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, independent_scores, photo_labels
+from conftest import SHARED_DATA, free_port, independent_scores, photo_labels
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -158,7 +157,7 @@ def test_two_processes_give_the_same_report_and_predictions(trained_like_checkpo
         out = tmp_path / f"run{processes}"
         launcher = ([sys.executable, "-m", "inceptionv3"] if processes == 1 else
                     [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                     f"--master_port={_free_port()}", "-m", "inceptionv3"])
+                     f"--master_port={free_port()}", "-m", "inceptionv3"])
         subprocess.run([*launcher, *args, "--out", f"{out}.json", "--predictions", f"{out}.csv"], env=env,
                        check=True, capture_output=True, text=True, timeout=300)
         runs[processes] = (json.loads(Path(f"{out}.json").read_text()), list(csv.DictReader(open(f"{out}.csv"))))
@@ -168,11 +167,6 @@ def test_two_processes_give_the_same_report_and_predictions(trained_like_checkpo
     assert len(one[1]) == 11 and one[1] == two[1]  # every image, in order, with bit-identical scores
 
 
-def _free_port() -> int:
-    """A port nothing listens on now, so that parallel test runs do not collide on a fixed one."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_shards_cover_every_sample_once():

@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import calibrate, load_rgb01, photo_paths
+from conftest import calibrate, free_port, load_rgb01, photo_paths
 from PIL import Image, ImageOps
 
 from inceptionv3 import fid_network, get_entry, get_model
@@ -307,10 +306,6 @@ def test_torchrun_shards_are_whole_batches_without_repeats(monkeypatch):
     assert shards[3, 2] == ["6.png", "7.png"] and shards[4, 3] == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +319,7 @@ def nine_files(tmp_path_factory):
 
 def _torchrun_fid(folder, out, weights, *extra) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "-m", "inceptionv3", "fid", "--save-stats", str(folder), str(out),
+               f"--master_port={free_port()}", "-m", "inceptionv3", "fid", "--save-stats", str(folder), str(out),
                "--weights", str(weights), "--batch-size", "3", "--workers", "0", "--device", "cpu", "--quiet", *extra]
     env = dict(os.environ, INCEPTIONV3_OFFLINE="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -7,7 +7,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,31 +17,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import photo_paths
+from conftest import free_port, photo_paths, wait_ready
 from PIL import Image
 
 from inceptionv3.inference import Classifier
 from inceptionv3.serve.app import ServeConfig, create_app
 
 TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(base: str, deadline_s: float = 120.0) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{base} did not become ready within {deadline_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +38,12 @@ def server(classifier):
 
     config = ServeConfig(max_batch=4, max_pixels=2_000_000, max_files=4, max_body_mb=2.0, timeout_s=30.0)
     app = create_app(config, classifier)
-    port = _free_port()
+    port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    _wait_ready(base)
+    wait_ready(base)
     yield base, app.state.server
     uv.should_exit = True
     thread.join(30)
@@ -260,7 +241,7 @@ def test_metrics_count_requests_batches_and_decode_errors(server):
 def test_sigterm_lets_requests_in_flight_finish(trained_like_checkpoint, tmp_path):
     """A real `inceptionv3 serve` process: 6 requests in flight when SIGTERM arrives all get their answer, then
     the app shuts down (the model thread drains) and the process exits by itself."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     log = open(tmp_path / "serve.log", "w")
@@ -268,7 +249,7 @@ def test_sigterm_lets_requests_in_flight_finish(trained_like_checkpoint, tmp_pat
                                 "--backend", "eager", "--device", "cpu", "--port", str(port), "--max-batch", "2"],
                                stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_ready(base)
+        wait_ready(base)
         photo = _jpeg(7)
         codes: list[int] = []
 
@@ -284,8 +265,7 @@ def test_sigterm_lets_requests_in_flight_finish(trained_like_checkpoint, tmp_pat
         for thread in threads:
             thread.join(TIMEOUT)
         assert codes == [200] * 6
-        # uvicorn re-raises the signal once it has shut down cleanly, so the status is that of SIGTERM
-        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert process.wait(timeout=60) == 0  # a drained SIGTERM is a clean stop (uvicorn alone re-raises it)
     finally:
         if process.poll() is None:
             process.kill()
@@ -358,7 +338,7 @@ def test_ray_serve_spreads_requests_over_two_replicas(trained_like_checkpoint, c
 
     from inceptionv3.serve.ray import run
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = ServeConfig(model="", weights=str(trained_like_checkpoint), backend="eager", device="cpu")
     run(config, replicas=2, host="127.0.0.1", port=port, cpus_per_replica=0.5, block=False)

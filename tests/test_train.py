@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, free_port
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 
@@ -135,11 +134,6 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _free_port() -> int:
-    """A port nothing listens on now, on this machine only, for torchrun's rendezvous."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -235,7 +229,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(trained_like_check
         one = subprocess.Popen([sys.executable, str(script), configs("one", 8)], env=QUIET_ENV, stdout=log,
                                stderr=subprocess.STDOUT)
         two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                              "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script),
+                              "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script),
                               configs("two", 4)], env=QUIET_ENV, capture_output=True, timeout=900)
         assert one.wait(timeout=900) == 0, (tmp_path / "one.log").read_text()[-3000:]
     assert two.returncode == 0, two.stderr.decode()[-3000:]

@@ -630,7 +630,7 @@ def _from_keras(path: Path) -> Checkpoint:
         import h5py
     except ImportError:
         raise CheckpointError(
-            f"{path}: reading a Keras .h5 or .keras file needs h5py: pip install 'inceptionv3[keras]'"
+            f"{path}: reading a Keras .h5 or .keras file needs h5py: pip install -e '.[keras]' in the clone"
         ) from None
     try:
         source = _keras_archive_weights(path) if _is_keras_archive(path) else path

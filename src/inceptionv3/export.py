@@ -52,7 +52,7 @@ def require(*modules: str, extra: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ExportError(f"{', '.join(missing)} not installed: pip install 'inceptionv3[{extra}]'")
+        raise ExportError(f"{', '.join(missing)} not installed: pip install -e '.[{extra}]' in the clone")
 
 
 def sample_batch(preprocess: Preprocess, photos: Sequence[str | os.PathLike] = ()) -> torch.Tensor:

@@ -101,11 +101,10 @@ def locate_fid_weights(download: bool = True) -> Path:
         for name in (f.filename for f in entry.files):
             candidate = folder / name
             if candidate.is_file():
-                digest = file_digest(candidate)
-                if digest == FID_SHA256:
+                if weights.is_verified(candidate, f"sha256:{FID_SHA256}"):  # hashed once, then its marker
                     return candidate
                 log.warning("%s: sha256 %s is not the published %s; ignored (pass it with --weights to use it)",
-                            candidate, digest[:16], FID_SHA256[:16])
+                            candidate, file_digest(candidate)[:16], FID_SHA256[:16])
     if not download:
         raise DownloadError(f"no FID weights in {_hub_checkpoints()} or {weights.cache_dir()}")
     path, _ = weights.download_weights(entry)

@@ -564,7 +564,37 @@ def _side(path: str, extractor_for: Any, args: argparse.Namespace, keep_features
                              pytorch_fid_glob=args.pytorch_fid_glob)
 
 
+def _check_fid_options(args: argparse.Namespace) -> None:
+    """Every precondition that can be known from the arguments and the folders' listings, before the first image
+    is read: a long extraction must never end on a bad option."""
+    if args.kid and (args.kid_subset_size < 2 or args.kid_subsets < 1):
+        raise InputError(f"--kid-subset-size must be at least 2 and --kid-subsets at least 1, got "
+                         f"{args.kid_subset_size} and {args.kid_subsets}")
+    if args.isc and args.isc_splits < 1:
+        raise InputError(f"--isc-splits must be at least 1, got {args.isc_splits}")
+    if args.prc and args.prc_k < 1:
+        raise InputError(f"--prc-k must be at least 1, got {args.prc_k}")
+    if args.isc and args.weights and not args.force:
+        raise InputError("--isc: IS is defined on the published FID network's logits, not on --weights "
+                         f"{display_name(args.weights)}; pass --force to compute it anyway")
+    if args.save_stats:
+        return
+    counts = {path: len(find_images(path)) for path in args.paths if Path(path).is_dir()}
+    for path, n in counts.items():
+        if args.kid and n < args.kid_subset_size:
+            raise InputError(f"--kid: {display_name(path)} has {n} images, fewer than --kid-subset-size "
+                             f"{args.kid_subset_size} (each side needs that many); lower --kid-subset-size")
+        if args.prc and n <= args.prc_k:
+            raise InputError(f"--prc: {display_name(path)} has {n} images; --prc-k {args.prc_k} needs more than "
+                             "that many per side")
+    first = args.paths[0]
+    if args.isc and first in counts and counts[first] < args.isc_splits:
+        raise InputError(f"--isc: {display_name(first)} has {counts[first]} images, fewer than --isc-splits "
+                         f"{args.isc_splits}")
+
+
 def _cmd_fid(args: argparse.Namespace) -> int:
+    _check_fid_options(args)
     cached: list[Extractor] = []
     device = init_distributed() or args.device  # under torchrun: join the group, one GPU per process
     if not _is_main_process():

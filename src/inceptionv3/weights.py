@@ -348,7 +348,7 @@ def _verified_marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _is_verified(path: Path, expected: str) -> bool:
+def is_verified(path: Path, expected: str) -> bool:
     """A cached file is trusted if its marker records this hash, size and mtime; else it is re-hashed."""
     marker = _verified_marker(path)
     stat = path.stat()
@@ -356,7 +356,10 @@ def _is_verified(path: Path, expected: str) -> bool:
     if marker.is_file() and marker.read_text() == stamp:
         return True
     if file_hash_matches(path, expected):
-        marker.write_text(stamp)
+        try:
+            marker.write_text(stamp)
+        except OSError:  # a read-only folder (another tool's cache): hash it again next time
+            pass
         return True
     return False
 
@@ -478,7 +481,7 @@ def download_weights(
             tried.append(f"{weight_file.url}: no published hash, so it is not downloaded automatically")
             continue
         if dest.is_file():
-            if _is_verified(dest, weight_file.hash):
+            if is_verified(dest, weight_file.hash):
                 return dest, weight_file
             log.warning("%s: cached file fails its hash check; downloading it again", dest)
             dest.unlink()
@@ -491,7 +494,7 @@ def download_weights(
         for attempt in range(retries):
             try:
                 _stream_to(url, dest, weight_file.hash, timeout, progress, _Pace(deadline, min_rate, rate_window))
-                _is_verified(dest, weight_file.hash)  # writes the marker
+                is_verified(dest, weight_file.hash)  # writes the marker
                 return dest, weight_file
             except urllib.error.HTTPError as exc:
                 tried.append(f"{url}: HTTP {exc.code} {exc.reason}")

@@ -18,7 +18,8 @@ def _require() -> None:
         import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        raise InputError(f"inceptionv3 serve needs the serve extra: pip install 'inceptionv3[serve]' ({exc})") from None
+        raise InputError(f"inceptionv3 serve needs the serve extra: pip install -e '.[serve]' in the clone "
+                         f"({exc})") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -45,9 +46,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {server.model_label} ({server.classifier.preprocess.name}, {server.classifier.backend} "
           f"{server.classifier.precision} on {server.classifier.device}) at http://{args.host}:{args.port}/ "
           f"with {config_dict(config)}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=60,
-                access_log=args.log_level == "debug")
+    _run_draining(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                 timeout_graceful_shutdown=args.grace_s, access_log=args.log_level == "debug"))
     return 0
+
+
+def _run_draining(config) -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process ended with -15 even when every
+    accepted request was answered. A drained SIGTERM is the ordinary way a server stops: here it exits 0."""
+    import signal
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig == signal.SIGTERM and captured and captured[-1] == sig:
+                captured.pop()
+
+    DrainingServer(config).run()
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -81,6 +99,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, default=2, help="with --ray: copies of the model, each with its thread")
     p.add_argument("--ray-address", help="with --ray: join this cluster (default: a local Ray on 127.0.0.1)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="with --ray: CPUs Ray reserves per replica")
+    p.add_argument("--grace-s", type=float, default=60.0,
+                   help="on SIGTERM: seconds to answer the requests already accepted before closing")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve)
 

@@ -43,7 +43,7 @@ def run(config: ServeConfig, replicas: int, host: str, port: int, address: str |
         import ray
         from ray import serve
     except ImportError:
-        raise InputError("--ray needs the ray extra: pip install 'inceptionv3[ray]'") from None
+        raise InputError("--ray needs the ray extra: pip install -e '.[ray]' in the clone") from None
     if replicas < 1:
         raise InputError(f"--replicas must be at least 1, got {replicas}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
