@@ -179,6 +179,15 @@ def test_nan_weights_fail_each_file_and_jsonl_stays_strict_json(trained_like_che
     assert "0 ok, 2 failed" in capsys.readouterr().err
 
 
+def test_a_topk_beyond_the_class_count_is_bounded_by_it(trained_like_checkpoint, tmp_path):
+    """--topk 100000000 used to build a CSV header of 3 x 10^8 cells before the first row; the model has 1000."""
+    out = tmp_path / "rows.csv"
+    assert main(["predict", str(photo_paths()[0]), "--weights", str(trained_like_checkpoint), "--topk", "100000000",
+                 "--backend", "eager", "--output", str(out)]) == 0
+    header, row = list(csv.reader(out.open(encoding="utf-8")))
+    assert len(header) == len(row) == 4 + 3 * 1000 + 1 and header[-2] == "top1000_score"
+
+
 def test_names_that_are_not_utf8_are_escaped_and_no_row_is_lost(trained_like_checkpoint, tmp_path):
     folder = tmp_path / "odd"
     folder.mkdir()

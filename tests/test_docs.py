@@ -277,16 +277,20 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
     try:
         for line in _commands(code):
             argv = shlex.split(line, comments=True)
+            line_env = dict(env)
+            while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):  # NAME=value before a command
+                name, _, value = argv.pop(0).partition("=")
+                line_env[name] = value
             if argv[:3] == ["python", "-m", "inceptionv3"]:
                 argv = ["inceptionv3", *argv[3:]]
             if argv[0] == "pip":
                 _pip(argv)
                 continue
             if argv[:2] == ["inceptionv3", "serve"]:
-                servers.append(_Server(_reader_paths(argv[1:]), root, env))
+                servers.append(_Server(_reader_paths(argv[1:]), root, line_env))
                 continue
             if argv[0] == "inceptionv3":
-                with _inside(root, env):
+                with _inside(root, line_env):
                     code_, output = _run_cli(_reader_paths(argv[1:]))
                 assert code_ == 0, f"`{line}` exited {code_}:\n{output}"
                 continue

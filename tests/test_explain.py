@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -191,5 +192,10 @@ def test_cli_explain_and_predict_cam_write_pictures_and_keep_going(trained_like_
     assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--backend", "eager",
                  "--save-vis", str(vis), "--cam", "--device", "cpu"]) == 0
     assert Image.open(vis / "photo.png").width == picture.width
+    many = tmp_path / "many"  # more classes than bars fit: the picture shows 10, every row keeps all 17
+    assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--backend", "eager", "--topk",
+                 "17", "--save-vis", str(many), "--cam", "--output", str(tmp_path / "rows.jsonl")]) == 0
+    assert len(json.loads((tmp_path / "rows.jsonl").read_text())["topk"]) == 17 and (many / "photo.png").is_file()
+    assert main([*args, "--topk", "17", "--allow-failures"]) == 0 and (out / "photo.png").is_file()
     assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--cam"]) == 2
     assert "--save-vis" in capsys.readouterr().err

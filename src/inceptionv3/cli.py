@@ -226,6 +226,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                             precision=args.precision, calibration=_calibration_images(args.calibration),
                             expected_images=len(entries) // world, transform_input=args.transform_input,
                             max_bytes=args.max_bytes, decode=args.decode)
+    args.topk = min(args.topk, classifier.num_classes)  # a huge --topk would build a CSV header of that width
     if rank == 0:
         print(f"model: {choice.label}, preprocess: {classifier.preprocess.describe()}, device: {classifier.device}, "
               f"backend: {classifier.backend} {classifier.precision}, decode: {classifier.decode} "

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 PANEL = 400  # the image is fitted into a PANEL x PANEL square
 CHART_WIDTH = 560
+MAX_BARS = 10  # what fits beside the panel at a readable size; a larger --topk is in the results, not the picture
 BAR_COLOUR = (66, 133, 244)
 TOP_COLOUR = (219, 68, 55)
 TEXT_COLOUR = (32, 32, 32)
@@ -60,9 +61,13 @@ def render_panels(panels: Sequence[tuple[np.ndarray, str]], topk: Sequence[tuple
             draw.text((x0, PANEL + 16), _fit(caption, small, PANEL, draw), fill=TEXT_COLOUR, font=small)
     left = len(panels) * (PANEL + 10) + 10
     draw.text((left, 12), _fit(title, large, CHART_WIDTH, draw), fill=TEXT_COLOUR, font=large)
-    row = min(72, (PANEL - 40) // max(len(topk), 1))
+    shown = list(topk[:MAX_BARS])
+    if len(topk) > len(shown):
+        draw.text((left, PANEL + 16), f"and {len(topk) - len(shown)} more in the results", fill=TEXT_COLOUR,
+                  font=small)
+    row = min(72, (PANEL - 40) // max(len(shown), 1))
     bar_max = CHART_WIDTH - 70
-    for rank, (label, name, score) in enumerate(topk):
+    for rank, (label, name, score) in enumerate(shown):
         top = 45 + rank * row
         caption = f"{rank + 1}. {name if name else f'class {label}'} ({label})"
         draw.text((left, top), _fit(caption, small, CHART_WIDTH, draw), fill=TEXT_COLOUR, font=small)

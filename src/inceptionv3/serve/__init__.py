@@ -93,7 +93,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest upload in pixels (400 above)")
     p.add_argument("--max-files", type=int, default=16, help="most images per request")
     p.add_argument("--timeout-s", type=float, default=30.0, help="504 when a result takes longer")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set INCEPTIONV3_API_KEY)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'; prefer setting INCEPTIONV3_API_KEY, since "
+                   "command lines show in ps")
     p.add_argument("--name", default="inceptionv3", help="the model's name in the v2 protocol")
     p.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (the ray extra)")
     p.add_argument("--replicas", type=int, default=2, help="with --ray: copies of the model, each with its thread")

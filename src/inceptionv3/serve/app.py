@@ -274,6 +274,21 @@ class Server:
                         else "explanations run on the eager fp32 model"}}
 
 
+def _route_template(app: FastAPI, scope: dict) -> str:
+    """The metrics label of a request: its route's template (``/v2/models/{model}/infer``), or ``unmatched``, so that
+    a scan of made-up paths cannot grow the label set (one series per path would)."""
+    from starlette.routing import Match
+
+    partial = None
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "path", "unmatched")
+        if match == Match.PARTIAL and partial is None:  # the path of a route, with another method (405)
+            partial = getattr(route, "path", None)
+    return partial or "unmatched"
+
+
 def _png(rgb_or_rgba: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(rgb_or_rgba).save(buffer, "PNG")
@@ -309,11 +324,10 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
         given = request.headers.get("x-request-id", "")
         request_id = given if re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", given) else uuid.uuid4().hex
         route = request.url.path
-        endpoint = route if not route.startswith("/v2/models/") else "/v2/models/{name}" + (
-            "/infer" if route.endswith("/infer") else "/ready" if route.endswith("/ready") else "")
+        endpoint = _route_template(app, request.scope)
         if config.api_key and route not in open_paths:
-            token = request.headers.get("authorization", "")
-            if not hmac.compare_digest(token.encode(), f"Bearer {config.api_key}".encode()):
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
                 response = _error(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                   {"WWW-Authenticate": "Bearer"})
                 response.headers["X-Request-ID"] = request_id
@@ -359,6 +373,8 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        if server.engine.ready.is_set() and server.engine.unhealthy:
+            return _error(503, f"not ready: {server.engine.unhealthy}")
         if server.engine.ready.is_set():
             return JSONResponse({"status": "ready"})
         return _error(503, "not ready" if server.engine.failed is None else f"failed: {server.engine.failed}",

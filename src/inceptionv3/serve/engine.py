@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..inference import Classifier
+from ..inference import NON_FINITE_OUTPUT, Classifier
 
 
 class QueueFullError(Exception):
@@ -53,6 +53,8 @@ class Engine:
         self.observer = observer or Observer()
         self.ready = threading.Event()
         self.failed: BaseException | None = None
+        self.unhealthy: str | None = None
+        """Why readiness is refused although the model runs (its output on the warm-up batch was not finite)."""
         self._thread = threading.Thread(target=self._run, name="inceptionv3-model", daemon=True)
 
     # -- the public side (any thread) --------------------------------------------------------------------------
@@ -83,7 +85,9 @@ class Engine:
         before any request waits on them."""
         crop = self.classifier.preprocess.crop
         for n in sorted({1, self.max_batch}):
-            self.classifier.scores(torch.zeros(n, 3, crop, crop))
+            scores = self.classifier.scores(torch.zeros(n, 3, crop, crop))
+            if not torch.isfinite(scores).all():  # NaN or inf weights: requests still get their own error
+                self.unhealthy = NON_FINITE_OUTPUT
 
     def _run(self) -> None:
         try:

@@ -119,7 +119,7 @@ def add_v2_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/v2/health/ready")
     async def ready() -> JSONResponse:
-        ok = server.engine.ready.is_set()
+        ok = server.engine.ready.is_set() and not server.engine.unhealthy
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2/models/{model}")
@@ -130,7 +130,7 @@ def add_v2_routes(app: FastAPI, server: Server) -> None:
     @app.get("/v2/models/{model}/ready")
     async def model_ready(model: str) -> JSONResponse:
         check(model)
-        ok = server.engine.ready.is_set()
+        ok = server.engine.ready.is_set() and not server.engine.unhealthy
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     @app.post("/v2/models/{model}/infer")
