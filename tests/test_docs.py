@@ -306,8 +306,9 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
             raise AssertionError(f"`{line}`: the docs tests do not know how to run this; mark the block with "
                                  "<!-- not run by the docs tests: REASON -->")
     finally:
-        for server in servers:
-            assert server.stop() == 0, server.log.read_text()
+        statuses = [server.stop() for server in servers]  # every one stopped before any is judged
+        for server, status in zip(servers, statuses, strict=True):
+            assert status == 0, server.log.read_text()
 
 
 def run_python_block(code: str, root: Path, env: dict[str, str], page: Path) -> None:

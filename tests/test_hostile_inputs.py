@@ -409,3 +409,64 @@ def test_keras_weights_with_crafted_hdf5_structure_fail_fast_and_clearly(tmp_pat
     with pytest.raises(CheckpointError, match=f"crafted.keras: .*{reason}"):
         _within(20, read_checkpoint, path)
 
+
+
+def _jpeg_bytes(progressive: bool = False) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(PHOTO).convert("RGB").resize((64, 48)).save(buffer, "JPEG", progressive=progressive)
+    return buffer.getvalue()
+
+
+def test_only_the_listed_formats_are_opened_so_eps_and_icons_never_decode(tmp_path):
+    """Pillow tries every plugin it has: an EPS body ran Ghostscript (and its error echoed the command line), an
+    ICO decoded its largest icon before --max-pixels was checked. Both are now refused as unrecognised."""
+    import io
+
+    from PIL import Image
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\nshowpage\n"
+    icon = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(icon, "ICO", sizes=[(64, 64)])
+    for data in (eps, icon.getvalue()):
+        with pytest.raises(ImageLoadError, match="not a recognised image format"):
+            load_image(data)
+
+
+def test_jpegs_that_cannot_decode_within_bounds_are_named_for_what_they_are():
+    """A progressive JPEG with thousands of scans held a decode thread for minutes; arithmetic-coded and 12-bit
+    JPEGs failed with the decoder's cryptic message. Each is refused from its markers, saying what it is."""
+    import time
+
+    progressive = _jpeg_bytes(progressive=True)
+    last_scan = progressive.rindex(b"\xff\xda")
+    crafted = progressive[:-2] + progressive[last_scan:-2] * 300 + b"\xff\xd9"
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError, match=r"JPEG with [\d,]+ scans"):
+        load_image(crafted)
+    assert time.monotonic() - started < 1
+    baseline = bytearray(_jpeg_bytes())
+    sof = baseline.index(b"\xff\xc0")
+    arithmetic = bytes(baseline[:sof + 1]) + b"\xc9" + bytes(baseline[sof + 2:])
+    with pytest.raises(ImageLoadError, match="arithmetic-coded JPEG"):
+        load_image(arithmetic)
+    twelve = bytearray(baseline)
+    twelve[sof + 4] = 12
+    with pytest.raises(ImageLoadError, match="12-bit JPEG"):
+        load_image(bytes(twelve))
+    assert load_image(progressive).shape == (48, 64, 3)  # the ordinary kinds still decode
+
+
+def test_a_float_tiff_with_nan_pixels_is_an_error_not_black(tmp_path):
+    from PIL import Image
+
+    values = np.full((8, 8), 0.5, np.float32)
+    values[2, 3] = np.nan
+    Image.fromarray(values, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ImageLoadError, match="NaN or inf"):
+        load_image(tmp_path / "nan.tif", decoder="pil")
+    with pytest.raises(ImageLoadError, match="NaN or inf"):
+        load_image(tmp_path / "nan.tif")

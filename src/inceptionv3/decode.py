@@ -46,6 +46,21 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 
 DECODERS = ("cv2", "pil")
 
+#: The only Pillow formats an input is opened as. Pillow would otherwise try every plugin it has: an EPS body
+#: runs Ghostscript, ICO and ICNS decode their largest icon before any size check. JPEG covers cameras' MPO
+#: files too; PPM is what pytorch-fid also reads.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF", "PPM")
+
+#: Most scans a JPEG may have. A progressive photo has about ten; a crafted file with thousands held a decoder for
+#: minutes (libjpeg-turbo's own scan limit exists for the same reason).
+MAX_JPEG_SCANS = 256
+
+_SOF_MARKERS = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive", 0xC3: "lossless", 0xC5: "differential",
+                0xC6: "differential progressive", 0xC7: "differential lossless", 0xC9: "arithmetic-coded",
+                0xCA: "arithmetic-coded progressive", 0xCB: "arithmetic-coded lossless",
+                0xCD: "arithmetic-coded differential", 0xCE: "arithmetic-coded differential progressive",
+                0xCF: "arithmetic-coded differential lossless"}
+
 #: ``exact`` decodes every pixel (bit-identical to mmpretrain and torchvision); ``fast`` decodes large JPEGs at a
 #: reduced DCT scale that still covers the preset's resize; ``auto`` picks exact for eager fp32, fast otherwise.
 DECODE_MODES = ("auto", "exact", "fast")
@@ -161,12 +176,48 @@ def read_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = "
     return data
 
 
+def jpeg_problem(data: bytes) -> str | None:
+    """Why a JPEG cannot be decoded here within bounds, from its markers alone: too many scans, or a coding
+    (arithmetic, lossless, 12-bit) that the decoders refuse with an unhelpful message. ``None`` when it is fine.
+
+    Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so every FF DA in the
+    file is a real start-of-scan."""
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        return f"JPEG with {scans:,} scans, more than the {MAX_JPEG_SCANS} any real photo has (refused: decoding it " \
+               "would take minutes)"
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xDA:
+            break
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _SOF_MARKERS and i + 4 < len(data):
+            kind, precision = _SOF_MARKERS[marker], data[i + 4]
+            if marker not in (0xC0, 0xC1, 0xC2):
+                return f"{kind} JPEG (SOF{marker - 0xC0}): not supported by the decoders; convert it to baseline"
+            if precision != 8:
+                return f"{precision}-bit JPEG: only 8-bit JPEGs are supported; convert it to 8 bits"
+            return None
+        i += 2 + length
+    return None
+
+
 def _probe(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Read only the header, so that a decompression bomb is refused before any pixel is decoded."""
+    """Read only the header, so that a decompression bomb is refused before any pixel is decoded. Only the
+    formats of ``IMAGE_FORMATS`` are tried, and a JPEG's markers are checked first (``jpeg_problem``)."""
+    if data[:2] == b"\xff\xd8":
+        problem = jpeg_problem(data)
+        if problem:
+            raise ImageLoadError(name, problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            Image.init()  # registers every plugin once, so that each listed format is known by name
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(name, f"refused as a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
@@ -202,6 +253,8 @@ def pil_to_rgb(image: Image.Image, name: str = "<PIL image>") -> np.ndarray:
             return np.repeat(gray[:, :, None], 3, axis=2)
         if image.mode == "F":
             values = np.asarray(image, dtype=np.float32)
+            if not np.isfinite(values).all():  # black would be a silent wrong answer
+                raise ImageLoadError(name, "float image with NaN or inf pixels")
             scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
             gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)
