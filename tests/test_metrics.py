@@ -930,3 +930,52 @@ def test_feature_extraction_turns_tf32_off_and_restores_it(fid_weights, monkeypa
         assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
     finally:
         conv.fp32_precision, matmul.fp32_precision = saved
+
+
+def _stats_file(path, mu, sigma, **extra):
+    np.savez_compressed(path, mu=mu, sigma=sigma, **extra)
+    return path
+
+
+def test_statistics_files_are_read_key_by_key_within_bounds(tmp_path):
+    """An ADM-style reference batch keeps gigabytes of images beside mu and sigma: only mu, sigma, meta and n are
+    read (before, every member was, and a 3 MB file with one extra deflated member cost 3 GB). Declared sizes
+    are bounded before anything is allocated, and pickles are never loaded."""
+    import tracemalloc
+    import zipfile
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8))
+    mu, sigma = x.mean(axis=0), np.cov(x, rowvar=False)
+    big = _stats_file(tmp_path / "ref.npz", mu, sigma, arr_0=np.zeros((300, 1024, 1024), np.uint8))
+    assert big.stat().st_size < 2_000_000  # 300 MB of pixels, deflated
+    tracemalloc.start()
+    loaded = FIDStatistics.load(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000_000 and np.array_equal(loaded.mu, mu) and np.allclose(loaded.covariance(), sigma)
+
+    declared = tmp_path / "declared.npz"  # a sigma header claiming 10^5 x 10^5 float64 (80 GB), then nothing
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1)))
+    header["shape"] = (100_000, 100_000)
+    with zipfile.ZipFile(declared, "w") as archive:
+        with archive.open("sigma.npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, header)
+        np.lib.format.write_array(archive.open("mu.npy", "w"), mu)
+    with pytest.raises(InputError, match=r"declared.npz: array 'sigma': declares \(100000, 100000\)"):
+        FIDStatistics.load(declared)
+
+    cases = {
+        "pickled": dict(mu=np.array([object()] * 8, dtype=object), sigma=sigma),
+        "string mu": dict(mu=np.array(["a"] * 8), sigma=sigma),
+        "list meta": dict(mu=mu, sigma=sigma, meta=np.array(["a", "b"])),
+        "asymmetric": dict(mu=mu, sigma=sigma + np.triu(np.ones((8, 8)), 1)),
+        "not PSD": dict(mu=mu, sigma=sigma - 2 * np.eye(8) * np.linalg.eigvalsh(sigma)[-1]),
+    }
+    expected = {"pickled": "Python objects", "string mu": "must be numbers", "list meta": "one JSON string",
+                "asymmetric": "not symmetric", "not PSD": "negative eigenvalue"}
+    for name, arrays in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.npz"
+        np.savez(path, **arrays) if name != "pickled" else np.savez(path, **arrays, allow_pickle=True)
+        with pytest.raises(InputError, match=expected[name]):
+            FIDStatistics.load(path)

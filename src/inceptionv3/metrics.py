@@ -36,7 +36,9 @@ from .fid_math import (
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    npz_keys,
     precision_recall,
+    read_npz,
 )
 from .fid_network import DIMS, LAYERS, check_layers, forward_taps, load_fid_network
 from .fid_presets import DEFAULT_PRESET, FID_PRESETS, FIDPreset, get_preset, model_preset
@@ -44,6 +46,9 @@ from .files import atomic_path
 from .model import InceptionV3
 from .runtime import init_distributed, rank_world
 from .weights import FID_MODEL, FID_SHA256
+
+#: Largest array a features file may declare: 16 GiB, about two million images of 2048 float32 features.
+MAX_FEATURE_BYTES = 16 * 1024**3
 
 _SHOW = 5  # unreadable files named in an error
 
@@ -323,11 +328,7 @@ class Features:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Features:
         """A file :meth:`save` wrote (``inceptionv3 features``); every array must have one row per file."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except (OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{display_name(path)}: not a readable .npz features file ({exc})") from None
+        arrays = read_npz(path, dict.fromkeys(npz_keys(path), MAX_FEATURE_BYTES))
         files, meta = arrays.pop("files", None), arrays.pop("meta", None)
         if files is None or meta is None:
             raise InputError(f"{display_name(path)}: not a features file ('files' and 'meta' missing)")
@@ -531,13 +532,7 @@ def _default_workers() -> int:
 
 def _npz_side(path: str, layer: str, keep_features: bool, keep_logits: bool) -> FolderResult:
     """A statistics file (``mu``, ``sigma``), or a features file from ``inceptionv3 features`` holding ``layer``."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = set(data.files)
-    except FileNotFoundError:
-        raise InputError(f"{display_name(path)}: no such file") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{display_name(path)}: not a readable .npz file ({exc})") from None
+    keys = npz_keys(path)
     if {"mu", "sigma"} <= keys:
         if keep_features or keep_logits:
             raise InputError(f"{display_name(path)}: KID, IS and precision/recall need images or features, not "
