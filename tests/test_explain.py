@@ -122,6 +122,21 @@ def test_map_properties_and_the_model_left_as_it_was(model, batch):
     assert (randomized - both.maps[0]).abs().mean() > 0.05
 
 
+def test_a_layer_too_coarse_for_the_input_is_reported_with_an_earlier_layer_to_try(model, tmp_path):
+    """On a 75-pixel input Mixed_7c is 1 x 1, so the map is flat (all zero after scaling): it used to be drawn as
+    a heatmap without a word. Now the result and the picture say so and name earlier layers; one of them works."""
+    from inceptionv3.visualize import save_explanation
+
+    classifier = Classifier(model, backend="eager", device="cpu", crop_size=75)
+    photo = str(photo_paths()[0])
+    coarse = classifier.explain(photo)
+    assert coarse.flat and coarse.layer_map.shape == (1, 1)
+    assert "flat map" in coarse.describe() and "--layer" in coarse.describe()
+    save_explanation(tmp_path / "coarse.png", np.asarray(Image.open(photo).convert("RGB")), coarse)
+    finer = classifier.explain(photo, layer="Mixed_5d")
+    assert not finer.flat and finer.finding is None and finer.heatmap.max() == pytest.approx(1, abs=1e-6)
+
+
 def test_no_positive_evidence_is_reported_not_drawn(model, tmp_path):
     """A class whose fc row is zero gets a zero gradient: the map stays all zero, is flagged empty and said so,
     and the picture shows the plain crop with the finding in its caption."""

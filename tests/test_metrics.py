@@ -979,3 +979,16 @@ def test_statistics_files_are_read_key_by_key_within_bounds(tmp_path):
         np.savez(path, **arrays) if name != "pickled" else np.savez(path, **arrays, allow_pickle=True)
         with pytest.raises(InputError, match=expected[name]):
             FIDStatistics.load(path)
+
+
+def test_constant_features_are_warned_about_not_printed_as_a_perfect_score(tmp_path, capsys):
+    """A broken FID network gives every image the same features; FID 0.000000 then looked like a perfect match."""
+    rng = np.random.default_rng(1)
+    Features([f"{i}.png" for i in range(5)], {"2048": np.ones((5, 2048), np.float32)}, {"layer": "2048"}).save(
+        tmp_path / "constant.npz")
+    Features([f"{i}.png" for i in range(5)], {"2048": rng.normal(size=(5, 2048)).astype(np.float32)},
+             {"layer": "2048"}).save(tmp_path / "varied.npz")
+    assert main(["fid", str(tmp_path / "constant.npz"), str(tmp_path / "varied.npz")]) == 0
+    printed = capsys.readouterr()
+    assert "constant.npz has the same features" in printed.err and "varied.npz" not in printed.err
+    assert printed.out.startswith("FID: ")

@@ -151,13 +151,31 @@ class Explanation:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def flat(self) -> bool:
+        """The layer's map has no spatial variation (``Mixed_7c`` is 1 x 1 on a 75-pixel input): the heatmap is
+        all zero and says nothing about where the evidence is."""
+        return (self.layer_map is not None and not self.empty
+                and float(self.layer_map.max()) == float(self.layer_map.min()))
+
+    @property
+    def finding(self) -> str | None:
+        """Why the heatmap shows nothing, when it does not; ``None`` for an ordinary map."""
+        if self.empty:
+            return "no positive evidence (all-zero map)"
+        if self.flat:
+            h, w = self.layer_map.shape
+            return (f"flat map: {self.layer} is {h} x {w} at this input size, too coarse to show where; try an "
+                    "earlier --layer, e.g. Mixed_6e or Mixed_5d")
+        return None
+
     def describe(self) -> str:
         """One line: what was explained, and the finding."""
         if self.error is not None:
             return f"error: {self.error}"
         name = f"{self.target_name} ({self.target})" if self.target_name else f"class {self.target}"
         what = f"{self.method} of {name}, score {self.target_score:.4f}, at {self.layer}"
-        return f"{what}: no positive evidence (all-zero map)" if self.empty else what
+        return f"{what}: {self.finding}" if self.finding else what
 
 
 def resolve_target(target: int | str | None, class_names: tuple[str, ...] | None, num_classes: int) -> int | None:

@@ -645,6 +645,10 @@ def _cmd_fid(args: argparse.Namespace) -> int:
                      "first path generated, second real)")
     if not _is_main_process():
         return 0
+    for path, trace in ((first, distance.trace1), (second, distance.trace2)):
+        if trace == 0:  # every image gave the same features: the number says nothing about the images
+            print(f"warning: every image of {display_name(path)} has the same features (the covariance is zero): "
+                  "the network is not telling images apart; check --weights and the images", file=sys.stderr)
     print("\n".join(lines))
     if args.json:
         out = Path(args.json)

@@ -102,8 +102,8 @@ def save_explanation(path: str | Path, rgb: np.ndarray, explanation, title: str 
 
     e = explanation
     what = f"{e.method} of {e.target_name or f'class {e.target}'}"
-    if e.empty:
-        panels = [(e.crop, f"{what}: no positive evidence (all-zero map)"), (rgb, "the photo")]
+    if e.finding:  # an all-zero or flat map: the plain crop, and the finding in words
+        panels = [(e.crop, f"{what}: {e.finding}"), (rgb, "the photo")]
     else:
         on_photo = heatmap_on_photo(e.heatmap, e.crop_box, *rgb.shape[:2])
         panels = [(e.overlay, f"{what}, on the crop the model saw"),
