@@ -425,3 +425,36 @@ def test_nan_weights_give_the_same_per_image_error_everywhere(trained_like_check
         v2 = client.post("/v2/models/inceptionv3/infer", json={"inputs": [
             {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(data).decode()]}]})
         assert v2.status_code == 500 and v2.json()["error"] == f"image[0]: {NON_FINITE_OUTPUT}"
+
+
+def test_malformed_parameters_are_422s_with_an_id_and_the_connection_lives_on(server):
+    """Each of these gave a 500 with a traceback's text (or dropped the connection, so the client's next keep-alive
+    request failed too). Now each is a 4xx naming the parameter, with its request id, on a connection that still
+    answers the next request."""
+    base, _ = server
+    photo = base64.b64encode(_jpeg(0)).decode()
+    v2_input = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [photo]}
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        for top_k in (2.9, True, "1_0", "\u00b9", [5], None):
+            answer = client.post("/v1/predict", json={"inputs": photo, "parameters": {"top_k": top_k}})
+            if top_k is None:  # absent means the default
+                assert answer.status_code == 200
+                continue
+            assert answer.status_code == 422 and "topk must be an integer" in answer.json()["error"], top_k
+            assert answer.headers["x-request-id"]
+        raw = [b'{"inputs": "%s", "parameters": {"top_k": Infinity}}' % photo.encode(),
+               b"[" * 100_000 + b"]" * 100_000]
+        for body in raw:
+            answer = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code in (400, 422) and "error" in answer.json()
+        for target in ("\u00b9", 3.0, True):
+            answer = client.post("/v1/explain", json={"inputs": photo, "parameters": {"target": target}})
+            assert answer.status_code == 422 and "target" in answer.json()["error"], target
+        for request in ({"inputs": [v2_input, v2_input]}, {"inputs": [{**v2_input, "parameters": [1]}]},
+                        {"inputs": [v2_input], "outputs": {"name": "probabilities"}},
+                        {"inputs": [v2_input], "outputs": [{"name": "probabilities", "parameters": "x"}]},
+                        {"inputs": [v2_input], "outputs": [{"name": "probabilities",
+                                                            "parameters": {"classification": 2.5}}]}):
+            answer = client.post("/v2/models/inceptionv3/infer", json=request)
+            assert 400 <= answer.status_code < 500 and "error" in answer.json(), request
+        assert client.post("/v1/predict", json={"inputs": photo}).status_code == 200

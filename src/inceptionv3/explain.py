@@ -19,6 +19,7 @@ removed, and the model's train/eval mode and the caller's grad mode restored, in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,8 +183,10 @@ def resolve_target(target: int | str | None, class_names: tuple[str, ...] | None
     """None (top-1), a class index, or a class name matched as class folders are (any synonym, wnid, case)."""
     if target is None or (isinstance(target, str) and target.strip().lower() in ("", "top1")):
         return None
-    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+    if isinstance(target, str) and re.fullmatch(r"-?[0-9]+", target.strip()):  # ASCII digits: "¹".isdigit() too
         target = int(target)
+    if isinstance(target, bool) or not isinstance(target, (int, str)):
+        raise InputError(f"--target {target!r}: give a class index or a class name")
     if isinstance(target, int):
         if not 0 <= target < num_classes:
             raise InputError(f"--target {target}: the model has classes 0 to {num_classes - 1}")

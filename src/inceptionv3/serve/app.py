@@ -45,6 +45,8 @@ from .metrics import Metrics
 
 logger = logging.getLogger("inceptionv3")
 
+DEFAULT_TOPK = 5
+
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -160,30 +162,8 @@ class Server:
                 raise ApiError(400, "multipart body holds no files")
             uploads = [Upload(value.filename or key, await value.read()) for key, value in files]
             return uploads, {}, len(uploads) > 1
-        if kind == "application/json":
-            try:
-                payload = json.loads(data)
-            except ValueError as exc:
-                raise ApiError(400, f"body is not valid JSON ({exc})") from None
-            if not isinstance(payload, dict) or "inputs" not in payload:
-                raise ApiError(422, 'JSON body must be {"inputs": <base64 image> or [<base64 image>, ...]}')
-            inputs = payload["inputs"]
-            many = isinstance(inputs, list)
-            items = inputs if many else [inputs]
-            if not items or len(items) > self.config.max_files:
-                raise ApiError(422, f"inputs must hold 1 to {self.config.max_files} images, got {len(items)}")
-            uploads = []
-            for i, item in enumerate(items):
-                if not isinstance(item, str):
-                    raise ApiError(422, f"inputs[{i}] must be a base64 string")
-                try:
-                    uploads.append(Upload(f"<inputs[{i}]>", base64.b64decode(item, validate=True)))
-                except (binascii.Error, ValueError):
-                    raise ApiError(422, f"inputs[{i}] is not valid base64") from None
-            parameters = payload.get("parameters") or {}
-            if not isinstance(parameters, dict):
-                raise ApiError(422, "parameters must be an object")
-            return uploads, parameters, many
+        if kind == "application/json":  # parsed and base64-decoded off the event loop: bodies run to megabytes
+            return await asyncio.to_thread(_json_uploads, data, self.config.max_files)
         raise ApiError(415, f"unsupported content type {kind or '(none)'!r}: send image/*, multipart/form-data "
                        "or application/json")
 
@@ -250,11 +230,16 @@ class Server:
         return out
 
     def topk(self, value: Any) -> int:
+        """A JSON integer or a string of ASCII digits; 2.9, true, "1_0", "¹" and Infinity are refused (``int``
+        alone would round, count true as 1, or raise from deep inside)."""
         classes = self.classifier.num_classes
-        try:
-            k = int(value)
-        except (TypeError, ValueError):
-            raise ApiError(422, f"topk must be an integer, got {value!r}") from None
+        if value is None:  # JSON null: the default
+            return min(DEFAULT_TOPK, classes)
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ApiError(422, f"topk must be an integer, got {_short(value)}")
+        k = value
         if not 1 <= k <= classes:
             raise ApiError(422, f"topk must be between 1 and {classes}, got {k}")
         return k
@@ -287,6 +272,48 @@ def _route_template(app: FastAPI, scope: dict) -> str:
         if match == Match.PARTIAL and partial is None:  # the path of a route, with another method (405)
             partial = getattr(route, "path", None)
     return partial or "unmatched"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _json_uploads(data: bytes, max_files: int) -> tuple[list[Upload], dict[str, Any], bool]:
+    """A v1 JSON body, ``{"inputs": <base64> or [<base64>, ...], "parameters": {...}}``: its images, parameters, and
+    whether it was a list. The item count is checked before any image is decoded."""
+    payload = parse_json(data, "body")
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise ApiError(422, 'JSON body must be {"inputs": <base64 image> or [<base64 image>, ...]}')
+    inputs = payload["inputs"]
+    many = isinstance(inputs, list)
+    items = inputs if many else [inputs]
+    if not items or len(items) > max_files:
+        raise ApiError(422, f"inputs must hold 1 to {max_files} images, got {len(items)}")
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ApiError(422, "parameters must be an object")
+    uploads = []
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ApiError(422, f"inputs[{i}] must be a base64 string")
+        try:
+            uploads.append(Upload(f"<inputs[{i}]>", base64.b64decode(item, validate=True)))
+        except (binascii.Error, ValueError):
+            raise ApiError(422, f"inputs[{i}] is not valid base64") from None
+    return uploads, parameters, many
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """Strict JSON: NaN and Infinity are not JSON, and nesting deep enough to exhaust the parser is a 422 too."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    try:
+        return json.loads(data, parse_constant=refuse)
+    except RecursionError:
+        raise ApiError(422, f"{what} is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError(400, f"{what} is not valid JSON ({_short(str(exc))})") from None
 
 
 def _png(rgb_or_rgba: np.ndarray) -> str:
@@ -395,7 +422,7 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
         uploads, parameters, many = await server.uploads(request)
-        k = server.topk(request.query_params.get("topk", parameters.get("top_k", parameters.get("topk", 5))))
+        k = server.topk(request.query_params.get("topk", parameters.get("top_k", parameters.get("topk"))))
         outcomes = await asyncio.gather(*(server.run(u, "predict") for u in uploads), return_exceptions=True)
         if not many:
             outcome = outcomes[0]
@@ -418,7 +445,7 @@ def create_app(config: ServeConfig | None = None, classifier: Classifier | None 
         if many:
             raise ApiError(422, "explain takes one image per request")
         query = request.query_params
-        k = server.topk(query.get("topk", parameters.get("topk", 5)))
+        k = server.topk(query.get("topk", parameters.get("topk")))
         method = query.get("method", parameters.get("method", "gradcam"))
         if method not in METHODS:
             raise ApiError(422, f"method must be one of {', '.join(METHODS)}, got {method!r}")

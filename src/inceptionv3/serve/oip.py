@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -53,17 +52,20 @@ def parse_infer(body: bytes, header_length: str | None, max_items: int) -> tuple
         head, rest = body[:int(header_length)], body[int(header_length):]
     else:
         head, rest = body, b""
-    try:
-        request = json.loads(head)
-    except ValueError as exc:
-        raise ApiError(400, f"inference request is not valid JSON ({exc})") from None
+    from .app import parse_json
+
+    request = parse_json(head, "inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise ApiError(400, 'inference request needs "inputs": [{"name": "image", "datatype": "BYTES", ...}]')
     images: list[bytes] | None = None
     offset = 0
+    if len(request["inputs"]) != 1:
+        raise ApiError(400, f"this model takes one input, 'image'; the request has {len(request['inputs'])}")
     for tensor in request["inputs"]:
         if not isinstance(tensor, dict):
             raise ApiError(400, "each input must be an object")
+        if not isinstance(tensor.get("parameters") or {}, dict):
+            raise ApiError(400, "an input's parameters must be an object")
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         raw = None
         if size is not None:
@@ -137,12 +139,17 @@ def add_v2_routes(app: FastAPI, server: Server) -> None:
     async def infer(model: str, request: Request) -> JSONResponse:
         check(model)
         body = await server.body(request)
-        request_json, images = parse_infer(body, request.headers.get("inference-header-content-length"),
-                                           server.config.max_files)
+        request_json, images = await asyncio.to_thread(  # off the event loop: JSON bodies run to megabytes
+            parse_infer, body, request.headers.get("inference-header-content-length"), server.config.max_files)
         classification = None
-        for output in request_json.get("outputs") or []:
+        outputs = request_json.get("outputs") or []
+        if not isinstance(outputs, list):
+            raise ApiError(400, "outputs must be a list")
+        for output in outputs:
             if not isinstance(output, dict) or output.get("name") != "probabilities":
                 raise ApiError(400, f"unknown output {output!r}: this model has 'probabilities'")
+            if not isinstance(output.get("parameters") or {}, dict):
+                raise ApiError(400, "an output's parameters must be an object")
             value = (output.get("parameters") or {}).get("classification")
             if value is not None:
                 classification = server.topk(value)
