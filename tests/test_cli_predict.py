@@ -347,3 +347,13 @@ def test_torchrun_predict_writes_the_one_process_csv_byte_for_byte(trained_like_
     rows = list(csv.DictReader(io.StringIO(two.read_text())))
     assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in folder.iterdir())
     assert [bool(r["error"]) for r in rows] == [Path(r["path"]).name == "2_broken.jpg" for r in rows]
+    # An output rank 0 cannot write stops both ranks before any image is read (it was reported after the run).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "inceptionv3", *args,
+                           "--output", str(tmp_path / "no-such-dir" / "rows.csv")], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo"))
+    assert done.returncode != 0 and "error: --output" in done.stderr and "No such file" in done.stderr
+    assert "ok," not in done.stderr  # no image was scored

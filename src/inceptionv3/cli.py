@@ -297,44 +297,69 @@ def _summary(args: argparse.Namespace, written: int, failures: Counter[str], fai
 
 def _predict_sharded(args: argparse.Namespace, entries: list[tuple[str, str | None]], classifier, fmt: str,
                      rank: int, world: int) -> int:
-    """predict under torchrun: whole batches of inputs go to the processes in turn (batch k to rank k mod N, as
-    ``test`` shards), so each batch is the one a single process would run; rank 0 gathers every row and writes
-    one output in input order, a failed input as a failed row. Every input must come back exactly once."""
+    """predict under torchrun. Batch k of the inputs goes to rank k mod N (as ``test`` shards), so each batch is
+    the one a single process would run. The ranks go in rounds: in round r they run batches rN .. rN + N - 1, and
+    rank 0 gathers those rows and writes them at once, in input order. So the output grows as the run goes, Ctrl-C
+    keeps every round already written, and an output that rank 0 cannot open stops every rank before any image is
+    read. Every input must come back exactly once."""
     import torch.distributed as dist
 
-    from .evaluate import shard
-
-    mine = shard(len(entries), classifier.images_per_chunk(args.batch_size), rank, world)
+    stream, problem = sys.stdout, None
+    if rank == 0 and args.output:
+        try:
+            stream = open(args.output, "w", newline="", encoding="utf-8")
+        except OSError as exc:
+            problem = f"--output {args.output}: {exc.strerror or exc}"
+    verdict = [problem]
+    dist.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        if rank == 0:
+            raise InputError(verdict[0])
+        return 2
+    chunk = classifier.images_per_chunk(args.batch_size)
+    batches = [range(start, min(start + chunk, len(entries))) for start in range(0, len(entries), chunk)]
+    mine = [i for batch in batches[rank::world] for i in batch]
     predictions = classifier.predict(entries[i][0] for i in mine if not entries[i][1])
-    rows = []
-    for i in mine:
-        path, problem = entries[i]
-        if problem:
-            rows.append((i, [], problem))
-        else:
-            prediction = next(predictions)
-            rows.append((i, prediction.topk(args.topk, classifier.class_names), prediction.error))
-    parts: list = [None] * world
-    dist.all_gather_object(parts, rows)
-    if rank != 0:
-        return 0
-    gathered = sorted((row for part in parts for row in part), key=lambda row: row[0])
-    if [row[0] for row in gathered] != list(range(len(entries))):
-        raise RuntimeError(f"gathered {len(gathered)} rows for {len(entries)} inputs: the shards overlap or miss")
+    out = _Rows(stream, fmt, args.topk) if rank == 0 else None
     failures: Counter[str] = Counter()
     failed_paths: list[str] = []
-    stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    written = 0
     try:
-        out = _Rows(stream, fmt, args.topk)
-        for index, top, error in gathered:
-            out.write(entries[index][0], top, error)
-            if error:
-                failures[error.split(" (")[0]] += 1
-                failed_paths.append(display_name(entries[index][0]))
+        for round_start in range(0, len(batches), world):
+            rows = []
+            if round_start + rank < len(batches):
+                for i in batches[round_start + rank]:
+                    path, problem = entries[i]
+                    if problem:
+                        rows.append((i, [], problem))
+                    else:
+                        prediction = next(predictions)
+                        rows.append((i, prediction.topk(args.topk, classifier.class_names), prediction.error))
+            parts: list = [None] * world
+            dist.all_gather_object(parts, rows)
+            if out is None:
+                continue
+            for index, top, error in sorted((row for part in parts for row in part), key=lambda row: row[0]):
+                if index != written:
+                    raise RuntimeError(f"row {index} came back where row {written} belongs: the shards overlap or miss")
+                out.write(entries[index][0], top, error)
+                written += 1
+                if error:
+                    failures[error.split(" (")[0]] += 1
+                    failed_paths.append(display_name(entries[index][0]))
+    except KeyboardInterrupt:  # Ctrl-C reaches every rank: rank 0 keeps the rounds it wrote and says how far
+        if out is not None:
+            _summary(args, written, failures, failed_paths, f"interrupted after {written} of {len(entries)} inputs: ")
+        return 130
     finally:
+        predictions.close()
         if stream is not sys.stdout:
             stream.close()
-    return _summary(args, len(gathered), failures, failed_paths)
+    if out is None:
+        return 0
+    if written != len(entries):
+        raise RuntimeError(f"wrote {written} rows for {len(entries)} inputs: the shards miss some")
+    return _summary(args, written, failures, failed_paths)
 
 
 # ---------------------------------------------------------------------------------------------
