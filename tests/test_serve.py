@@ -458,3 +458,21 @@ def test_malformed_parameters_are_422s_with_an_id_and_the_connection_lives_on(se
             answer = client.post("/v2/models/inceptionv3/infer", json=request)
             assert 400 <= answer.status_code < 500 and "error" in answer.json(), request
         assert client.post("/v1/predict", json={"inputs": photo}).status_code == 200
+
+
+def test_a_stalled_upload_is_cut_off_at_the_deadline(server, monkeypatch):
+    """A client that declares 100 kB and sends 10 bytes used to hold its connection and buffers for ever (30 such
+    uploads held half a gigabyte); the body must now arrive within --timeout-s, else 408."""
+    import socket as socketlib
+
+    base, state = server
+    monkeypatch.setattr(state.config, "timeout_s", 1.0)
+    port = int(base.rsplit(":", 1)[1])
+    started = time.monotonic()
+    with socketlib.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"\xff\xd8" * 5)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10

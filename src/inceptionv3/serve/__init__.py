@@ -47,7 +47,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
           f"{server.classifier.precision} on {server.classifier.device}) at http://{args.host}:{args.port}/ "
           f"with {config_dict(config)}", file=sys.stderr)
     _run_draining(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                 timeout_graceful_shutdown=args.grace_s, access_log=args.log_level == "debug"))
+                                 timeout_graceful_shutdown=args.grace_s, access_log=args.log_level == "debug",
+                                 limit_concurrency=args.max_connections, timeout_keep_alive=5))
     return 0
 
 
@@ -100,6 +101,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, default=2, help="with --ray: copies of the model, each with its thread")
     p.add_argument("--ray-address", help="with --ray: join this cluster (default: a local Ray on 127.0.0.1)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="with --ray: CPUs Ray reserves per replica")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections beyond which new ones get 503 (stalled clients cannot pile up)")
     p.add_argument("--grace-s", type=float, default=60.0,
                    help="on SIGTERM: seconds to answer the requests already accepted before closing")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))

@@ -128,18 +128,28 @@ class Server:
     # -- reading requests ----------------------------------------------------------------------------------------
 
     async def body(self, request: Request) -> bytes:
-        """The whole body, refused with 413 as soon as it passes the limit (declared or streamed)."""
+        """The whole body, refused with 413 as soon as it passes the limit (declared or streamed), and with 408
+        when it has not all arrived within ``timeout_s``: a stalled client must not hold its buffers for ever."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise ApiError(413, f"request body of {int(declared):,} bytes is over the limit of {self.max_body:,} "
                            f"bytes (--max-body-mb {self.config.max_body_mb:g})")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                raise ApiError(413, f"request body is over the limit of {self.max_body:,} bytes "
-                               f"(--max-body-mb {self.config.max_body_mb:g})")
-            chunks.append(chunk)
+
+        async def read() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise ApiError(413, f"request body is over the limit of {self.max_body:,} bytes "
+                                   f"(--max-body-mb {self.config.max_body_mb:g})")
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), self.config.timeout_s)
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within --timeout-s {self.config.timeout_s:g} "
+                           f"({size:,} bytes came)", {"Connection": "close"}) from None
         data = b"".join(chunks)
         request._body = data  # so that request.form() parses these bytes instead of reading the stream again
         return data
