@@ -642,7 +642,7 @@ def test_keras_without_h5py_says_what_to_install(tmp_path, monkeypatch):
     path = tmp_path / "model.h5"
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
     monkeypatch.setitem(sys.modules, "h5py", None)  # `import h5py` now raises ImportError
-    with pytest.raises(CheckpointError, match=r"needs h5py: pip install 'inceptionv3\[keras\]'") as info:
+    with pytest.raises(CheckpointError, match=r"needs h5py: pip install -e '\.\[keras\]' in the clone") as info:
         read_checkpoint(path)
     assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
 

@@ -61,7 +61,7 @@ def test_an_export_that_disagrees_is_removed_and_fails(trained_like_checkpoint, 
 def test_missing_extras_name_what_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
-    with pytest.raises(ExportError, match=r"openvino not installed: pip install 'inceptionv3\[openvino\]'"):
+    with pytest.raises(ExportError, match=r"openvino not installed: pip install -e '\.\[openvino\]' in the clone"):
         require("openvino", extra="openvino")
 
 
