@@ -275,6 +275,31 @@ def test_an_unwritable_cache_falls_back_to_eager_with_a_warning(model_and_batch,
         assert torch.allclose(scores, torch.softmax(model(batch[:2]), dim=1), atol=1e-6)
 
 
+def test_a_full_cache_disk_falls_back_to_eager_too(model_and_batch, tmp_path, monkeypatch, caplog):
+    """OpenVINO reports a full disk as its own RuntimeError, which escaped as a traceback with no rows; with little
+    space left, a failed export is taken for a full disk and the run goes on eager, as for a read-only cache."""
+    import shutil
+    from collections import namedtuple
+
+    from inceptionv3 import backends
+
+    model, batch = model_and_batch
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("Exception from src/core/src/pass/serialize.cpp: Can't open bin file for writing")
+
+    monkeypatch.setattr(backends, "export_model", full_disk)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**6, 10**6))
+    with caplog.at_level(logging.WARNING, logger="inceptionv3"):
+        classifier = Classifier(model, backend="openvino")
+    assert classifier.backend == "eager" and "1 MB free for the openvino export" in caplog.text
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 0, 10**12))  # space left: a real bug
+    with pytest.raises(RuntimeError, match="serialize.cpp"):
+        Classifier(model, backend="openvino")
+
+
 def test_a_slow_first_build_says_so_once(tmp_path, monkeypatch, caplog):
     """The OpenVINO export takes ~25 s on 2 cores: one line at WARNING (the level the CLI shows) says it is being
     built once; the next runner reuses it silently. (The export itself is faked: the message is under test.)"""

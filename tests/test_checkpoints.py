@@ -574,6 +574,12 @@ def test_preset_crop_in_safetensors_metadata_is_bounded(tmp_path):
     refused(path, r"preprocess 'torchvision@20000': the crop must be a size from 75 to 2048")
     save_file(state, str(path), metadata={**metadata, "preprocess": "mmpretrain@75"})
     assert get_model(path).weights_info.preprocess.crop == 75
+    # Metadata that is not one of its values is refused, not read as the default: a typo in the preset fell back to
+    # torchvision's, and any count_include_pad but "true" meant false.
+    save_file(state, str(path), metadata={**metadata, "preprocess": "mmpretrian"})
+    refused(path, r"preprocess 'mmpretrian': no such preset \(known: keras, mmpretrain")
+    save_file(state, str(path), metadata={**metadata, "preprocess": "mmpretrain", "count_include_pad": "maybe"})
+    refused(path, r"count_include_pad metadata is 'maybe', not true or false")
 
 
 def keras2_skeleton(path, *, replace=None, rename=None):

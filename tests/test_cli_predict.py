@@ -141,9 +141,16 @@ def test_cache_lists_and_clears_downloads_and_exports(tmp_path, monkeypatch, cap
     listing = capsys.readouterr().out
     assert f"3.0 MB  {tmp_path / 'weights.pth'}\n" in listing and f"2.5 MB  {export}\n" in listing
     assert listing.rstrip().endswith(f"5.5 MB in {tmp_path}")
-    assert main(["cache", "--clear", "compiled"]) == 0
+    idle, busy = tmp_path / "compiled" / "abc-openvino.lock", tmp_path / "compiled" / "def-onnx.lock"
+    idle.touch()
+    with open(busy, "a") as held:  # a build in progress holds its lock: that one stays
+        import fcntl
+
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["cache", "--clear", "compiled"]) == 0
     assert "2.5 MB freed" in capsys.readouterr().out
     assert not export.exists() and (tmp_path / "weights.pth").exists()
+    assert not idle.exists() and busy.exists()  # leftover locks went with their exports
     assert main(["cache", "--clear", "all"]) == 0
     assert not (tmp_path / "weights.pth").exists()
 

@@ -297,6 +297,18 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((base, "data:", "blob:"))
                     else None)
             page.goto(base, timeout=TIMEOUT * 1000)
+            # Before any upload: no broken-image placeholder and no empty "Top 5" (a CSS rule used to override
+            # the hidden attribute).
+            assert not page.locator("#preview").is_visible() and not page.locator("#results").is_visible()
+            # By keyboard: Tab reaches the drop zone first, and Enter there opens the file chooser.
+            page.keyboard.press("Tab")
+            assert page.evaluate("() => document.activeElement.id") == "drop"
+            with page.expect_file_chooser(timeout=TIMEOUT * 1000) as chooser:
+                page.keyboard.press("Enter")
+            chooser.value.set_files(files=[{"name": "first.jpg", "mimeType": "image/jpeg", "buffer": _jpeg(3)}])
+            page.wait_for_selector("#bars li:nth-child(5)", timeout=TIMEOUT * 1000)
+            assert page.locator("#preview").is_visible() and page.locator("#results").is_visible()
+            page.evaluate("() => { document.getElementById('bars').innerHTML = ''; }")  # wait for the next ones
             data = base64.b64encode(photo).decode()
             page.evaluate("""async (b64) => {
                 const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));

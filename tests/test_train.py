@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from safetensors import safe_open
 
 from inceptionv3 import get_model, inference_model
+from inceptionv3.cli import main
 from inceptionv3.data import load_dataset, split_dataset
 from inceptionv3.decode import load_image
 from inceptionv3.train import (
@@ -293,12 +294,16 @@ def test_finetune_new_head_lower_backbone_lr_frozen_bn_and_class_names(trained_l
         assert curves.size == (1500, 480)
 
 
-def test_runs_refuse_to_overwrite_and_resume_needs_the_same_world(tmp_path):
+def test_runs_refuse_to_overwrite_and_resume_needs_the_same_world(tmp_path, capsys):
     config = TrainConfig(data=str(DIGITS), out=str(tmp_path / "run"), img_size=75, batch_size=8, max_steps=1,
                          workers=1, augment=False)
     Trainer(config).run()
     with pytest.raises(FileExistsError, match="already holds a run"):
         Trainer(config)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0  # a finished run says so and is left alone
+    assert "has finished: step 1 of 1" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
     state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
     state["world"] = 2
     torch.save(state, tmp_path / "run" / STATE_FILE)

@@ -57,6 +57,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.02)
             return
+        if mode == "slowheaders":  # a header byte every 20 ms for 10 s: each read is quick, the headers never end
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            for _ in range(500):
+                try:
+                    self.wfile.write(b"a")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.02)
+            return
         if mode == "stall":
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -290,6 +300,17 @@ def test_trickling_server_hits_the_whole_transfer_deadline(server, mmpretrain_fi
     assert time.monotonic() - start < 3
     assert "attempt" not in str(info.value) and len(server.requests) == 1
     assert not list(isolated_cache.glob("*.partial"))
+
+
+def test_the_deadline_covers_headers_that_trickle(server, mmpretrain_file_bytes, isolated_cache):
+    """urlopen returns only after the headers, and each header byte arriving within the read timeout kept it
+    going: a mirror that trickled them held `--deadline 20` past 90 s. The deadline now closes the connection."""
+    name = hosted(server, mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "slowheaders", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    started = time.monotonic()
+    with pytest.raises(WeightsDownloadError, match=r"not finished within the 0.5 s deadline \(headers"):
+        download_weights(entry, progress=False, deadline=0.5, timeout=5, retries=1)
+    assert time.monotonic() - started < 3 and not list(isolated_cache.glob("*.partial"))
 
 
 def test_too_slow_transfer_is_abandoned_after_its_window(server, mmpretrain_file_bytes, isolated_cache):

@@ -9,9 +9,11 @@ is rebuilt, never used.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +50,10 @@ FAST_PATH_WORTH_IT_IMAGES = 16
 COMPILE_WORTH_IT_IMAGES = 1000
 #: First builds long enough to pass for a hang (2 CPU cores, Inception V3 at 299: the OpenVINO export 22 s, NNCF's
 #: int8 about a minute) are announced at WARNING, the level the CLI shows; the ONNX export takes about a second.
+#: Below this much free space in the cache, a failed export is taken for a full disk (an export is ~100 MB), and the
+#: fast backends fall back to eager as for a read-only cache.
+MIN_FREE_BYTES = 256 * 1024**2
+
 SLOW_BUILDS = {"openvino export": "about 25 s", "int8 model": "about a minute", "litert export": "about 30 s"}
 
 
@@ -136,7 +142,13 @@ def _cached_files(name: str, filename: str, what: str, build: Callable[[Path], N
             took = SLOW_BUILDS.get(what)
             logger.log(logging.WARNING if took else logging.INFO, "building the %s once%s; later runs reuse it from %s",
                        what, f" ({took})" if took else "", folder)
-            build(target)
+            try:
+                build(target)
+            except Exception as exc:  # OpenVINO and ONNX report a full disk as their own RuntimeError
+                free = shutil.disk_usage(folder).free
+                if free < MIN_FREE_BYTES:
+                    raise OSError(errno.ENOSPC, f"{free / 1e6:.0f} MB free for the {what} ({exc})") from exc
+                raise
             (folder / "manifest.json").write_text(json.dumps({f.name: file_digest(f) for f in files}))
     return target
 

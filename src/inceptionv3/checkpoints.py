@@ -37,7 +37,7 @@ from .errors import CheckpointError
 from .files import atomic_path, file_digest
 from .imagenet import MEAN, STD
 from .model import MIN_INPUT_SIZE, InceptionV3
-from .preprocess import Preprocess
+from .preprocess import PRESETS, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -383,6 +383,9 @@ def preset_spec(spec: str, path: str | Path = "") -> tuple[str, int | None]:
     """Split a file's preset, ``"mmpretrain@75"``, into its name and crop; a crop outside CROP_RANGE is
     refused, since preprocessing allocates by it."""
     base, sep, crop = spec.partition("@")
+    if base not in PRESETS:  # a typo would otherwise fall back to another preset without a word
+        raise CheckpointError(f"{path or 'checkpoint'}: preprocess {spec[:40]!r}: no such preset (known: "
+                              f"{', '.join(sorted(PRESETS))})")
     if not sep:
         return base, None
     low, high = CROP_RANGE
@@ -404,13 +407,16 @@ def _from_canonical(tensors: dict[str, Tensor], metadata: Mapping[str, str], pat
     preprocess = metadata.get("preprocess") or None
     if preprocess:
         preset_spec(preprocess, path)
+    pad = metadata.get("count_include_pad", "true")
+    if pad not in ("true", "false"):
+        raise CheckpointError(f"{path}: its count_include_pad metadata is {pad[:20]!r}, not true or false")
     return Checkpoint(
         dict(tensors),
         metadata.get("source", CANONICAL_FORMAT),
         path,
         class_names=class_names,
         preprocess=preprocess,
-        count_include_pad=metadata.get("count_include_pad", "true") == "true",
+        count_include_pad=pad == "true",
     )
 
 

@@ -97,8 +97,25 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         if remove:
             freed += size
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if args.clear:
+        _remove_idle_locks(root / "compiled")
     print(f"{total / 1e6:9.1f} MB in {root}" + (f", {freed / 1e6:.1f} MB freed" if args.clear else ""))
     return 0
+
+
+def _remove_idle_locks(folder: Path) -> None:
+    """The export cache's lock files (one per export ever built) go too, unless a build holds one right now."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks to test, so none are removed
+        return
+    for lock in folder.glob("*.lock"):
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a build in progress
+            lock.unlink(missing_ok=True)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -413,6 +430,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
+    import numpy as np
     import torch.distributed as dist
 
     from .data import load_dataset, read_class_names
@@ -449,12 +467,16 @@ def _cmd_test(args: argparse.Namespace) -> int:
             outputs.append(args.out)
         confusion = args.confusion or (str(Path(args.out).with_suffix(".confusion.csv")) if args.out else None)
         plot = args.plot or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+        # Only the classes that were a label or a prediction: six class folders are not a 1000 x 1000 matrix.
+        present = [int(i) for i in np.flatnonzero(matrix.sum(axis=0) + matrix.sum(axis=1))]
+        shown = matrix[np.ix_(present, present)]
         if confusion:
-            write_confusion_csv(confusion, matrix, names)
+            write_confusion_csv(confusion, shown, [names[i] for i in present])
             outputs.append(confusion)
         if plot:
             m = report["metrics"]
-            save_eval_plot(plot, matrix, names, m["per_class_accuracy"], m["per_class_count"], m["top1"])
+            save_eval_plot(plot, shown, [names[i] for i in present], [m["per_class_accuracy"][i] for i in present],
+                           [m["per_class_count"][i] for i in present], m["top1"])
             outputs.append(plot)
         if args.predictions:
             write_predictions_csv(args.predictions, scores, names)
@@ -496,6 +518,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             trainer = Trainer.resume(args.resume)
+            if trainer.step >= trainer.total_steps:  # nothing left: say so instead of rewriting its files
+                if trainer.rank == 0:
+                    print(f"{args.resume} has finished: step {trainer.step} of {trainer.total_steps}; weights in "
+                          f"{trainer.out}/last.safetensors (train --out NEW_DIR --weights it to go further)")
+                return 0
         else:
             if not args.data or not args.out:
                 raise InputError("--data and --out are required (or --resume RUN_DIR)")

@@ -9,13 +9,17 @@ and keep up a minimum rate, since the per-read timeout alone lets a trickling se
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
+import http.client
 import logging
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -421,16 +425,77 @@ def _remove_stale_partials(dest: Path) -> None:
             partial.unlink(missing_ok=True)
 
 
+class _Watchdog:
+    """Shuts the connection down when the deadline passes, wherever the transfer is. ``urlopen`` returns only after
+    the response headers, and the per-read timeout alone lets a server trickle them for ever."""
+
+    def __init__(self, seconds: float) -> None:
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self.timer = threading.Timer(max(0.0, seconds), self.fire)
+        self.timer.daemon = True
+
+    def fire(self) -> None:
+        self.fired = True
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def attach(self, sock: socket.socket) -> None:
+        self.sockets.append(sock)
+        if self.fired:
+            self.fire()
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """urllib with connections that report their sockets here as soon as they connect."""
+        watchdog = self
+
+        class Plain(http.client.HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                watchdog.attach(self.sock)
+
+        class Secure(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                watchdog.attach(self.sock)
+
+        class PlainHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Plain, req)
+
+        class SecureHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(Secure, req, context=self._context)
+
+        return urllib.request.build_opener(PlainHandler, SecureHandler)
+
+
 def _stream_to(url: str, dest: Path, expected: str, timeout: float, progress: bool, pace: _Pace) -> None:
     """One attempt: stream ``url`` into a temporary file next to ``dest``, verify, rename.
 
     The temporary file has a name of its own (two downloads never share it) and is removed on every way
-    out, an exception or Ctrl-C included.
+    out, an exception or Ctrl-C included. The deadline covers the whole attempt, the response headers included.
     """
+    watchdog = _Watchdog(pace.deadline - (time.monotonic() - pace.start))
+    watchdog.timer.start()
+    try:
+        _stream(url, dest, expected, timeout, progress, pace, watchdog.opener())
+    except (OSError, ValueError, http.client.HTTPException):  # a cut-off response can end in any of these
+        if watchdog.fired:
+            raise _Abandoned(f"not finished within the {pace.deadline:g} s deadline (headers or body still "
+                             "arriving)") from None
+        raise
+    finally:
+        watchdog.timer.cancel()
+
+
+def _stream(url: str, dest: Path, expected: str, timeout: float, progress: bool, pace: _Pace,
+            opener: urllib.request.OpenerDirector) -> None:
     hasher, digest = _hasher(expected)
     request = urllib.request.Request(url, headers={"User-Agent": "inceptionv3"})
     with atomic_path(dest, ".partial") as tmp:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
+        with opener.open(request, timeout=timeout) as response, open(tmp, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             received = 0
             bar = None
