@@ -9,7 +9,8 @@ marker), since the real files cannot be downloaded here; nothing leaves 127.0.0.
 ``inceptionv3`` commands run in this process through ``cli.main`` (the same entry point as the installed command),
 ``inceptionv3 serve`` in a process of its own, and ``curl`` against it. A block that cannot run here says why in
 the doc source, on the line before its fence: ``<!-- not run by the docs tests: REASON -->``. Those blocks are
-counted and listed at the end of the run; nothing is skipped silently.
+counted and listed at the end of the run; nothing is skipped silently. A command that a doc shows failing ends in
+``# exits N: "TEXT"``: it must exit N and print TEXT.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ CODE = {"bash": "shell", "python": "python"}
 NOT_CODE = {"text", "yaml", "json"}
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 MARKER = re.compile(r"<!-- not run by the docs tests: (.+?) -->\s*$")
+SHOWN_FAILURE = re.compile(r'#\s*exits (\d+): "([^"]+)"')  # a command a doc shows failing, and what it prints
 
 
 @dataclass
@@ -292,7 +294,11 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
             if argv[0] == "inceptionv3":
                 with _inside(root, line_env):
                     code_, output = _run_cli(_reader_paths(argv[1:]))
-                assert code_ == 0, f"`{line}` exited {code_}:\n{output}"
+                shown = SHOWN_FAILURE.search(line)  # the doc shows this command failing: it must fail that way
+                if shown:
+                    assert code_ == int(shown.group(1)) and shown.group(2) in output, (line, code_, output)
+                else:
+                    assert code_ == 0, f"`{line}` exited {code_}:\n{output}"
                 continue
             if "curl" in argv:
                 if not servers:  # the page's first block started it, in the reader's other terminal

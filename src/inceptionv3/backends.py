@@ -261,14 +261,5 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
         return run
 
 
-def __getattr__(name: str):
-    """``backends.benchmark`` and ``backends.matmul_peak`` moved to ``inceptionv3.benchmark``."""
-    if name in ("benchmark", "matmul_peak"):
-        from . import benchmark
-
-        return getattr(benchmark, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["BACKENDS", "PRECISIONS", "ExportError", "available", "choose_backend", "fixed_batch", "make_runner",
            "weights_key"]
