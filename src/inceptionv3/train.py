@@ -652,7 +652,7 @@ class Trainer:
         if cuda_rng and trainer.device.type == "cuda":
             torch.cuda.set_rng_state(cuda_rng[0], trainer.device)
         trainer.step, trainer.best = state["step"], state["best"]
-        if trainer.rank == 0:
+        if trainer.rank == 0 and trainer.step < trainer.total_steps:  # a finished run is left as it is
             log = run_dir / "log.jsonl"
             kept = [line for line in log.read_text().splitlines() if line and json.loads(line)["step"] <= trainer.step]
             log.write_text("".join(line + "\n" for line in kept))
