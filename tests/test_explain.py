@@ -137,6 +137,27 @@ def test_a_layer_too_coarse_for_the_input_is_reported_with_an_earlier_layer_to_t
     assert not finer.flat and finer.finding is None and finer.heatmap.max() == pytest.approx(1, abs=1e-6)
 
 
+def test_a_huge_photo_is_drawn_at_the_picture_size(model, tmp_path):
+    """The heatmap was mapped onto the whole photo in float before being shrunk into a 400-pixel panel: a
+    144-megapixel PNG took 8 GB. The photo is now scaled to the picture first."""
+    import tracemalloc
+
+    from inceptionv3.visualize import save_explanation
+
+    classifier = Classifier(model, backend="eager", device="cpu")
+    small = np.asarray(Image.open(photo_paths()[0]).convert("RGB"))
+    e = classifier.explain(small)
+    factor = 8000 / max(small.shape[:2])
+    huge = np.asarray(Image.fromarray(small).resize((round(small.shape[1] * factor), round(small.shape[0] * factor))))
+    e.crop_box = tuple(v * factor for v in e.crop_box)
+    tracemalloc.start()
+    save_explanation(tmp_path / "huge.png", huge, e)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100_000_000, f"{peak / 1e6:.0f} MB for a {huge.shape[1]} x {huge.shape[0]} photo"
+    assert Image.open(tmp_path / "huge.png").width > 1200
+
+
 def test_no_positive_evidence_is_reported_not_drawn(model, tmp_path):
     """A class whose fc row is zero gets a zero gradient: the map stays all zero, is flagged empty and said so,
     and the picture shows the plain crop with the finding in its caption."""

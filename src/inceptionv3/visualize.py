@@ -95,6 +95,18 @@ def save_topk(path: str | Path, rgb: np.ndarray, topk: Sequence[tuple[int, str |
     return path
 
 
+def _drawing_size(rgb: np.ndarray, box: tuple[float, float, float, float] | None):
+    """The photo at most twice the panel's size, and the crop box scaled with it: the heatmap is mapped onto the
+    photo in float, so a 144-megapixel photo drawn at full size took 8 GB for a 400-pixel panel."""
+    largest = 2 * PANEL
+    scale = largest / max(rgb.shape[:2])
+    if scale >= 1 or box is None:
+        return rgb, box
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR, reducing_gap=2.0))
+    return small, tuple(v * scale for v in box)
+
+
 def save_explanation(path: str | Path, rgb: np.ndarray, explanation, title: str = "") -> Path:
     """The crop with its heatmap, the heatmap mapped back onto the whole photo (``rgb``; outside the crop greyed),
     and the top-k bars, as one PNG. An all-zero map is drawn as the plain crop and said in its caption."""
@@ -102,10 +114,11 @@ def save_explanation(path: str | Path, rgb: np.ndarray, explanation, title: str 
 
     e = explanation
     what = f"{e.method} of {e.target_name or f'class {e.target}'}"
+    rgb, box = _drawing_size(rgb, e.crop_box)
     if e.finding:  # an all-zero or flat map: the plain crop, and the finding in words
         panels = [(e.crop, f"{what}: {e.finding}"), (rgb, "the photo")]
     else:
-        on_photo = heatmap_on_photo(e.heatmap, e.crop_box, *rgb.shape[:2])
+        on_photo = heatmap_on_photo(e.heatmap, box, *rgb.shape[:2])
         panels = [(e.overlay, f"{what}, on the crop the model saw"),
                   (overlay_on_photo(rgb, on_photo), "mapped back onto the photo")]
     path = Path(path)
