@@ -493,3 +493,20 @@ def test_a_stalled_upload_is_cut_off_at_the_deadline(server, monkeypatch):
         while b"\r\n\r\n" not in answer:
             answer += sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10
+
+
+def test_every_server_setting_is_one_flag_with_the_configs_default(monkeypatch):
+    """The flags are made from ServeConfig's fields, so a default lives in one place: `serve` with no flags is
+    ServeConfig() exactly, and every field a user may set has its flag."""
+    import dataclasses
+
+    from inceptionv3.cli import build_parser
+    from inceptionv3.options import config_from
+    from inceptionv3.serve.config import ServeConfig
+
+    monkeypatch.delenv("INCEPTIONV3_API_KEY", raising=False)
+    args = build_parser().parse_args(["serve"])
+    assert config_from(ServeConfig, args) == ServeConfig()
+    flags = {action.dest for action in build_parser()._subparsers._group_actions[0].choices["serve"]._actions}
+    assert {f.name for f in dataclasses.fields(ServeConfig)} - flags == {"ready_before_start"}
+    assert config_from(ServeConfig, build_parser().parse_args(["serve", "--max-batch", "3"])).max_batch == 3

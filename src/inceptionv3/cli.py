@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
 import json
 import logging
@@ -18,6 +17,7 @@ from . import __version__
 from .checkpoints import SOURCES, read_checkpoint, save_canonical
 from .errors import InceptionV3Error, InputError
 from .files import SafeCSVWriter, display_name
+from .options import add_flags, config_from
 from .runtime import init_distributed, rank_world
 from .weights import DEFAULT_MODEL, resolve_model
 
@@ -528,8 +528,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise InputError("--data and --out are required (or --resume RUN_DIR)")
             if args.epochs is not None and args.max_steps is not None:
                 raise InputError("give --epochs or --max-steps, not both")
-            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "extra"}
-            config = TrainConfig(**{**values, "device": str(device) if device is not None else args.device})
+            config = config_from(TrainConfig, args, device=str(device) if device is not None else args.device)
             trainer = Trainer(config)
         summary = trainer.run()
         rank = dist.get_rank() if dist.is_initialized() else 0
@@ -654,24 +653,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per ``TrainConfig`` field, typed from its annotation, with the field's default, help and choices;
-    a boolean is ``--name`` / ``--no-name``. ``--data`` and ``--out`` are checked later, as ``--resume`` needs
-    neither."""
-    from .train import TrainConfig
-
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
-            continue
-        flag, kind = "--" + f.name.replace("_", "-"), str(f.type)
-        help_text, choices = f.metadata.get("help", ""), f.metadata.get("choices")
-        if kind == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            convert = int if kind.startswith("int") else float if kind.startswith("float") else str
-            p.add_argument(flag, type=convert, default=f.default, choices=choices, help=help_text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .decode import MAX_BYTES
     from .preprocess import PRESETS
@@ -763,8 +744,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=_cmd_test)
 
+    from .train import TrainConfig
+
     p = commands.add_parser("train", help="train or fine-tune; --resume RUN_DIR continues a run exactly")
-    _add_config_flags(p)
+    add_flags(p, TrainConfig, skip=("extra",))  # --data and --out are checked later: --resume needs neither
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run with its own settings")
     p.set_defaults(func=_cmd_train, model=None, weights=None)
 

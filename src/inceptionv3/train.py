@@ -35,6 +35,7 @@ from .decode import load_image
 from .errors import DatasetError, InputError
 from .files import atomic_path
 from .model import InceptionV3
+from .options import option
 from .preprocess import PRESETS, Preprocess
 from .runtime import rank_world
 
@@ -240,11 +241,6 @@ def random_resized_crop(rgb: np.ndarray, size: int, rng: np.random.Generator,
 
 # ---------------------------------------------------------------------------------------------
 # The run
-
-
-def option(default=None, *, help: str = "", choices: tuple[str, ...] | None = None):  # noqa: A002
-    """A ``TrainConfig`` field that is also a command-line flag: its default, help text and choices."""
-    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass

@@ -40,6 +40,7 @@ from ..errors import InputError
 from ..explain import METHODS, jet, resolve_target
 from ..inference import Classifier, Prediction
 from ..weights import resolve_model
+from .config import ServeConfig
 from .engine import Engine, Job, Observer, QueueFullError
 from .metrics import Metrics
 
@@ -48,31 +49,6 @@ logger = logging.getLogger("inceptionv3")
 DEFAULT_TOPK = 5
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-@dataclass
-class ServeConfig:
-    """Everything ``inceptionv3 serve`` takes, with its defaults."""
-
-    model: str | None = None
-    """A zoo name; with neither this nor ``weights``, the default model (``weights.resolve_model``)."""
-    weights: str | None = None
-    backend: str = "auto"
-    precision: str = "fp32"
-    device: str | None = None
-    max_batch: int = 8
-    max_delay_ms: float = 0.0
-    queue_size: int = 64
-    decode_workers: int = 2
-    decode: str = "auto"
-    max_body_mb: float = 20.0
-    max_pixels: int = 40_000_000
-    max_files: int = 16
-    timeout_s: float = 30.0
-    api_key: str | None = None
-    name: str = "inceptionv3"
-    ready_before_start: bool = False
-    """Finish the warm-up before the app starts (behind a proxy that routes to a replica once it has started)."""
 
 
 class ApiError(Exception):

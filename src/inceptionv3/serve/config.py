@@ -1,0 +1,43 @@
+"""What ``inceptionv3 serve`` takes: one field per setting, which is also its command-line flag (``options``), so
+that a default or a help text lives in one place. No web framework is imported here: the parser is built without
+the ``serve`` extra."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..backends import BACKENDS, PRECISIONS
+from ..decode import DECODE_MODES
+from ..options import option
+from ..weights import DEFAULT_MODEL
+
+
+@dataclass
+class ServeConfig:
+    """Everything the app needs; ``--host``, ``--port`` and the process's other flags are the command's."""
+
+    model: str | None = option(help=f"zoo name (default {DEFAULT_MODEL} unless --weights)")
+    weights: str | None = option(help="checkpoint file; with --model, loaded into that zoo entry")
+    backend: str = option("auto", help="auto (default): the fastest installed; eager: exact arithmetic",
+                          choices=BACKENDS)
+    precision: str = option("fp32", help="fp32, bf16 or int8, as for predict", choices=PRECISIONS)
+    device: str | None = option(help="cuda, mps or cpu (default: the best available)")
+    max_batch: int = option(8, help="most images the model thread runs together")
+    max_delay_ms: float = option(0.0, help="how long the model thread waits to fill a batch (0: take what is "
+                                 "queued; raise on GPUs)")
+    queue_size: int = option(64, help="images waiting for the model, or to be decoded, beyond which requests get 503")
+    decode_workers: int = option(2, help="decoding threads")
+    decode: str = option("auto", help="exact, fast (large JPEGs at a reduced DCT scale) or auto (exact on eager "
+                         "fp32, else fast)", choices=DECODE_MODES)
+    max_body_mb: float = option(20.0, help="largest request body (413 above)")
+    max_pixels: int = option(40_000_000, help="largest upload in pixels (400 above)")
+    max_files: int = option(16, help="most images per request")
+    timeout_s: float = option(30.0, help="408 when a body takes longer to arrive, 504 when a result does")
+    api_key: str | None = option(help="require 'Authorization: Bearer KEY'; prefer setting INCEPTIONV3_API_KEY, "
+                                 "since command lines show in ps")
+    name: str = option("inceptionv3", help="the model's name in the v2 protocol")
+    ready_before_start: bool = False
+    """Finish the warm-up before the app starts (behind a proxy that routes to a replica once it has started)."""
+
+
+__all__ = ["ServeConfig"]
