@@ -388,3 +388,27 @@ def test_zoo_gives_torchvisions_file_its_full_sha256():
     for weight_file in files:
         algorithm, _, digest = weight_file.hash.partition(":")
         assert algorithm == "sha256" and len(digest) == 64 and digest.startswith("0cc3c7bd")
+
+
+def test_a_file_brought_by_hand_enters_the_cache_only_if_its_hash_matches(server, mmpretrain_file_bytes,
+                                                                          isolated_cache, tmp_path, capsys):
+    """`download NAME --from FILE`, for machines without network: the copy lands where a download would put it,
+    with its marker, and is then used offline; a file with another hash is refused and nothing is written."""
+    from inceptionv3.cli import main
+    from inceptionv3.weights import add_to_cache
+
+    name = hosted(server, mmpretrain_file_bytes)
+    copy = tmp_path / "usb" / name
+    copy.parent.mkdir()
+    copy.write_bytes(mmpretrain_file_bytes)
+    entry = entry_for(WeightFile(url(server, "missing", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
+    path, _ = add_to_cache(entry, copy)
+    assert path == isolated_cache / name and path.read_bytes() == mmpretrain_file_bytes
+    os.environ["INCEPTIONV3_OFFLINE"] = "1"
+    try:
+        assert download_weights(entry, progress=False)[0] == path and server.requests == []
+    finally:
+        del os.environ["INCEPTIONV3_OFFLINE"]
+    assert main(["download", "inception-v3_3rdparty_8xb32_in1k", "--from", str(copy)]) == 2
+    assert "matches none of inception-v3_3rdparty_8xb32_in1k's files" in capsys.readouterr().err
+    assert not (isolated_cache / "inception-v3_3rdparty_8xb32_in1k_20220615-dcd4d910.pth").exists()

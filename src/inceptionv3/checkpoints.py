@@ -950,14 +950,21 @@ def save_canonical(
     model: InceptionV3,
     path: str | Path,
     *,
-    source: str,
+    source: str | None = None,
     class_names: list[str] | None = None,
     preprocess: Preprocess | str | None = None,
 ) -> Path:
     """Write the canonical safetensors file: weights plus what is needed to use them correctly. The preset is
-    recorded by name (``mmpretrain@75`` for one rescaled to a 75 crop), which ``read_checkpoint`` resolves."""
+    recorded by name (``mmpretrain@75`` for one rescaled to a 75 crop), which ``read_checkpoint`` resolves.
+    What is not given comes from the model's ``weights_info`` when it has one (a ``get_model`` model does)."""
     from safetensors.torch import save_file
 
+    info = getattr(model, "weights_info", None)
+    source = source or (info.source if info is not None else "fresh")
+    if class_names is None and info is not None and info.class_names:
+        class_names = list(info.class_names)
+    if preprocess is None and info is not None:
+        preprocess = info.preprocess
     path = Path(path)
     if isinstance(preprocess, Preprocess):
         preprocess = preprocess.name

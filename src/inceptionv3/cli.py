@@ -70,8 +70,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .weights import download_weights, get_entry
+    from .weights import add_to_cache, download_weights, get_entry
 
+    if args.from_file:  # no network: a copy brought by hand, checked against the entry's hashes
+        path, weight_file = add_to_cache(get_entry(args.name), args.from_file)
+        print(f"{args.name}: {path} (from {display_name(args.from_file)}, hash checked)")
+        return 0
     path, weight_file = download_weights(get_entry(args.name), timeout=args.timeout, deadline=args.deadline,
                                          min_rate=args.min_rate)
     print(f"{args.name}: {path} ({weight_file.url})")
@@ -677,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds one file's whole transfer may take")
     p.add_argument("--min-rate", type=float, default=MIN_RATE,
                    help="bytes per second below which a transfer is abandoned (averaged over a minute)")
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="no network: put this copy of the file into the cache, once its hash matches")
     p.set_defaults(func=_cmd_download)
 
     p = commands.add_parser("cache", help="list the downloaded weights and compiled exports, or clear them")

@@ -585,6 +585,32 @@ def download_weights(
     )
 
 
+def add_to_cache(entry: WeightsEntry, source: str | os.PathLike) -> tuple[Path, WeightFile]:
+    """A file brought by hand (a machine without network, a copy from another one) put into the cache as the
+    entry's file whose hash it matches, exactly as a download would leave it: copied to a temporary name, checked,
+    renamed. A file that matches none of the entry's hashes is refused and nothing is written."""
+    from .decode import ImageLoadError, open_regular
+
+    try:
+        handle = open_regular(source, 1 << 40, "a weights file")
+    except ImageLoadError as exc:
+        raise InputError(f"{source}: {exc.reason}") from None
+    handle.close()
+    for weight_file in entry.files:
+        if weight_file.hash and file_hash_matches(Path(source), weight_file.hash):
+            dest = cache_dir() / weight_file.filename
+            with atomic_path(dest, ".partial") as tmp:
+                with open(source, "rb") as src, open(tmp, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                if not file_hash_matches(tmp, weight_file.hash):  # changed while it was copied
+                    raise InputError(f"{source}: changed while it was copied; try again")
+            is_verified(dest, weight_file.hash)  # writes the marker
+            return dest, weight_file
+    hashes = ", ".join(f"{f.filename} ({f.hash})" for f in entry.files if f.hash)
+    raise InputError(f"{source}: its hash matches none of {entry.name}'s files: {hashes or 'none published'}")
+
+
 # ---------------------------------------------------------------------------------------------
 # get_model
 
