@@ -12,7 +12,7 @@
    each in a fresh process: memory is O(d^2), whatever N.
 
     .venv/bin/python benchmarks/bench_fid.py [--images 2000] [--batch-size 50] [--device cpu] [--skip-folders]
-                                          [--skip-distance] [--backend openvino]
+                                          [--skip-distance] [--backend eager,auto]
 """
 
 from __future__ import annotations
@@ -101,18 +101,26 @@ def folder_fid(args: argparse.Namespace, work: Path) -> None:
     env = dict(os.environ, TORCH_HOME=str(work / "torch-home"), INCEPTIONV3_OFFLINE="1",
                INCEPTIONV3_HOME=str(work / "home"))  # a fresh cache: an OpenVINO run includes its one-time export
     common = ["--batch-size", str(args.batch_size), "--device", args.device]
-    ours = [sys.executable, "-m", "inceptionv3", "fid", str(a), str(b), "--weights", str(weights), "--quiet",
-            *common, *(["--backend", args.backend] if args.backend != "eager" else [])]
     reference = [sys.executable, "-m", "pytorch_fid", str(a), str(b), *common]
     reference_s, reference_out = _timed(reference, env)
-    ours_s, ours_out = _timed(ours, env)
-    fid_ref, fid_ours = _fid_in(reference_out), _fid_in(ours_out)
+    fid_ref = _fid_in(reference_out)
     print(f"folder FID, 2 x {args.images} images (half 256x256 PNG, half 1024x1024 JPEG), d=2048, batch "
           f"{args.batch_size}, {args.device}, default workers:")
     print(f"  python -m pytorch_fid A B   {reference_s:7.1f} s  FID {fid_ref:.10f}")
-    print(f"  inceptionv3 fid A B         {ours_s:7.1f} s  FID {fid_ours:.10f}  ({args.backend})")
-    print(f"  wall-time ratio (pytorch-fid / ours) {reference_s / ours_s:.2f}, FID relative gap "
-          f"{abs(fid_ours - fid_ref) / abs(fid_ref):.1e}")
+    results = {}
+    for backend in args.backend.split(","):
+        ours = [sys.executable, "-m", "inceptionv3", "fid", str(a), str(b), "--weights", str(weights), "--quiet",
+                *common, "--backend", backend]
+        ours_s, ours_out = _timed(ours, env)
+        results[backend] = fid_ours = _fid_in(ours_out)
+        gap = abs(fid_ours - fid_ref) / abs(fid_ref)
+        print(f"  inceptionv3 fid A B         {ours_s:7.1f} s  FID {fid_ours:.10f}  (--backend {backend}; wall-time "
+              f"ratio to pytorch-fid {ours_s / reference_s:.2f}, FID relative gap {gap:.1e})")
+    if "eager" in results and len(results) > 1:
+        for backend, value in results.items():
+            if backend != "eager":
+                print(f"  --backend {backend} against eager: FID {value - results['eager']:+.3e} "
+                      f"({abs(value - results['eager']) / abs(results['eager']):.1e} relative)")
 
 
 def distance_only(d: int) -> None:
@@ -166,7 +174,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=2000, help="per folder; half PNG, half JPEG")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backend", default="eager", help="ours: eager (default) or openvino")
+    parser.add_argument("--backend", default="eager,auto",
+                        help="ours, comma-separated: eager, auto (the default of the command), openvino")
     parser.add_argument("--skip-folders", action="store_true", help="no folder FID")
     parser.add_argument("--skip-distance", action="store_true", help="no distance or memory figures")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)

@@ -510,3 +510,43 @@ def test_every_server_setting_is_one_flag_with_the_configs_default(monkeypatch):
     flags = {action.dest for action in build_parser()._subparsers._group_actions[0].choices["serve"]._actions}
     assert {f.name for f in dataclasses.fields(ServeConfig)} - flags == {"ready_before_start"}
     assert config_from(ServeConfig, build_parser().parse_args(["serve", "--max-batch", "3"])).max_batch == 3
+
+
+def test_photos_waiting_for_explanations_are_bounded_in_bytes(server, monkeypatch):
+    """Each explanation holds its whole decoded photo until the model thread reaches it; past the byte budget the
+    server answers 503 instead of queueing more, and the budget is given back as explanations finish."""
+    from inceptionv3.serve import app as app_module
+
+    base, state = server
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        monkeypatch.setattr(app_module, "MAX_EXPLAIN_QUEUE_BYTES", 1000)  # less than any photo
+        refused = client.post("/v1/explain", content=_jpeg(1), headers={"Content-Type": "image/jpeg"})
+        assert refused.status_code == 503 and "waiting to be explained" in refused.json()["error"]
+        monkeypatch.undo()
+        assert client.post("/v1/explain", content=_jpeg(1), headers={"Content-Type": "image/jpeg"}).status_code == 200
+    deadline = time.monotonic() + 10
+    while state.explain_bytes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.explain_bytes == 0
+
+
+def test_an_oversize_body_sent_whole_still_gets_its_413(server):
+    """A client that writes its whole body before reading (urllib does) met a closed socket, "broken pipe",
+    because the 413 came from the Content-Length alone. The server now reads and drops the body (up to a bound)
+    before it answers, so the client reads the 413."""
+    import socket as socketlib
+
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    body = b"\xff\xd8" + b"\0" * (3 * 1024 * 1024)  # over the fixture's 2 MB
+    with socketlib.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        time.sleep(0.5)  # the old server had answered and closed by now
+        sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, "connection closed without an answer"
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")

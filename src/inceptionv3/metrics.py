@@ -70,7 +70,7 @@ def files_digest(files: Sequence[str | os.PathLike], root: str | os.PathLike | N
     return hasher.hexdigest()
 
 
-FEATURE_BACKENDS = ("eager", "openvino")
+FEATURE_BACKENDS = ("auto", "eager", "openvino")
 
 
 class _Taps(torch.nn.Module):
@@ -145,13 +145,19 @@ def _device(device: str | torch.device | None) -> torch.device:
 
 def make_extractor(preset: str | None = None, weights: str | os.PathLike | None = None,
                    model: InceptionV3 | None = None, device: str | torch.device | None = None,
-                   backend: str = "eager") -> Extractor:
+                   backend: str = "eager", images: int | None = None) -> Extractor:
     """The FID network (published weights, or ``weights``) with a named preset; or ``model`` (any InceptionV3
     from ``get_model``) with its own preprocessing, unless a preset is named. ``backend='openvino'`` runs the
-    network through OpenVINO on the CPU (faster there; features differ from eager in the last digits)."""
+    network through OpenVINO on the CPU (faster there; features differ from eager in the last digits);
+    ``'auto'`` chooses as ``predict`` does for a run of ``images``: OpenVINO on a CPU from 16 images when it is
+    installed, else eager."""
     device = _device(device)
     if backend not in FEATURE_BACKENDS:
         raise InputError(f"--backend must be one of {', '.join(FEATURE_BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        from .backends import choose_backend
+
+        backend = "openvino" if choose_backend(device, "fp32", images) == "openvino" else "eager"
     if backend != "eager" and device.type != "cpu":
         raise InputError(f"backend {backend} runs on the CPU; use eager on {device.type}")
     if model is not None:
@@ -353,7 +359,7 @@ def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], la
     its own preprocessing (the ``2048`` tap is then its pooled features)."""
     root = inputs if isinstance(inputs, (str, os.PathLike)) else None
     files = _image_files(root, pytorch_fid_glob) if root is not None else [os.fspath(f) for f in inputs]
-    extractor = make_extractor(preset, weights, model, device, backend)
+    extractor = make_extractor(preset, weights, model, device, backend, images=len(files))
     layers = check_layers(layers)
     kept: list[str] = []
     parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
@@ -597,7 +603,9 @@ def _cmd_fid(args: argparse.Namespace) -> int:
 
     def extractor_for() -> Extractor:
         if not cached:
-            cached.append(make_extractor(args.preset, args.weights, device=device, backend=args.backend))
+            images = sum(len(find_images(p)) for p in args.paths if Path(p).is_dir())
+            cached.append(make_extractor(args.preset, args.weights, device=device, backend=args.backend,
+                                         images=images))
         return cached[0]
 
     first, second = args.paths
@@ -697,8 +705,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--workers", type=int, default=_default_workers(), help="decoding processes (0: in process)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: cuda when available)")
-    p.add_argument("--backend", choices=FEATURE_BACKENDS, default="eager",
-                   help="runs the network: eager PyTorch (default), or OpenVINO on the CPU (exported once, cached)")
+    p.add_argument("--backend", choices=FEATURE_BACKENDS, default="auto",
+                   help="auto (default): OpenVINO on a CPU from 16 images when installed (exported once, cached), "
+                   "else eager; eager: PyTorch's exact arithmetic, as the parity checks run")
     p.add_argument("--weights", help="FID weights file in pytorch-fid's layout (default: the published file, "
                    "reused from $TORCH_HOME/hub/checkpoints when there)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images instead of stopping")

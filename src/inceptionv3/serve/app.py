@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import io
 import json
@@ -47,6 +48,10 @@ from .metrics import Metrics
 logger = logging.getLogger("inceptionv3")
 
 DEFAULT_TOPK = 5
+
+#: Decoded photos that may wait for explanations at once: a 40-megapixel photo is 120 MB, and each explanation
+#: holds its whole photo until the model thread reaches it.
+MAX_EXPLAIN_QUEUE_BYTES = 512 * 1024**2
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -95,6 +100,7 @@ class Server:
                                        thread_name_prefix="inceptionv3-decode")
         self.max_body = int(config.max_body_mb * 1024 * 1024)
         self.decoding = 0  # images in the decode pool or waiting for it (changed on the event loop only)
+        self.explain_bytes = 0  # decoded photos queued for explanation (changed on the event loop only)
         info = getattr(classifier.model, "weights_info", None)
         self.model_label = str((info.name or info.path) if info else resolve_model(config.model, config.weights).label)
         self.metrics.model_info.labels(model=self.model_label, preset=classifier.preprocess.name,
@@ -108,8 +114,9 @@ class Server:
         when it has not all arrived within ``timeout_s``: a stalled client must not hold its buffers for ever."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await self._discard(request, int(declared))
             raise ApiError(413, f"request body of {int(declared):,} bytes is over the limit of {self.max_body:,} "
-                           f"bytes (--max-body-mb {self.config.max_body_mb:g})")
+                           f"bytes (--max-body-mb {self.config.max_body_mb:g})", {"Connection": "close"})
         chunks, size = [], 0
 
         async def read() -> None:
@@ -129,6 +136,21 @@ class Server:
         data = b"".join(chunks)
         request._body = data  # so that request.form() parses these bytes instead of reading the stream again
         return data
+
+    async def _discard(self, request: Request, declared: int) -> None:
+        """Read and drop an oversize body before answering 413, as nginx's lingering close does: a client that
+        sends its whole body before reading (urllib, curl without Expect) otherwise meets a closed socket and
+        reports "broken pipe" instead of the 413. Bounded: bodies up to 4 x the limit (at least 64 MB), for at
+        most ``timeout_s``; past either, the connection is simply closed."""
+        if declared > max(4 * self.max_body, 64 * 1024**2):
+            return
+
+        async def drain() -> None:
+            async for _ in request.stream():
+                pass
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(drain(), self.config.timeout_s)
 
     async def uploads(self, request: Request) -> tuple[list[Upload], dict[str, Any], bool]:
         """The images of a v1 request, its JSON parameters, and whether it was a list (several results)."""
@@ -182,11 +204,21 @@ class Server:
             raise ApiError(400, f"{upload.name}: {exc.reason}") from None
         except TimeoutError:  # a decoding thread cannot be stopped: it still holds its place in the backlog
             raise ApiError(504, f"{upload.name}: not decoded within --timeout-s {self.config.timeout_s:g}") from None
+        if kind == "explain":  # a whole decoded photo waits for each: bound them in bytes, not in count
+            if self.explain_bytes + image.nbytes > MAX_EXPLAIN_QUEUE_BYTES:
+                raise ApiError(503, f"server busy: {self.explain_bytes / 1e6:.0f} MB of photos are waiting to be "
+                               "explained", {"Retry-After": "1"})
+            self.explain_bytes += image.nbytes
         try:
             future = self.engine.submit(Job(kind, image, params or {}))
         except QueueFullError:
+            if kind == "explain":
+                self.explain_bytes -= image.nbytes
             raise ApiError(503, f"server busy: the queue of {self.config.queue_size} is full",
                            {"Retry-After": "1"}) from None
+        if kind == "explain":
+            size = image.nbytes
+            future.add_done_callback(lambda _: self._on_loop(loop, self._explained, size))
         self.metrics.queue_depth.set(self.engine.depth())
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - time.monotonic()))
@@ -196,6 +228,15 @@ class Server:
         if isinstance(result, Prediction) and not result.ok:
             raise ApiError(500, f"{upload.name}: {result.error}")
         return result
+
+    @staticmethod
+    def _on_loop(loop: asyncio.AbstractEventLoop, callback, *args) -> None:
+        """From the model thread: run ``callback`` on the event loop, unless the loop has already closed."""
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback, *args)
+
+    def _explained(self, size: int) -> None:
+        self.explain_bytes -= size
 
     def _decoded(self, future: asyncio.Future) -> None:
         self.decoding -= 1
