@@ -98,7 +98,10 @@ def test_tf_slim_central_crop_uses_tensorflows_integer_offsets_and_tf1_bilinear(
     assert preset.crop_box(1, 1) == (0, 0, 1, 1)
     path = SHARED_DATA / "images" / "felix_220_cheetah.jpg"
     tensor = preset(path)
-    rgb = cv2.imread(str(path))[37:37 + 526, 50:50 + 700, ::-1].astype(np.float32)
+    import simplejpeg  # the preset decodes JPEGs as TensorFlow does: libjpeg's fast IDCT
+
+    decoded = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB", fastdct=True, fastupsample=False)
+    rgb = decoded[37:37 + 526, 50:50 + 700].astype(np.float32)
 
     def tf1_axis(size_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # TF1 resize_bilinear, align_corners=False: source = i * in / out, no half-pixel shift, top clamped
@@ -155,3 +158,22 @@ def test_small_crop_on_imagenet_weights_warns_once(monkeypatch):
         warnings.simplefilter("error")
         Classifier(model, crop_size=224, backend="eager")  # the second time is silent
         Classifier(InceptionV3(num_classes=10), crop_size=224, backend="eager")  # not ImageNet weights: no warning
+
+
+def test_the_tf_slim_preset_decodes_jpegs_with_the_fast_idct():
+    """TensorFlow's decode_jpeg uses libjpeg's fast integer IDCT by default; the tf-slim preset decodes JPEGs with
+    it (through simplejpeg, which exposes libjpeg-turbo's flag), every other preset with the accurate one. The
+    whole pipeline against TensorFlow is in tests/test_tensorflow.py (make test-tf)."""
+    import simplejpeg
+
+    from inceptionv3.decode import load_image
+
+    path = next(p for p in photo_paths() if p.suffix == ".jpg")
+    data = path.read_bytes()
+    fast = load_image(path, **PRESETS["tf-slim"].decode_options)
+    accurate = load_image(path, **PRESETS["mmpretrain"].decode_options)
+    assert np.array_equal(fast, simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False))
+    assert np.array_equal(accurate, cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
+    assert fast.shape == accurate.shape and np.abs(fast.astype(int) - accurate).max() > 0
+    png = SHARED_DATA / "images" / "skimage_chelsea.png"  # other formats decode as before
+    assert np.array_equal(load_image(png, **PRESETS["tf-slim"].decode_options), load_image(png))

@@ -283,7 +283,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             elif args.save_vis:
                 target = _unique_png(Path(args.save_vis), path, used_names)
                 title = f"{display_name(Path(path).name)} | {choice.label}"
-                photo = load_image(path, decoder=classifier.preprocess.decoder, max_bytes=args.max_bytes)
+                photo = load_image(path, **classifier.preprocess.decode_options, max_bytes=args.max_bytes)
                 if args.cam:
                     explanation = classifier.explain(path, target=top[0][0], topk=args.topk)
                     if explanation.ok:
@@ -422,7 +422,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         if args.format == "npy":
             np.save(target.with_suffix(".npy"), e.heatmap.astype(np.float32))
         else:
-            save_explanation(target, load_image(path, decoder=classifier.preprocess.decoder,
+            save_explanation(target, load_image(path, **classifier.preprocess.decode_options,
                                                 max_bytes=args.max_bytes),
                              e, title=f"{display_name(Path(path).name)} | {choice.label}")
     print(f"{ok} ok, {failed} failed (written to {display_name(out)})", file=sys.stderr)

@@ -46,6 +46,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 
 DECODERS = ("cv2", "pil")
 
+#: libjpeg's inverse DCTs: ``accurate`` (JDCT_ISLOW, what OpenCV, Pillow and most tools use) or ``fast``
+#: (JDCT_IFAST, the default of TensorFlow's ``decode_jpeg``, so of TF-slim's evaluation).
+JPEG_IDCTS = ("accurate", "fast")
+
 #: The only Pillow formats an input is opened as. Pillow would otherwise try every plugin it has: an EPS body
 #: runs Ghostscript, ICO and ICNS decode their largest icon before any size check. JPEG covers cameras' MPO
 #: files too; PPM is what pytorch-fid also reads.
@@ -276,8 +280,21 @@ def dct_scale(width: int, height: int, min_side: int | None) -> int:
     return next((s for s in (8, 4, 2) if -(-short // s) >= min_side), 1)
 
 
+def _decode_fast_idct(data: bytes) -> np.ndarray | None:
+    """A JPEG through libjpeg-turbo's fast integer IDCT with fancy upsampling, as TensorFlow's ``decode_jpeg``
+    decodes by default (simplejpeg exposes the flag; no EXIF rotation, as in TensorFlow). ``None`` when it cannot
+    (a CMYK JPEG, a damaged one): the caller's decoder then decodes it or names the problem."""
+    import simplejpeg
+
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
+    except (ValueError, RuntimeError):
+        return None
+
+
 def decode_bytes(data: bytes, name: str = "<bytes>", decoder: str = "cv2",
-                 max_pixels: int = MAX_IMAGE_PIXELS, min_side: int | None = None) -> np.ndarray:
+                 max_pixels: int = MAX_IMAGE_PIXELS, min_side: int | None = None,
+                 jpeg_idct: str = "accurate") -> np.ndarray:
     """Decode an encoded image to an H x W x 3 uint8 RGB array. With ``min_side``, a JPEG is decoded at a
     reduced scale (libjpeg-turbo's DCT scaling: cv2's ``IMREAD_REDUCED_COLOR_*``, Pillow's ``draft``) whose short
     side stays at or above it: several times faster on camera photos, and a little different (the "fast" decode).
@@ -286,6 +303,12 @@ def decode_bytes(data: bytes, name: str = "<bytes>", decoder: str = "cv2",
         raise ImageLoadError(name, "empty input (0 bytes)")
     probe = _probe(data, name, max_pixels)
     scale = dct_scale(*probe.size, min_side) if probe.format == "JPEG" else 1
+    if jpeg_idct not in JPEG_IDCTS:
+        raise InputError(f"jpeg_idct must be one of {JPEG_IDCTS}, got {jpeg_idct!r}")
+    if jpeg_idct == "fast" and probe.format == "JPEG" and scale == 1:
+        rgb = _decode_fast_idct(data)
+        if rgb is not None:
+            return rgb
     if decoder == "cv2":
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_REDUCED[scale])
         if bgr is not None:
@@ -320,18 +343,18 @@ def bgr_array_to_rgb(array: np.ndarray, name: str = "<array>") -> np.ndarray:
 
 
 def load_image(item: ImageInput, decoder: str = "cv2", name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
-               max_bytes: int = MAX_BYTES, min_side: int | None = None) -> np.ndarray:
+               max_bytes: int = MAX_BYTES, min_side: int | None = None, jpeg_idct: str = "accurate") -> np.ndarray:
     """Any supported input to H x W x 3 uint8 RGB. NumPy arrays are read as **BGR**, as mmpretrain reads them.
     A file or bytes over ``max_bytes``, or a path that is not a regular file, is refused before it is read.
     ``min_side``: decode JPEGs reduced, keeping the short side at least this (see :func:`decode_bytes`)."""
     name = name or describe_input(item)
     if isinstance(item, (str, os.PathLike)):
-        return decode_bytes(read_file(item, max_bytes), name, decoder, max_pixels, min_side)
+        return decode_bytes(read_file(item, max_bytes), name, decoder, max_pixels, min_side, jpeg_idct)
     if isinstance(item, (bytes, bytearray, memoryview)):
         size = item.nbytes if isinstance(item, memoryview) else len(item)
         if size > max_bytes:
             raise ImageLoadError(name, _too_big(f"{size:,} bytes", max_bytes))
-        return decode_bytes(bytes(item), name, decoder, max_pixels, min_side)
+        return decode_bytes(bytes(item), name, decoder, max_pixels, min_side, jpeg_idct)
     if isinstance(item, np.ndarray):
         return bgr_array_to_rgb(item, name)
     if isinstance(item, Image.Image):

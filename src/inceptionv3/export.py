@@ -59,7 +59,7 @@ def sample_batch(preprocess: Preprocess, photos: Sequence[str | os.PathLike] = (
     """Real pixels for checks: the 10-crop views of each photo (default: the packaged demo photo)."""
     if not photos:
         photos = [resources.files(__package__).joinpath("assets", "bird.jpg")]
-    views = [preprocess.views(load_image(Path(str(p)), decoder=preprocess.decoder), 10) for p in photos]
+    views = [preprocess.views(load_image(Path(str(p)), **preprocess.decode_options), 10) for p in photos]
     return preprocess.normalize(np.concatenate(views))
 
 

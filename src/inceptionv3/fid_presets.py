@@ -144,7 +144,7 @@ def model_preset(model: torch.nn.Module) -> FIDPreset:
         return preprocess.normalize(preprocess.crop_image(rgb)[None])[0]
 
     def decode(path: str | os.PathLike) -> np.ndarray:
-        return load_image(path, decoder=preprocess.decoder)
+        return load_image(path, **preprocess.decode_options)
 
     return FIDPreset(f"model:{preprocess.name}", f"the model's own preset ({preprocess.name})", prepare, decode)
 

@@ -205,7 +205,7 @@ class Classifier:
                    max_bytes: int | None = None, min_side: int | None = None) -> np.ndarray:
         """Decode one input to H x W x 3 uint8 RGB with the preset's decoder, within this classifier's limits or
         the caller's (the server's). Raises ``ImageLoadError`` naming the input. Thread-safe."""
-        return load_image(item, decoder=self.preprocess.decoder, name=name, max_pixels=max_pixels or self.max_pixels,
+        return load_image(item, **self.preprocess.decode_options, name=name, max_pixels=max_pixels or self.max_pixels,
                           max_bytes=max_bytes or self.max_bytes, min_side=min_side)
 
     def load_views(self, item: ImageInput, name: str, *, max_pixels: int | None = None,

@@ -100,6 +100,8 @@ class Preprocess:
     order: str = "resize_crop"
     crop_fraction: float = 0.875
     source_note: str = ""
+    jpeg_idct: str = "accurate"
+    """libjpeg's IDCT for JPEGs: ``fast`` for the TF-slim preset, as TensorFlow's ``decode_jpeg`` decodes."""
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -113,6 +115,11 @@ class Preprocess:
                 f"preset {self.name!r}: need 1 <= crop <= resize, got crop {self.crop}, resize {self.resize}")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise InputError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+
+    @property
+    def decode_options(self) -> dict[str, str]:
+        """How this preset decodes (``load_image(item, **preset.decode_options)``): the decoder and the JPEG IDCT."""
+        return {"decoder": self.decoder, "jpeg_idct": self.jpeg_idct}
 
     @property
     def backend(self) -> str:
@@ -264,7 +271,7 @@ class Preprocess:
     def load(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
              max_bytes: int = MAX_BYTES) -> np.ndarray:
         """Decode any supported input with this preset's decoder and crop it: a crop x crop x 3 uint8 array."""
-        return self.crop_image(load_image(item, decoder=self.decoder, name=name, max_pixels=max_pixels,
+        return self.crop_image(load_image(item, **self.decode_options, name=name, max_pixels=max_pixels,
                                           max_bytes=max_bytes))
 
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -329,9 +336,10 @@ PRESETS: dict[str, Preprocess] = {
         ),
         Preprocess(
             "tf-slim", 299, 299, TF1_BILINEAR, "cv2", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), scale=255.0,
-            order="crop_resize",
-            source_note="TF-slim inception_preprocessing (eval): central_crop(0.875) with tf.image's integer "
-            "offsets, TF1 resize_bilinear (align_corners=False, no half-pixel centres), (x / 255 - 0.5) * 2",
+            order="crop_resize", jpeg_idct="fast",
+            source_note="TF-slim inception_preprocessing (eval): JPEGs decoded with libjpeg's fast IDCT as "
+            "tf.image.decode_jpeg does, central_crop(0.875) with tf.image's integer offsets, TF1 resize_bilinear "
+            "(align_corners=False, no half-pixel centres), (x / 255 - 0.5) * 2",
         ),
     )
 }

@@ -424,7 +424,7 @@ class Trainer:
 
     def _sample(self, index: int, epoch: int) -> np.ndarray:
         c = self.config
-        rgb = load_image(self.train_set.items[index], decoder=self.preprocess.decoder,
+        rgb = load_image(self.train_set.items[index], **self.preprocess.decode_options,
                          name=self.train_set.names[index])
         if c.augment and self.recipe.augment:
             rng = np.random.default_rng([c.seed, epoch, index])
