@@ -676,3 +676,19 @@ def test_save_canonical_respects_the_umask(tmp_path):
             os.umask(previous)
         assert path.stat().st_mode & 0o777 == mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m22.safetensors", "m27.safetensors"]  # no temp files left
+
+
+def test_a_legacy_file_cannot_declare_storages_larger_than_itself(tmp_path):
+    """Pre-zip torch files declare each storage's element count in the pickle, and torch allocates that before
+    reading any data: 8 kB could ask for 8 GB. Their data is in the file, so the declared total is held to its
+    size, read from the pickle's opcodes without running them."""
+    import struct
+
+    honest = tmp_path / "legacy.pth"
+    torch.save({"fc.bias": torch.zeros(1000), "other": torch.ones(5, dtype=torch.float64)}, honest,
+               _use_new_zipfile_serialization=False)
+    data = honest.read_bytes()
+    count = data.index(b"M\xe8\x03", data.index(b"cpu"))  # BININT2 1000: the first storage's element count
+    lying = tmp_path / "lying.pth"
+    lying.write_bytes(data[:count] + b"J" + struct.pack("<i", 2**31 - 1) + data[count + 3:])
+    refused(lying, r"its storages declare 8,589,93\d,\d+ bytes, more than the file's")

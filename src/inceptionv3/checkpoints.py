@@ -177,12 +177,68 @@ def _check_torch_zip(path: Path) -> None:
         )
 
 
+#: Bytes per element of the storage classes a legacy (pre-zip) torch file names.
+_LEGACY_ELEMENT_BYTES = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
+                         "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
+                         "BoolStorage": 1, "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16}
+_PICKLE_STRINGS = {"BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8", "UNICODE", "BINSTRING", "SHORT_BINSTRING"}
+_PICKLE_INTS = {"BININT", "BININT1", "BININT2", "INT", "LONG1", "LONG4", "LONG"}
+
+
+def _check_legacy_storages(path: Path) -> None:
+    """A pre-zip torch file declares each storage's element count in its pickle, and torch allocates that much
+    before it reads a byte of data: a few hundred bytes could ask for gigabytes. The storages' data follows the
+    pickles in the file itself, so together they can never be larger than the file. Read the pickle's opcodes
+    without running them (``pickletools``) and hold the declared sizes to that."""
+    import pickletools
+
+    size = path.stat().st_size
+    declared: dict[str, int] = {}
+    with open(path, "rb") as handle:
+        try:
+            for _ in range(3):  # magic number, protocol version, system info
+                for _op in pickletools.genops(handle):
+                    pass
+            values: list[Any] = []
+            memo: dict[Any, Any] = {}
+            for op, arg, _pos in pickletools.genops(handle):
+                name = op.name
+                if name in _PICKLE_STRINGS or name in _PICKLE_INTS:
+                    values.append(arg)
+                elif name == "GLOBAL":
+                    values.append(("global", arg))
+                elif name in ("BINPUT", "LONG_BINPUT", "PUT") and values:
+                    memo[arg] = values[-1]
+                elif name in ("BINGET", "LONG_BINGET", "GET"):
+                    values.append(memo.get(arg))
+                elif name == "BINPERSID":  # a storage: ('storage', class, key, location, numel, view)
+                    recent = values[-10:]
+                    starts = [i for i, value in enumerate(recent) if value == "storage"]
+                    if starts and len(recent) >= starts[-1] + 5:
+                        kind, key, _location, numel = recent[starts[-1] + 1:starts[-1] + 5]
+                        if isinstance(kind, tuple) and isinstance(numel, int):
+                            element = _LEGACY_ELEMENT_BYTES.get(str(kind[1]).rsplit(" ", 1)[-1], 1)
+                            declared[str(key)] = max(0, numel) * element
+                    values.append(None)
+                else:
+                    values.append(None)
+        except Exception as exc:  # a damaged pickle: torch.load will say what is wrong
+            log.debug("%s: legacy pickle not scanned (%s)", path, exc)
+            return
+    total = sum(declared.values())
+    if total > size:
+        raise CheckpointError(f"{path}: its storages declare {total:,} bytes, more than the file's {size:,}: "
+                              "refused before anything is allocated")
+
+
 def _torch_load(path: Path) -> Any:
     with open(path, "rb") as handle:
         head = handle.read(16)
     if head.startswith(b"PK\x03\x04"):
         _check_torch_zip(path)
-    elif not head.startswith(_LEGACY_TORCH_MAGIC):
+    elif head.startswith(_LEGACY_TORCH_MAGIC):
+        _check_legacy_storages(path)
+    if not head.startswith(b"PK\x03\x04") and not head.startswith(_LEGACY_TORCH_MAGIC):
         raise CheckpointError(
             f"{path}: not a checkpoint ({_what_it_is(head)}; expected a PyTorch .pth, .safetensors or Keras .h5 file)"
         )
