@@ -19,8 +19,8 @@ from inceptionv3.fid_network import fid_inception_v3
 from inceptionv3.weights import (
     FID_MODEL,
     ZOO,
+    DownloadError,
     WeightFile,
-    WeightsDownloadError,
     WeightsEntry,
     download_weights,
     imagenet_classes,
@@ -159,7 +159,7 @@ def test_404_falls_back_to_the_next_url(server, mmpretrain_file_bytes):
 def test_truncated_body_is_never_used(server, mmpretrain_file_bytes, isolated_cache):
     name = hosted(server, mmpretrain_file_bytes)
     entry = entry_for(WeightFile(url(server, "truncated", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
-    with pytest.raises(WeightsDownloadError, match="truncated|IncompleteRead|failed") as info:
+    with pytest.raises(DownloadError, match="truncated|IncompleteRead|failed") as info:
         download_weights(entry, progress=False, retries=2)
     assert "attempt 2/2" in str(info.value)
     assert not any(isolated_cache.iterdir())
@@ -168,7 +168,7 @@ def test_truncated_body_is_never_used(server, mmpretrain_file_bytes, isolated_ca
 def test_wrong_hash_is_rejected_and_not_cached(server, mmpretrain_file_bytes, isolated_cache):
     name = hosted(server, mmpretrain_file_bytes)
     entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", "sha256:00000000"))
-    with pytest.raises(WeightsDownloadError, match="hash mismatch"):
+    with pytest.raises(DownloadError, match="hash mismatch"):
         download_weights(entry, progress=False)
     assert not any(isolated_cache.iterdir())
 
@@ -177,7 +177,7 @@ def test_stalled_server_hits_the_timeout(server, mmpretrain_file_bytes):
     name = hosted(server, mmpretrain_file_bytes)
     entry = entry_for(WeightFile(url(server, "stall", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
     start = time.monotonic()
-    with pytest.raises(WeightsDownloadError, match="timed out"):
+    with pytest.raises(DownloadError, match="timed out"):
         download_weights(entry, progress=False, retries=1, timeout=0.5)
     assert time.monotonic() - start < 2.5
 
@@ -220,7 +220,7 @@ def test_offline_mode_uses_only_the_cache(server, mmpretrain_file_bytes, monkeyp
     name = hosted(server, mmpretrain_file_bytes)
     entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
     monkeypatch.setenv("INCEPTIONV3_OFFLINE", "1")
-    with pytest.raises(WeightsDownloadError, match="INCEPTIONV3_OFFLINE"):
+    with pytest.raises(DownloadError, match="INCEPTIONV3_OFFLINE"):
         download_weights(entry, progress=False)
     assert server.requests == []
     monkeypatch.delenv("INCEPTIONV3_OFFLINE")
@@ -231,7 +231,7 @@ def test_offline_mode_uses_only_the_cache(server, mmpretrain_file_bytes, monkeyp
 
 def test_failure_message_names_urls_cache_and_the_weights_alternative(server, isolated_cache, monkeypatch):
     monkeypatch.setenv("INCEPTIONV3_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/missing")
-    with pytest.raises(WeightsDownloadError) as info:
+    with pytest.raises(DownloadError) as info:
         get_model("inception-v3_3rdparty_8xb32_in1k")
     message = str(info.value)
     assert "inception-v3_3rdparty_8xb32_in1k_20220615-dcd4d910.pth: HTTP 404" in message
@@ -243,7 +243,7 @@ def test_zoo_name_downloads_through_the_mirror_and_loads(server, mmpretrain_file
     """The real zoo entry end to end; the served file is ours, so only its hash check must fail."""
     server.files["inception-v3_3rdparty_8xb32_in1k_20220615-dcd4d910.pth"] = mmpretrain_file_bytes
     monkeypatch.setenv("INCEPTIONV3_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/good")
-    with pytest.raises(WeightsDownloadError, match="hash mismatch: expected sha256:dcd4d910"):
+    with pytest.raises(DownloadError, match="hash mismatch: expected sha256:dcd4d910"):
         get_model("inception-v3_3rdparty_8xb32_in1k")
 
 
@@ -274,7 +274,7 @@ def test_class_names_are_the_shared_imagenet_list():
 
 def test_entry_without_published_hash_is_not_downloaded(server):
     entry = entry_for(WeightFile(url(server, "good", "x.tar.gz"), "tf-slim", None))
-    with pytest.raises(WeightsDownloadError, match="no published hash"):
+    with pytest.raises(DownloadError, match="no published hash"):
         download_weights(entry, progress=False)
     assert server.requests == []
 
@@ -295,7 +295,7 @@ def test_trickling_server_hits_the_whole_transfer_deadline(server, mmpretrain_fi
     name = hosted(server, mmpretrain_file_bytes[:100_000])
     entry = entry_for(WeightFile(url(server, "trickle", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
     start = time.monotonic()
-    with pytest.raises(WeightsDownloadError, match=r"not finished within the 0.5 s deadline") as info:
+    with pytest.raises(DownloadError, match=r"not finished within the 0.5 s deadline") as info:
         download_weights(entry, progress=False, retries=3, timeout=5, deadline=0.5, min_rate=0)
     assert time.monotonic() - start < 3
     assert "attempt" not in str(info.value) and len(server.requests) == 1
@@ -308,7 +308,7 @@ def test_the_deadline_covers_headers_that_trickle(server, mmpretrain_file_bytes,
     name = hosted(server, mmpretrain_file_bytes)
     entry = entry_for(WeightFile(url(server, "slowheaders", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
     started = time.monotonic()
-    with pytest.raises(WeightsDownloadError, match=r"not finished within the 0.5 s deadline \(headers"):
+    with pytest.raises(DownloadError, match=r"not finished within the 0.5 s deadline \(headers"):
         download_weights(entry, progress=False, deadline=0.5, timeout=5, retries=1)
     assert time.monotonic() - started < 3 and not list(isolated_cache.glob("*.partial"))
 
@@ -317,7 +317,7 @@ def test_too_slow_transfer_is_abandoned_after_its_window(server, mmpretrain_file
     name = hosted(server, mmpretrain_file_bytes[:100_000])
     entry = entry_for(WeightFile(url(server, "trickle", name), "mmpretrain", f"sha256:{name[-12:-4]}"))
     start = time.monotonic()
-    with pytest.raises(WeightsDownloadError, match=r"too slow: \d+ B/s over the last 0.\d+ s \(minimum 1,000 B/s\)"):
+    with pytest.raises(DownloadError, match=r"too slow: \d+ B/s over the last 0.\d+ s \(minimum 1,000 B/s\)"):
         download_weights(entry, progress=False, min_rate=1000, rate_window=0.4)
     assert 0.4 <= time.monotonic() - start < 3
     assert not list(isolated_cache.glob("*.partial"))
@@ -377,7 +377,7 @@ def test_full_digest_is_checked_when_known(server, mmpretrain_file_bytes):
     digest = hashlib.sha256(mmpretrain_file_bytes).hexdigest()
     wrong = digest[:8] + ("0" if digest[8] != "0" else "1") + digest[9:]
     entry = entry_for(WeightFile(url(server, "good", name), "mmpretrain", f"sha256:{wrong}"))
-    with pytest.raises(WeightsDownloadError, match="hash mismatch"):
+    with pytest.raises(DownloadError, match="hash mismatch"):
         download_weights(entry, progress=False)
 
 

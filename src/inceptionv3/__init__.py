@@ -17,7 +17,6 @@ from .model import InceptionOutputs, InceptionV3, count_flops, count_parameters
 from .preprocess import PRESETS, Preprocess
 from .weights import (
     ZOO,
-    WeightsDownloadError,
     WeightsEntry,
     download_weights,
     get_entry,
@@ -31,7 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "InceptionV3", "InceptionOutputs", "count_flops", "count_parameters",
     "get_model", "list_models", "get_entry", "download_weights", "imagenet_classes", "ZOO", "WeightsEntry",
-    "read_checkpoint", "save_canonical", "fold_transform_input", "CheckpointError", "WeightsDownloadError",
+    "read_checkpoint", "save_canonical", "fold_transform_input", "CheckpointError",
     "inference_model", "Classifier", "Prediction", "PredictionError", "ImageLoadError", "load_image",
     "Preprocess", "PRESETS",
     "InceptionV3Error", "InputError", "DatasetError", "DownloadError", "ExportError",

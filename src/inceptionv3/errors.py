@@ -1,8 +1,8 @@
 """One family of errors for everything a user can get wrong: a bad input, checkpoint, download or dataset.
 
 The CLI prints an ``InceptionV3Error`` as one line naming the file or argument; anything else is a bug and keeps
-its traceback. Each class also derives from the builtin it replaced (``ValueError``, ``RuntimeError``), so code
-written against earlier releases still catches it."""
+its traceback. Each class also derives from the builtin a caller would naturally catch (``ValueError``,
+``RuntimeError``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class InputError(InceptionV3Error, ValueError):
 
 
 class UnknownModelError(InputError, KeyError):
-    """A name that is neither in the zoo nor an existing file (a ``KeyError`` too, as it was before)."""
+    """A name that is neither in the zoo nor an existing file (a ``KeyError`` too: a failed lookup)."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else ""

@@ -121,12 +121,6 @@ class Preprocess:
         """How this preset decodes (``load_image(item, **preset.decode_options)``): the decoder and the JPEG IDCT."""
         return {"decoder": self.decoder, "jpeg_idct": self.jpeg_idct}
 
-    @property
-    def backend(self) -> str:
-        """Deprecated name of ``decoder`` (``backend`` now means the inference engine only)."""
-        warnings.warn("Preprocess.backend is now Preprocess.decoder", DeprecationWarning, stacklevel=2)
-        return self.decoder
-
     def describe(self) -> str:
         if self.order == "crop_resize":
             steps = f"centre crop {self.crop_fraction:g} -> {self.interpolation} resize to {self.crop}"

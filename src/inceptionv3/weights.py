@@ -312,7 +312,6 @@ def get_entry(name: str) -> WeightsEntry:
 # Download
 
 
-WeightsDownloadError = DownloadError  # the name earlier releases exported
 
 
 def _offline() -> bool:
@@ -573,7 +572,7 @@ def download_weights(
                 tried.append(f"{url}: attempt {attempt + 1}/{retries} failed ({reason})")
             if attempt + 1 < retries:
                 time.sleep(0.5 * 2**attempt)
-    raise WeightsDownloadError(
+    raise DownloadError(
         f"could not get weights for {entry.name}.\n"
         + "".join(f"  - {line}\n" for line in tried)
         + f"Cache: {directory} (set INCEPTIONV3_HOME to move it, INCEPTIONV3_MIRROR to use a mirror).\n"
@@ -722,7 +721,7 @@ def get_model(
 
 
 __all__ = [
-    "ZOO", "WeightsEntry", "WeightFile", "Metrics", "WeightsInfo", "WeightsDownloadError", "CheckpointError",
+    "ZOO", "WeightsEntry", "WeightFile", "Metrics", "WeightsInfo", "DownloadError", "CheckpointError",
     "list_models", "get_entry", "get_model", "download_weights", "cache_dir", "file_digest", "imagenet_classes",
     "imagenet_wnids", "FID_MODEL",
 ]
