@@ -550,3 +550,26 @@ def test_an_oversize_body_sent_whole_still_gets_its_413(server):
             assert chunk, "connection closed without an answer"
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_decoding_counts_against_the_backlog_and_the_deadline(server, monkeypatch):
+    """Decoding happened before both bounds: slow decodes (a crafted progressive JPEG held one for 50 s) made an
+    ordinary photo wait 105 s, and a flood of large PNGs was never shed. Now a full decode backlog answers 503 and
+    a decode that outlasts --timeout-s answers 504; the backlog count comes back down when the thread finishes."""
+    base, state = server
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        monkeypatch.setattr(state, "decoding", state.config.queue_size)
+        busy = client.post("/v1/predict", content=_jpeg(0), headers={"Content-Type": "image/jpeg"})
+        assert busy.status_code == 503 and "waiting to be decoded" in busy.json()["error"]
+        monkeypatch.undo()
+        monkeypatch.setattr(state.config, "timeout_s", 0.3)
+        load = state.classifier.load_views
+        monkeypatch.setattr(state.classifier, "load_views", lambda *a, **k: (time.sleep(1.0), load(*a, **k))[1])
+        started = time.monotonic()
+        late = client.post("/v1/predict", content=_jpeg(0), headers={"Content-Type": "image/jpeg"})
+        assert late.status_code == 504 and "not decoded within" in late.json()["error"]
+        assert time.monotonic() - started < 1.0  # answered at the deadline, not when the decode ended
+    deadline = time.monotonic() + 10
+    while state.decoding and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.decoding == 0
