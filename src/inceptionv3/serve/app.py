@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import hmac
 import io
-import json
 import logging
 import os
 import re
@@ -24,7 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
@@ -44,6 +42,7 @@ from ..weights import resolve_model
 from .config import ServeConfig
 from .engine import Engine, Job, Observer, QueueFullError
 from .metrics import Metrics
+from .wire import ApiError, Upload, json_uploads, short
 
 logger = logging.getLogger("inceptionv3")
 
@@ -54,12 +53,6 @@ DEFAULT_TOPK = 5
 MAX_EXPLAIN_QUEUE_BYTES = 512 * 1024**2
 
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -74,12 +67,6 @@ def _decode_reason(reason: str) -> str:
         if key in reason:
             return label
     return "other"
-
-
-@dataclass
-class Upload:
-    name: str
-    data: bytes
 
 
 class Server:
@@ -171,7 +158,7 @@ class Server:
             uploads = [Upload(value.filename or key, await value.read()) for key, value in files]
             return uploads, {}, len(uploads) > 1
         if kind == "application/json":  # parsed and base64-decoded off the event loop: bodies run to megabytes
-            return await asyncio.to_thread(_json_uploads, data, self.config.max_files)
+            return await asyncio.to_thread(json_uploads, data, self.config.max_files)
         raise ApiError(415, f"unsupported content type {kind or '(none)'!r}: send image/*, multipart/form-data "
                        "or application/json")
 
@@ -265,7 +252,7 @@ class Server:
         if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
             value = int(value.strip())
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ApiError(422, f"topk must be an integer, got {_short(value)}")
+            raise ApiError(422, f"topk must be an integer, got {short(value)}")
         k = value
         if not 1 <= k <= classes:
             raise ApiError(422, f"topk must be between 1 and {classes}, got {k}")
@@ -299,48 +286,6 @@ def _route_template(app: FastAPI, scope: dict) -> str:
         if match == Match.PARTIAL and partial is None:  # the path of a route, with another method (405)
             partial = getattr(route, "path", None)
     return partial or "unmatched"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _json_uploads(data: bytes, max_files: int) -> tuple[list[Upload], dict[str, Any], bool]:
-    """A v1 JSON body, ``{"inputs": <base64> or [<base64>, ...], "parameters": {...}}``: its images, parameters, and
-    whether it was a list. The item count is checked before any image is decoded."""
-    payload = parse_json(data, "body")
-    if not isinstance(payload, dict) or "inputs" not in payload:
-        raise ApiError(422, 'JSON body must be {"inputs": <base64 image> or [<base64 image>, ...]}')
-    inputs = payload["inputs"]
-    many = isinstance(inputs, list)
-    items = inputs if many else [inputs]
-    if not items or len(items) > max_files:
-        raise ApiError(422, f"inputs must hold 1 to {max_files} images, got {len(items)}")
-    parameters = payload.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise ApiError(422, "parameters must be an object")
-    uploads = []
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise ApiError(422, f"inputs[{i}] must be a base64 string")
-        try:
-            uploads.append(Upload(f"<inputs[{i}]>", base64.b64decode(item, validate=True)))
-        except (binascii.Error, ValueError):
-            raise ApiError(422, f"inputs[{i}] is not valid base64") from None
-    return uploads, parameters, many
-
-
-def parse_json(data: bytes, what: str) -> Any:
-    """Strict JSON: NaN and Infinity are not JSON, and nesting deep enough to exhaust the parser is a 422 too."""
-    def refuse(constant: str) -> None:
-        raise ValueError(f"{constant} is not JSON")
-    try:
-        return json.loads(data, parse_constant=refuse)
-    except RecursionError:
-        raise ApiError(422, f"{what} is nested too deeply") from None
-    except ValueError as exc:
-        raise ApiError(400, f"{what} is not valid JSON ({_short(str(exc))})") from None
 
 
 def _png(rgb_or_rgba: np.ndarray) -> str:

@@ -14,21 +14,17 @@ import asyncio
 import base64
 import binascii
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from .. import __version__
-
-if TYPE_CHECKING:
-    from .app import Server
+from .wire import ApiError, Upload, parse_json
 
 
 def _bytes_elements(raw: bytes, where: str) -> list[bytes]:
     """Triton's binary BYTES tensor: each element a little-endian uint32 length, then that many bytes."""
-    from .app import ApiError
-
     out, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -44,16 +40,12 @@ def _bytes_elements(raw: bytes, where: str) -> list[bytes]:
 
 def parse_infer(body: bytes, header_length: str | None, max_items: int) -> tuple[dict[str, Any], list[bytes]]:
     """The request's JSON and the images of its ``image`` input, in order."""
-    from .app import ApiError
-
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise ApiError(400, "Inference-Header-Content-Length does not fit the body")
         head, rest = body[:int(header_length)], body[int(header_length):]
     else:
         head, rest = body, b""
-    from .app import parse_json
-
     request = parse_json(head, "inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise ApiError(400, 'inference request needs "inputs": [{"name": "image", "datatype": "BYTES", ...}]')
@@ -96,9 +88,8 @@ def parse_infer(body: bytes, header_length: str | None, max_items: int) -> tuple
     return request, images
 
 
-def add_v2_routes(app: FastAPI, server: Server) -> None:
-    from .app import ApiError, Upload
-
+def add_v2_routes(app: FastAPI, server: Any) -> None:
+    """The v2 routes on ``app``, over the app's ``Server`` (its classifier, engine and limits)."""
     name = server.config.name
 
     def check(model: str) -> None:

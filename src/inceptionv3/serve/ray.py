@@ -13,7 +13,7 @@ import os
 import time
 
 from ..errors import InputError
-from .app import ServeConfig
+from .config import ServeConfig
 
 
 def deployment(config: ServeConfig, replicas: int, cpus_per_replica: float = 1.0):
