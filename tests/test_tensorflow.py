@@ -107,6 +107,14 @@ def test_a_tensorflow_checkpoint_is_refused_on_its_declared_shapes_before_any_re
     assert read == []
 
 
+def _slim_eval(tf, rgb) -> np.ndarray:
+    """slim's `preprocess_for_eval` run by TensorFlow on a uint8 H x W x 3 tensor: H x W x 3 in [-1, 1]."""
+    image = tf.image.convert_image_dtype(rgb, tf.float32)
+    image = tf.image.central_crop(image, central_fraction=0.875)
+    image = tf.compat.v1.image.resize_bilinear(image[None], [299, 299], align_corners=False)[0]
+    return ((image - 0.5) * 2.0).numpy()
+
+
 def test_tf_slim_preset_matches_slims_eval_preprocessing_computed_by_tensorflow():
     """slim's `preprocess_for_eval` done by TensorFlow on 5 real photos: convert_image_dtype to [0, 1],
     central_crop(0.875), TF1 resize_bilinear to 299 (align_corners=False), (x - 0.5) * 2. The preset resizes
@@ -116,10 +124,7 @@ def test_tf_slim_preset_matches_slims_eval_preprocessing_computed_by_tensorflow(
     worst = []
     for path in photo_paths()[:5]:
         rgb = np.asarray(Image.open(path).convert("RGB"))
-        image = tf.image.convert_image_dtype(tf.constant(rgb), tf.float32)
-        image = tf.image.central_crop(image, central_fraction=0.875)
-        image = tf.compat.v1.image.resize_bilinear(image[None], [299, 299], align_corners=False)[0]
-        expected = ((image - 0.5) * 2.0).numpy()
+        expected = _slim_eval(tf, tf.constant(rgb))
         ours = preset.normalize(preset.crop_image(rgb)[None])[0].permute(1, 2, 0).numpy()
         worst.append(float(np.abs(ours - expected).max()))
     print(f"tf-slim preset vs TensorFlow: max abs {max(worst):.4g} in [-1, 1] units")
@@ -134,11 +139,7 @@ def test_the_tf_slim_preset_from_the_file_matches_tensorflows_whole_pipeline():
     preset = PRESETS["tf-slim"]
     worst = []
     for path in [p for p in photo_paths() if p.suffix == ".jpg"][:6]:
-        image = tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3)
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        image = tf.image.central_crop(image, central_fraction=0.875)
-        image = tf.compat.v1.image.resize_bilinear(image[None], [299, 299], align_corners=False)[0]
-        expected = ((image - 0.5) * 2.0).numpy()
+        expected = _slim_eval(tf, tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3))
         ours = preset.normalize(preset.load(path)[None])[0].permute(1, 2, 0).numpy()
         worst.append(float(np.abs(ours - expected).max()))
     print(f"tf-slim preset from the file vs TensorFlow's pipeline: max abs {max(worst):.4g} in [-1, 1] units")

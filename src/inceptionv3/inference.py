@@ -221,22 +221,26 @@ class Classifier:
         scores (NaN or inf weights, an fp16 overflow) become that image's error, never a NaN score."""
         names = names if names is not None else [f"<image {i}>" for i in range(len(views))]
         results = [Prediction(i, name) for i, name in enumerate(names)]
+        self._score_into(results, views, batch_size)
+        return results
+
+    def _score_into(self, predictions: list[Prediction], views: Sequence[np.ndarray], batch_size: int | None) -> None:
+        """Fill each prediction with the scores of its views (or the non-finite error)."""
         if not views:
-            return results
+            return
         batch_size = batch_size or self.batch_size
         stacked = np.concatenate(views)
         scores = torch.cat([self.scores(self.preprocess.normalize(stacked[i:i + batch_size]))
                             for i in range(0, len(stacked), batch_size)]).numpy()
         if self.crops > 1:  # average the softmax over each image's views
             scores = scores.reshape(len(views), self.crops, -1).mean(axis=1)
-        for prediction, row in zip(results, scores, strict=True):
+        for prediction, row in zip(predictions, scores, strict=True):
             if not np.isfinite(row).all():
                 prediction.error = NON_FINITE_OUTPUT
                 continue
             label = int(row.argmax())
             prediction.scores, prediction.label, prediction.score = row, label, float(row[label])
             prediction.class_name = self.class_names[label] if self.class_names else None
-        return results
 
     def images_per_chunk(self, batch_size: int | None = None) -> int:
         """How many images go through the model together: ``batch_size`` tensors, so fewer images with crops."""
@@ -284,12 +288,8 @@ class Classifier:
                 results.append(Prediction(index, name, error=exc.reason))
             except Exception as exc:  # a decoder bug must not cost the rest of the batch either
                 results.append(Prediction(index, name, error=f"{type(exc).__name__}: {exc}"))
-        decoded = [p for p in results if p.ok]
-        scored = self.predict_views(views, [p.source for p in decoded], batch_size)
-        for prediction, outcome in zip(decoded, scored, strict=True):
-            outcome.index = prediction.index
-        by_index = {p.index: p for p in scored}
-        return [by_index.get(p.index, p) for p in results]
+        self._score_into([p for p in results if p.ok], views, batch_size)
+        return results
 
     def __call__(self, inputs: ImageInput | list[ImageInput] | tuple, batch_size: int | None = None,
                  topk: int | None = None) -> dict | list[dict]:

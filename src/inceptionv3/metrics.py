@@ -565,9 +565,9 @@ def _side(path: str, extractor_for: Any, args: argparse.Namespace, keep_features
                              pytorch_fid_glob=args.pytorch_fid_glob)
 
 
-def _check_fid_options(args: argparse.Namespace) -> None:
+def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
     """Every precondition that can be known from the arguments and the folders' listings, before the first image
-    is read: a long extraction must never end on a bad option."""
+    is read: a long extraction must never end on a bad option. Returns each folder side's image count."""
     if args.kid and (args.kid_subset_size < 2 or args.kid_subsets < 1):
         raise InputError(f"--kid-subset-size must be at least 2 and --kid-subsets at least 1, got "
                          f"{args.kid_subset_size} and {args.kid_subsets}")
@@ -578,9 +578,9 @@ def _check_fid_options(args: argparse.Namespace) -> None:
     if args.isc and args.weights and not args.force:
         raise InputError("--isc: IS is defined on the published FID network's logits, not on --weights "
                          f"{display_name(args.weights)}; pass --force to compute it anyway")
-    if args.save_stats:
-        return
     counts = {path: len(find_images(path)) for path in args.paths if Path(path).is_dir()}
+    if args.save_stats:
+        return counts
     for path, n in counts.items():
         if args.kid and n < args.kid_subset_size:
             raise InputError(f"--kid: {display_name(path)} has {n} images, fewer than --kid-subset-size "
@@ -592,10 +592,11 @@ def _check_fid_options(args: argparse.Namespace) -> None:
     if args.isc and first in counts and counts[first] < args.isc_splits:
         raise InputError(f"--isc: {display_name(first)} has {counts[first]} images, fewer than --isc-splits "
                          f"{args.isc_splits}")
+    return counts
 
 
 def _cmd_fid(args: argparse.Namespace) -> int:
-    _check_fid_options(args)
+    counts = _check_fid_options(args)
     cached: list[Extractor] = []
     device = init_distributed() or args.device  # under torchrun: join the group, one GPU per process
     if not _is_main_process():
@@ -603,9 +604,8 @@ def _cmd_fid(args: argparse.Namespace) -> int:
 
     def extractor_for() -> Extractor:
         if not cached:
-            images = sum(len(find_images(p)) for p in args.paths if Path(p).is_dir())
             cached.append(make_extractor(args.preset, args.weights, device=device, backend=args.backend,
-                                         images=images))
+                                         images=sum(counts.values())))
         return cached[0]
 
     first, second = args.paths

@@ -41,7 +41,7 @@ from .checkpoints import (
     read_checkpoint,
 )
 from .errors import DownloadError, InputError, UnknownModelError
-from .files import atomic_path, cache_dir, file_digest
+from .files import atomic_path, cache_dir, file_digest, unique_temp_path
 from .imagenet import imagenet_classes, imagenet_wnids
 from .model import InceptionV3
 from .preprocess import PRESETS, Preprocess
@@ -281,18 +281,19 @@ class ModelChoice:
 
     name_or_path: str
     pretrained: bool | str = True
-    label: str = ""
-    """How messages and the server name it: the zoo name, else the file."""
+
+    @property
+    def label(self) -> str:
+        """How messages and the server name it: the zoo name, else the file."""
+        return self.name_or_path
 
 
 def resolve_model(model: str | os.PathLike | None = None, weights: str | os.PathLike | None = None) -> ModelChoice:
     model = os.fspath(model) if model else None
     weights = os.fspath(weights) if weights else None
-    if model is None and weights is None:
-        return ModelChoice(DEFAULT_MODEL, True, DEFAULT_MODEL)
-    if model is None:
-        return ModelChoice(weights, True, weights)
-    return ModelChoice(model, weights or True, model)
+    if model is None:  # a file alone names the model; neither: the default
+        return ModelChoice(weights or DEFAULT_MODEL)
+    return ModelChoice(model, weights or True)
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -351,18 +352,25 @@ def _verified_marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
+def _stamp(path: Path, expected: str) -> str:
+    stat = path.stat()
+    return f"{expected} {stat.st_size} {stat.st_mtime_ns}"
+
+
+def _mark_verified(path: Path, expected: str) -> None:
+    try:
+        _verified_marker(path).write_text(_stamp(path, expected))
+    except OSError:  # a read-only folder (another tool's cache): hash it again next time
+        pass
+
+
 def is_verified(path: Path, expected: str) -> bool:
     """A cached file is trusted if its marker records this hash, size and mtime; else it is re-hashed."""
     marker = _verified_marker(path)
-    stat = path.stat()
-    stamp = f"{expected} {stat.st_size} {stat.st_mtime_ns}"
-    if marker.is_file() and marker.read_text() == stamp:
+    if marker.is_file() and marker.read_text() == _stamp(path, expected):
         return True
     if file_hash_matches(path, expected):
-        try:
-            marker.write_text(stamp)
-        except OSError:  # a read-only folder (another tool's cache): hash it again next time
-            pass
+        _mark_verified(path, expected)
         return True
     return False
 
@@ -594,18 +602,26 @@ def add_to_cache(entry: WeightsEntry, source: str | os.PathLike) -> tuple[Path, 
         handle = open_regular(source, 1 << 40, "a weights file")
     except ImageLoadError as exc:
         raise InputError(f"{source}: {exc.reason}") from None
-    handle.close()
-    for weight_file in entry.files:
-        if weight_file.hash and file_hash_matches(Path(source), weight_file.hash):
-            dest = cache_dir() / weight_file.filename
-            with atomic_path(dest, ".partial") as tmp:
-                with open(source, "rb") as src, open(tmp, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                if not file_hash_matches(tmp, weight_file.hash):  # changed while it was copied
-                    raise InputError(f"{source}: changed while it was copied; try again")
-            is_verified(dest, weight_file.hash)  # writes the marker
-            return dest, weight_file
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    tmp = unique_temp_path(cache_dir() / entry.name, ".partial")
+    try:
+        hashers = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}  # the zoo publishes one or the other
+        with handle, open(tmp, "wb") as out:  # one read of the source: copied and hashed together
+            while chunk := handle.read(1 << 20):
+                out.write(chunk)
+                for hasher in hashers.values():
+                    hasher.update(chunk)
+        digests = {name: hasher.hexdigest() for name, hasher in hashers.items()}
+        for weight_file in entry.files:
+            if weight_file.hash:
+                algorithm, digest = _hasher(weight_file.hash)
+                if digests[algorithm.name].startswith(digest):
+                    dest = cache_dir() / weight_file.filename
+                    os.replace(tmp, dest)
+                    _mark_verified(dest, weight_file.hash)
+                    return dest, weight_file
+    finally:
+        tmp.unlink(missing_ok=True)
     hashes = ", ".join(f"{f.filename} ({f.hash})" for f in entry.files if f.hash)
     raise InputError(f"{source}: its hash matches none of {entry.name}'s files: {hashes or 'none published'}")
 
