@@ -200,6 +200,33 @@ def test_one_pass_returns_the_subset_and_stops_at_the_deepest_tap(fid_weights):
         forward_taps(model, x, ["1000"])
 
 
+def test_the_spatial_tap_is_mixed_6d_branch1x1_flattened_in_tensorflow_order(fid_weights):
+    model = load_fid_network(fid_weights).model
+    seen = []
+    model.Mixed_6d.branch1x1.register_forward_hook(lambda _m, _i, output: seen.append(output.clone()))
+    x = torch.rand(3, 3, 299, 299) * 2 - 1
+    with torch.no_grad():
+        taps = forward_taps(model, x, ["spatial", "2048"])
+    branch = seen[0].numpy()  # N x 192 x 17 x 17
+    expected = np.stack([[branch[n, c, h, w] for h in range(17) for w in range(17) for c in range(7)]
+                         for n in range(3)])
+    assert taps["spatial"].shape == (3, 2023)
+    np.testing.assert_array_equal(taps["spatial"].numpy(), expected)
+
+
+def test_sfid_depends_on_the_flatten_order_only_against_foreign_statistics():
+    rng = np.random.default_rng(0)
+    pattern = rng.uniform(0, 3, size=(1, 7, 4, 4))  # one distribution, with a mean that differs per position
+    maps = [pattern + rng.normal(size=(60, 7, 4, 4)) for _ in range(2)]
+    hwc = [m.transpose(0, 2, 3, 1).reshape(60, -1) for m in maps]
+    chw = [m.reshape(60, -1) for m in maps]
+    same_order = frechet_distance(FIDStatistics().update(hwc[0]), FIDStatistics().update(hwc[1])).fid
+    other_order = frechet_distance(FIDStatistics().update(chw[0]), FIDStatistics().update(chw[1])).fid
+    assert abs(same_order - other_order) <= 1e-9 * same_order  # a permutation of both sides: the same distance
+    mixed = frechet_distance(FIDStatistics().update(chw[0]), FIDStatistics().update(hwc[1])).fid
+    assert mixed > 3 * same_order  # (c, h, w) features against (h, w, c) statistics: a wrong, larger number
+
+
 # -- parity with the reference libraries ------------------------------------------------------------------------
 
 
@@ -218,13 +245,14 @@ def test_features_match_pytorch_fid_on_every_block(torch_home, same_size_folder,
 def test_tf_preset_matches_torch_fidelity(same_size_folder, fid_weights):
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    reference = FeatureExtractorInceptionV3("inception-v3-compat", list(LAYERS),
+    theirs = [layer for layer in LAYERS if layer != "spatial"]  # sFID's tap is not one of torch-fidelity's
+    reference = FeatureExtractorInceptionV3("inception-v3-compat", theirs,
                                             feature_extractor_weights_path=str(fid_weights))
     with torch.no_grad():
         expected = reference(_stack01(same_size_folder))
-    ours = extract_features(same_size_folder, LAYERS, preset="tf", weights=fid_weights, batch_size=2, device="cpu")
+    ours = extract_features(same_size_folder, theirs, preset="tf", weights=fid_weights, batch_size=2, device="cpu")
     assert ours.meta["preset"] == "tf"
-    for layer, value in zip(LAYERS, expected, strict=True):
+    for layer, value in zip(theirs, expected, strict=True):
         assert _relative_to_range(ours.arrays[layer], value.numpy()) <= 1e-6, layer
     bias = torch.load(fid_weights, weights_only=True)["fc.bias"].numpy()
     np.testing.assert_allclose(ours.arrays["logits"] - ours.arrays["logits_unbiased"],

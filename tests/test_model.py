@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from inceptionv3 import InceptionOutputs, InceptionV3, count_flops, count_parameters
+from inceptionv3.errors import InputError
 
 
 def test_parameter_counts_match_the_published_ones():
@@ -42,6 +43,28 @@ def test_features_head_and_pre_logits():
         assert pooled.shape == (2, 2048)
         torch.testing.assert_close(pooled, features.mean(dim=(2, 3)))
         torch.testing.assert_close(model.forward_head(features), model(x))
+
+
+def test_named_taps_come_from_one_pass_that_stops_after_the_deepest():
+    model = InceptionV3(num_classes=10, aux_logits=True).eval()
+    assert model.feature_stages()[:4] == ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1"]
+    assert model.feature_stages()[-1] == "Mixed_7c" and "AuxLogits" not in model.feature_stages()
+    ran = []
+    for name in model.feature_stages():
+        getattr(model, name).register_forward_hook(lambda *_, name=name: ran.append(name))
+    x = torch.randn(2, 3, 299, 299)
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, ["Mixed_6e", "maxpool2", "Mixed_6d.branch1x1"])
+        assert list(taps) == ["Mixed_6e", "maxpool2", "Mixed_6d.branch1x1"]
+        assert ran[-1] == "Mixed_6e" and "Mixed_7a" not in ran
+        assert taps["maxpool2"].shape == (2, 192, 35, 35) and taps["Mixed_6d.branch1x1"].shape == (2, 192, 17, 17)
+        # the deepest stage is exactly what forward_features computes, so the two cannot drift apart
+        assert torch.equal(model.forward_intermediates(x, ["Mixed_7c"])["Mixed_7c"], model.forward_features(x))
+    for bad in ("Mixed_8a", "Mixed_6d.branch9x9", "AuxLogits", "fc"):
+        with pytest.raises(InputError, match="unknown feature tap"):
+            model.forward_intermediates(x, [bad])
+    with pytest.raises(InputError, match="at least 75x75"):
+        model.forward_intermediates(torch.randn(1, 3, 60, 60), ["maxpool1"])
 
 
 def test_eval_returns_tensor_and_training_with_aux_returns_named_outputs():

@@ -39,7 +39,7 @@ MAX_STATS_DIMS = 4096
 
 def npz_keys(path: str | os.PathLike) -> set[str]:
     """The array names in an .npz, from its zip directory alone (nothing is decompressed)."""
-    with _npz_archive(path) as archive:
+    with open_npz(path) as archive:
         return {info.filename.removesuffix(".npy") for info in archive.infolist()}
 
 
@@ -49,7 +49,7 @@ def read_npz(path: str | os.PathLike, max_bytes: dict[str, int]) -> dict[str, np
     shorter than its header declares is refused with the file and key named. Other members are never read, so
     a statistics file that also carries gigabytes of images costs nothing more."""
     out = {}
-    with _npz_archive(path) as archive:
+    with open_npz(path) as archive:
         members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
         for key, limit in max_bytes.items():
             if key in members:
@@ -61,7 +61,7 @@ def read_npz(path: str | os.PathLike, max_bytes: dict[str, int]) -> dict[str, np
 
 
 @contextlib.contextmanager
-def _npz_archive(path: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
+def open_npz(path: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
     """The zip behind an .npz; FIFOs and devices are refused before they are opened (``open_regular``)."""
     try:
         handle = open_regular(path, 1 << 40, "an .npz file")

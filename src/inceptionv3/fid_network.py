@@ -6,8 +6,10 @@ average pools that exclude the padding, and a max pool in Mixed_7c's pool branch
 publish the same converted file (``...-6726825d.pth``) with torchvision's key names, which are also ours.
 
 Taps follow torch-fidelity's names: ``64``, ``192``, ``768`` and ``2048`` are the global average of the map after
-maxpool1, maxpool2, Mixed_6e and Mixed_7c; ``logits_unbiased`` is the fc without its bias (what IS uses);
-``logits`` the full fc. One pass returns any subset and stops after the deepest tap it needs.
+maxpool1, maxpool2, Mixed_6e and Mixed_7c; ``spatial`` is sFID's tap (the first 7 channels of Mixed_6d's 1x1
+branch, 17 x 17 x 7 flattened in TensorFlow's order, as the ADM evaluator reads ``mixed_6/conv``);
+``logits_unbiased`` is the fc without its bias (what IS uses); ``logits`` the full fc. One pass returns any subset
+and stops after the deepest tap it needs (:meth:`InceptionV3.forward_intermediates`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ log = logging.getLogger(__name__)
 
 FID_NUM_CLASSES = 1008
 
-LAYERS = ("64", "192", "768", "2048", "logits_unbiased", "logits")
+LAYERS = ("64", "192", "spatial", "768", "2048", "logits_unbiased", "logits")
 """The taps, shallowest first."""
 
-DIMS = {"64": 64, "192": 192, "768": 768, "2048": 2048, "logits_unbiased": FID_NUM_CLASSES, "logits": FID_NUM_CLASSES}
+DIMS = {"64": 64, "192": 192, "spatial": 2023, "768": 768, "2048": 2048, "logits_unbiased": FID_NUM_CLASSES,
+        "logits": FID_NUM_CLASSES}
 
 FID_SHA256 = weights.FID_SHA256
 """A copy found in torch's hub folder or our cache is used only with this digest (the zoo entry's)."""
@@ -140,80 +143,47 @@ def check_layers(layers: Iterable[str]) -> list[str]:
     return chosen
 
 
-def _pooled(x: Tensor) -> Tensor:
-    return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+STAGE_OF = {"64": "maxpool1", "192": "maxpool2", "spatial": "Mixed_6d.branch1x1", "768": "Mixed_6e",
+            "2048": "Mixed_7c", "logits_unbiased": "Mixed_7c", "logits": "Mixed_7c"}
+"""The model tap (see :meth:`InceptionV3.forward_intermediates`) each feature tap is computed from."""
+
+SPATIAL_CHANNELS = 7
+"""sFID (Nash et al. 2021) keeps the first 7 of Mixed_6d.branch1x1's 192 channels: 17 x 17 x 7 = 2023 values."""
+
+
+def spatial_features(branch1x1: Tensor) -> Tensor:
+    """sFID's features from the N x 192 x 17 x 17 map: the first 7 channels flattened in (h, w, c) order, as the
+    TensorFlow graph (NHWC) lays them out. A (c, h, w) flatten gives the same distance between two sets computed
+    alike, but not against statistics published by the ADM evaluator."""
+    return branch1x1[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
 
 
 def forward_taps(model: InceptionV3, x: Tensor, layers: Iterable[str]) -> dict[str, Tensor]:
     """The requested taps of ``model`` (any :class:`InceptionV3`) for a prepared batch, in one pass that stops
     after the deepest one needed. Logits taps need the model's own fc (1008 classes for the FID network)."""
-    wanted = set(check_layers(layers))
-    deepest = max(LAYERS.index(layer) for layer in wanted)
+    wanted = check_layers(layers)
+    maps = model.forward_intermediates(x, [STAGE_OF[layer] for layer in wanted])
     out: dict[str, Tensor] = {}
-    # N x 3 x 299 x 299
-    x = model.Conv2d_1a_3x3(x)
-    # N x 32 x 149 x 149
-    x = model.Conv2d_2a_3x3(x)
-    # N x 32 x 147 x 147
-    x = model.Conv2d_2b_3x3(x)
-    # N x 64 x 147 x 147
-    x = model.maxpool1(x)
-    # N x 64 x 73 x 73
-    if "64" in wanted:
-        out["64"] = _pooled(x)
-    if deepest == 0:
-        return out
-    x = model.Conv2d_3b_1x1(x)
-    # N x 80 x 73 x 73
-    x = model.Conv2d_4a_3x3(x)
-    # N x 192 x 71 x 71
-    x = model.maxpool2(x)
-    # N x 192 x 35 x 35
-    if "192" in wanted:
-        out["192"] = _pooled(x)
-    if deepest == 1:
-        return out
-    x = model.Mixed_5b(x)
-    # N x 256 x 35 x 35
-    x = model.Mixed_5c(x)
-    # N x 288 x 35 x 35
-    x = model.Mixed_5d(x)
-    # N x 288 x 35 x 35
-    x = model.Mixed_6a(x)
-    # N x 768 x 17 x 17
-    x = model.Mixed_6b(x)
-    # N x 768 x 17 x 17
-    x = model.Mixed_6c(x)
-    # N x 768 x 17 x 17
-    x = model.Mixed_6d(x)
-    # N x 768 x 17 x 17
-    x = model.Mixed_6e(x)
-    # N x 768 x 17 x 17
-    if "768" in wanted:
-        out["768"] = _pooled(x)
-    if deepest == 2:
-        return out
-    x = model._7a_to_7c(x)
-    # N x 2048 x 8 x 8
-    x = model.forward_head(x, pre_logits=True)
-    # N x 2048
-    if "2048" in wanted:
-        out["2048"] = x
-    if deepest == 3:
-        return out
-    if "logits_unbiased" in wanted:
-        # As torch-fidelity: the bias is added to the unbiased product, so both taps round as theirs do.
-        x = x.mm(model.fc.weight.T)
+    for layer in wanted:
+        found = maps[STAGE_OF[layer]]
+        if layer == "spatial":
+            out[layer] = spatial_features(found)
+        elif layer in ("64", "192", "768"):
+            out[layer] = torch.flatten(F.adaptive_avg_pool2d(found, 1), 1)
+    if "Mixed_7c" in maps:
+        pooled = model.forward_head(maps["Mixed_7c"], pre_logits=True)
+        # N x 2048
+        out["2048"] = pooled
+        if "logits_unbiased" in wanted:
+            # As torch-fidelity: the bias is added to the unbiased product, so both taps round as theirs do.
+            out["logits_unbiased"] = pooled.mm(model.fc.weight.T)
+            out["logits"] = out["logits_unbiased"] + model.fc.bias.unsqueeze(0)
+        elif "logits" in wanted:
+            out["logits"] = model.fc(pooled)
         # N x num_classes
-        out["logits_unbiased"] = x
-        if "logits" in wanted:
-            out["logits"] = x + model.fc.bias.unsqueeze(0)
-        return out
-    out["logits"] = model.fc(x)
-    # N x num_classes
-    return out
+    return {layer: out[layer] for layer in wanted}
 
 
 __all__ = ["DIMS", "FID_SHA256", "FIDNetwork", "LAYERS", "check_layers",
            "convert_pytorch_fid_state_dict", "fid_inception_v3", "forward_taps", "load_fid_network",
-           "locate_fid_weights", "read_fid_weights"]
+           "locate_fid_weights", "read_fid_weights", "spatial_features"]

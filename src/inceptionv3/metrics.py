@@ -13,6 +13,7 @@ import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import sys
 import warnings
@@ -43,6 +44,7 @@ from .fid_math import (
 from .fid_network import DIMS, LAYERS, check_layers, forward_taps, load_fid_network
 from .fid_presets import DEFAULT_PRESET, FID_PRESETS, FIDPreset, get_preset, model_preset
 from .files import atomic_path
+from .image_arrays import ImageArray, is_image_array
 from .model import InceptionV3
 from .runtime import init_distributed, rank_world
 from .weights import FID_MODEL, FID_SHA256
@@ -246,26 +248,28 @@ def _agree(error: Exception | None, rank: int, world: int, all_reduce: Any) -> N
         raise DatasetError(f"process(es) {ranks} of this torchrun failed (see their error)")
 
 
-def iterate_features(files: Sequence[str | os.PathLike], extractor: Extractor, layers: Sequence[str], *,
-                     batch_size: int = 50, workers: int = 0, skip_bad: bool = False,
-                     progress: bool = False) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
-    """(file names, {layer: N x d float32 CPU tensor}) per batch, in file order. An unreadable file stops the
-    run with a :class:`DatasetError` naming the bad files (decoding goes on to find them all, the network does
-    not), unless ``skip_bad``, when it is left out with a warning."""
+Images = list[str] | ImageArray
+"""What features are computed over: image files, or one N x H x W x 3 uint8 array (an ADM ``.npz`` batch)."""
+
+
+def iterate_features(images: Images, extractor: Extractor, layers: Sequence[str], *, batch_size: int = 50,
+                     workers: int = 0, skip_bad: bool = False, progress: bool = False,
+                     shard: bool = False) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+    """(image names, {layer: N x d float32 CPU tensor}) per batch, in order; with ``shard``, only this torchrun
+    process's whole batches. An unreadable file stops the run with a :class:`DatasetError` naming the bad files
+    (decoding goes on to find them all, the network does not), unless ``skip_bad``, when it is left out with a
+    warning. An array's images are read a batch at a time and prepared in this process (nothing to decode)."""
     layers = check_layers(layers)
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
-    names = [os.fspath(f) for f in files]
+    if isinstance(images, ImageArray):
+        yield from _iterate_array(images, extractor, layers, batch_size, progress, shard)
+        return
+    names = _shard(images, batch_size) if shard else [os.fspath(f) for f in images]
     loader = torch.utils.data.DataLoader(_Images(names, extractor.preset), batch_size=batch_size,
                                          num_workers=max(0, workers), collate_fn=_as_list)
     bad: list[str] = []
-    try:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, disable=not progress, unit="batch", file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        batches = loader
-    for batch in batches:
+    for batch in _progress(loader, progress, len(loader)):
         good = [(index, tensor) for index, tensor, reason in batch if reason is None]
         bad.extend(reason for _, _, reason in batch if reason is not None)
         if not good or (bad and not skip_bad):
@@ -280,6 +284,31 @@ def iterate_features(files: Sequence[str | os.PathLike], extractor: Extractor, l
         warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {display_name(bad[0])}", stacklevel=2)
 
 
+def _iterate_array(array: ImageArray, extractor: Extractor, layers: list[str], batch_size: int, progress: bool,
+                   shard: bool) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+    rank, world = rank_world() if shard else (0, 1)
+    batches = array.batches(batch_size, first=rank, step=world)
+    for start, rgb in _progress(batches, progress, len(range(rank, math.ceil(array.count / batch_size), world))):
+        x = torch.stack([extractor.preset.prepare(image) for image in rgb]).to(extractor.device)
+        yield [array.name(start + i) for i in range(len(rgb))], extractor.taps(x, layers)
+
+
+def _progress(batches: Any, show: bool, total: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return batches
+    return tqdm(batches, disable=not show, unit="batch", total=total, file=sys.stderr)
+
+
+def image_count(images: Images) -> int:
+    return images.count if isinstance(images, ImageArray) else len(images)
+
+
+def _images_digest(images: Images, kept: Sequence[str], root: str | os.PathLike | None) -> str:
+    return images.digest() if isinstance(images, ImageArray) else files_digest(kept, root)
+
+
 PYTORCH_FID_EXTENSIONS = ("bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp")
 
 
@@ -290,25 +319,32 @@ def pytorch_fid_files(folder: str | os.PathLike) -> list[str]:
     return [os.fspath(f) for f in sorted(f for ext in PYTORCH_FID_EXTENSIONS for f in path.glob(f"*.{ext}"))]
 
 
-def _image_files(folder: str | os.PathLike, pytorch_fid_glob: bool = False) -> list[str]:
-    """The folder's images: found recursively and case-insensitively, or exactly pytorch-fid's set. When the two
-    differ, the default warns with both counts, since FID over another set of files is another number."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise InputError(f"{display_name(folder)}: not a folder of images or a .npz statistics or features file")
-    theirs = pytorch_fid_files(path)
+def find_inputs(path: str | os.PathLike, pytorch_fid_glob: bool = False) -> Images:
+    """A folder's images (found recursively and case-insensitively, or exactly pytorch-fid's set), or an image
+    array (an ``.npy``, or an ``.npz`` holding ``arr_0``). For folders, when the two sets differ the default
+    warns with both counts, since FID over another set of files is another number."""
+    if os.fspath(path).endswith((".npz", ".npy")) and not Path(path).is_dir():
+        if not is_image_array(path):
+            raise InputError(f"{display_name(path)}: holds no image array ('arr_0'); statistics and features files "
+                             "are compared, not read as images")
+        return ImageArray.open(path)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise InputError(f"{display_name(path)}: not a folder of images, an image array (.npz with arr_0, .npy) or "
+                         "a .npz statistics or features file")
+    theirs = pytorch_fid_files(folder)
     if pytorch_fid_glob:
         files = theirs
         searched = f"{', '.join('*.' + e for e in PYTORCH_FID_EXTENSIONS)}, case-sensitive, not in subfolders"
     else:
-        files = [os.fspath(p) for p in find_images(path)]
+        files = [os.fspath(p) for p in find_images(folder)]
         searched = ".jpg, .png, .bmp, .webp, .tif, .gif in any case, recursively"
         if files and sorted(theirs) != sorted(files):
-            warnings.warn(f"{display_name(folder)}: {len(files)} images found here, but pytorch-fid would read "
+            warnings.warn(f"{display_name(path)}: {len(files)} images found here, but pytorch-fid would read "
                           f"{len(theirs)} (it does not look in subfolders, matches extensions case-sensitively and "
                           "also reads .pgm/.ppm); pass --pytorch-fid-glob to use its set", stacklevel=3)
     if not files:
-        raise DatasetError(f"{display_name(folder)}: no images found (looked for {searched})")
+        raise DatasetError(f"{display_name(path)}: no images found (looked for {searched})")
     return files
 
 
@@ -358,15 +394,15 @@ def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], la
     Default network: the FID network with the pytorch-fid preset; ``model=get_model(...)`` uses that model and
     its own preprocessing (the ``2048`` tap is then its pooled features)."""
     root = inputs if isinstance(inputs, (str, os.PathLike)) else None
-    files = _image_files(root, pytorch_fid_glob) if root is not None else [os.fspath(f) for f in inputs]
-    extractor = make_extractor(preset, weights, model, device, backend, images=len(files))
+    images = find_inputs(root, pytorch_fid_glob) if root is not None else [os.fspath(f) for f in inputs]
+    extractor = make_extractor(preset, weights, model, device, backend, images=image_count(images))
     layers = check_layers(layers)
     kept: list[str] = []
     parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     error: Exception | None = None
     try:
-        for names, taps in iterate_features(_shard(files, batch_size), extractor, layers, batch_size=batch_size,
-                                            workers=workers, skip_bad=skip_bad, progress=progress):
+        for names, taps in iterate_features(images, extractor, layers, batch_size=batch_size, workers=workers,
+                                            skip_bad=skip_bad, progress=progress, shard=True):
             kept.extend(names)
             for layer in layers:
                 parts[layer].append(taps[layer].numpy())
@@ -376,9 +412,10 @@ def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], la
     arrays = {layer: np.concatenate(chunks) if chunks else np.zeros((0, DIMS.get(layer, 0)), np.float32)
               for layer, chunks in parts.items()}
     if _world_size() > 1:
-        kept, arrays = _gather_in_file_order(files, kept, arrays)
-    meta = dict(extractor.meta(), layers=layers, n=len(kept), skipped=len(files) - len(kept),
-                files_digest=files_digest(kept, root))
+        order = [images.name(i) for i in range(images.count)] if isinstance(images, ImageArray) else images
+        kept, arrays = _gather_in_file_order(order, kept, arrays)
+    meta = dict(extractor.meta(), layers=layers, n=len(kept), skipped=image_count(images) - len(kept),
+                files_digest=_images_digest(images, kept, root))
     return Features(kept, arrays, meta)
 
 
@@ -416,7 +453,7 @@ def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer:
                       keep_logits: bool = False, progress: bool = False,
                       pytorch_fid_glob: bool = False) -> FolderResult:
     """Streamed float64 statistics of one tap over a folder, combined across torchrun processes."""
-    files = _image_files(folder, pytorch_fid_glob)
+    images = find_inputs(folder, pytorch_fid_glob)
     if (keep_features or keep_logits) and _world_size() > 1:
         raise InputError("KID, IS and precision/recall need every feature in one process; run them without torchrun")
     layers = [layer] + (["logits_unbiased"] if keep_logits and layer != "logits_unbiased" else [])
@@ -426,8 +463,8 @@ def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer:
     logits: list[np.ndarray] = []
     error: Exception | None = None
     try:
-        for names, taps in iterate_features(_shard(files, batch_size), extractor, layers, batch_size=batch_size,
-                                            workers=workers, skip_bad=skip_bad, progress=progress):
+        for names, taps in iterate_features(images, extractor, layers, batch_size=batch_size, workers=workers,
+                                            skip_bad=skip_bad, progress=progress, shard=True):
             kept.extend(names)
             stats.update(taps[layer])
             if keep_features:
@@ -439,7 +476,7 @@ def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer:
     _fail_together(error)
     stats.all_reduce()
     stats.meta = dict(extractor.meta(), layer=layer, dims=DIMS.get(layer, stats.dims), n=stats.n,
-                      skipped=len(files) - stats.n, files_digest=files_digest(files, folder))
+                      skipped=image_count(images) - stats.n, files_digest=_images_digest(images, images, folder))
     return FolderResult(stats, np.concatenate(features) if features else None,
                         np.concatenate(logits) if logits else None)
 
@@ -557,12 +594,26 @@ def _npz_side(path: str, layer: str, keep_features: bool, keep_logits: bool) -> 
 
 def _side(path: str, extractor_for: Any, args: argparse.Namespace, keep_features: bool,
           keep_logits: bool) -> FolderResult:
-    if path.endswith(".npz"):
+    """Statistics or features from a file when it holds them (an ADM reference batch holds both statistics and
+    images: the statistics are used unless KID, IS or precision/recall need every image's features)."""
+    if _precomputed(path, keep_features or keep_logits):
         return _npz_side(path, str(args.dims), keep_features, keep_logits)
     return folder_statistics(path, extractor_for(), layer=str(args.dims), batch_size=args.batch_size,
                              workers=args.workers, skip_bad=args.skip_bad, keep_features=keep_features,
                              keep_logits=keep_logits, progress=not args.quiet,
                              pytorch_fid_glob=args.pytorch_fid_glob)
+
+
+def _is_array_file(path: str) -> bool:
+    return path.endswith((".npz", ".npy")) and not Path(path).is_dir()
+
+
+def _precomputed(path: str, need_features: bool) -> bool:
+    """Whether a side is read as statistics or features rather than computed from images: an ``.npz`` without
+    ``arr_0``, or an ADM reference batch (statistics and images) when only its statistics are needed."""
+    if not _is_array_file(path) or path.endswith(".npy") or not is_image_array(path):
+        return _is_array_file(path) and path.endswith(".npz")
+    return {"mu", "sigma"} <= npz_keys(path) and not need_features
 
 
 def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
@@ -578,7 +629,8 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
     if args.isc and args.weights and not args.force:
         raise InputError("--isc: IS is defined on the published FID network's logits, not on --weights "
                          f"{display_name(args.weights)}; pass --force to compute it anyway")
-    counts = {path: len(find_images(path)) for path in args.paths if Path(path).is_dir()}
+    counts = {path: len(find_images(path)) if Path(path).is_dir() else ImageArray.open(path).count
+              for path in args.paths if Path(path).is_dir() or (_is_array_file(path) and not _precomputed(path, False))}
     if args.save_stats:
         return counts
     for path, n in counts.items():

@@ -12,6 +12,7 @@ are constructor options rather than subclasses:
   conv when a checkpoint is loaded (see :func:`inceptionv3.checkpoints.fold_transform_input`).
 """
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -308,6 +309,48 @@ class InceptionV3(nn.Module):
         x = self._stem_to_6e(x)
         return self._7a_to_7c(x)
 
+    @torch.jit.unused
+    def feature_stages(self) -> list[str]:
+        """The blocks ``forward_features`` runs, in order: the children as ``__init__`` registers them, up to
+        Mixed_7c, without the auxiliary head (a test keeps this list and ``forward_features`` in step)."""
+        names = [name for name, _ in self.named_children() if name != "AuxLogits"]
+        return names[: names.index("Mixed_7c") + 1]
+
+    @torch.jit.unused
+    def forward_intermediates(self, x: Tensor, taps: Iterable[str]) -> dict[str, Tensor]:
+        """Feature maps by name, from one pass that stops after the deepest block it needs (timm's idea).
+
+        A tap names a stage (``"maxpool2"``, ``"Mixed_6e"``, ``"Mixed_7c"``: that block's output) or a module inside
+        one (``"Mixed_6d.branch1x1"``: that module's output, captured while its block runs). The dict keeps the
+        order of ``taps``. ``forward_intermediates(x, ["Mixed_7c"])["Mixed_7c"]`` is ``forward_features(x)``."""
+        wanted = list(dict.fromkeys(str(tap) for tap in taps))
+        stages = self.feature_stages()
+        if not wanted:
+            raise InputError("no feature taps requested")
+        for tap in wanted:
+            stage, _, inner = tap.partition(".")
+            if stage not in stages or (inner and not _has_submodule(getattr(self, stage), inner)):
+                raise InputError(f"unknown feature tap {tap!r}: name a stage ({', '.join(stages)}) or a module "
+                                 "inside one, such as 'Mixed_6d.branch1x1'")
+        last = max(stages.index(tap.partition(".")[0]) for tap in wanted)
+        out: dict[str, Tensor] = {}
+
+        def keep(tap: str):
+            return lambda _module, _inputs, output: out.__setitem__(tap, output)
+
+        hooks = [self.get_submodule(tap).register_forward_hook(keep(tap)) for tap in wanted if "." in tap]
+        try:
+            if not torch.jit.is_tracing():
+                self._check_input(x)
+            for name in stages[: last + 1]:
+                x = getattr(self, name)(x)
+                if name in wanted:
+                    out[name] = x
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return {tap: out[tap] for tap in wanted}
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global pool, dropout and fc; ``pre_logits=True`` stops at the 2048-d pooled vector (FID)."""
         # N x 2048 x 8 x 8
@@ -350,6 +393,14 @@ class InceptionV3(nn.Module):
             self.AuxLogits.fc = nn.Linear(768, num_classes)
         for head in self.heads():
             init_new_head(head)
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def init_new_head(head: nn.Linear) -> None:
