@@ -6,6 +6,7 @@ statistics are measured on real photos, which makes every layer's activations re
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from pathlib import Path
@@ -89,6 +90,29 @@ def calibrate(model: torch.nn.Module, batch: torch.Tensor, seed: int = 0, affine
     with torch.no_grad():
         model(batch)
     return model.eval()
+
+
+PT_NAME = "pt_inception-2015-12-05-6726825d.pth"
+"""pytorch-fid's name for the FID weights file."""
+
+
+@pytest.fixture(scope="session")
+def fid_weights(tmp_path_factory):
+    """Seeded random FID network, BN calibrated on three real photos (at 160 px, to save time), saved as the 2019
+    file was: a plain OrderedDict in torch's legacy (pre-zip) format, without num_batches_tracked."""
+    photos = np.stack([load_rgb01(p, size=160) for p in photo_paths()[:3]])
+    batch = torch.from_numpy((photos * 2 - 1).transpose(0, 3, 1, 2).copy())
+    torch.manual_seed(0)  # torch's default init (trunc_normal over 24M weights is slow); the BN calibration rescales
+    from inceptionv3.model import InceptionV3
+
+    model = InceptionV3(num_classes=1008, count_include_pad=False, mixed_7c_pool="max", init_weights=False)
+    model = calibrate(model, batch)
+    model.fc.bias.data = torch.randn(1008) * 0.5  # so that logits and logits_unbiased differ
+    state = collections.OrderedDict((k, v) for k, v in model.state_dict().items()
+                                    if not k.endswith("num_batches_tracked"))
+    path = tmp_path_factory.mktemp("fid-weights") / PT_NAME
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    return path
 
 
 def free_port() -> int:

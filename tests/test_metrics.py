@@ -8,7 +8,6 @@ $TORCH_HOME/hub/checkpoints, where torch.hub looks first, so nothing touches the
 
 from __future__ import annotations
 
-import collections
 import copy
 import json
 import os
@@ -21,7 +20,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import calibrate, free_port, load_rgb01, photo_paths
+from conftest import PT_NAME, free_port, photo_paths
 from PIL import Image, ImageOps
 
 from inceptionv3 import fid_network, get_entry, get_model
@@ -42,7 +41,6 @@ from inceptionv3.metrics import Features, extract_features, folder_statistics, m
 from inceptionv3.model import InceptionV3, count_flops, count_parameters
 from inceptionv3.weights import FID_MODEL
 
-PT_NAME = "pt_inception-2015-12-05-6726825d.pth"
 FIDELITY_NAME = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's (and so torchmetrics') name
 OPENVINO_RTOL = 1e-5  # of the feature range: 5e-7 measured on every tap (12 photos)
 
@@ -50,23 +48,6 @@ OPENVINO_RTOL = 1e-5  # of the feature range: 5e-7 measured on every tap (12 pho
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("INCEPTIONV3_OFFLINE", "1")  # a missing file must fail here, never download
-
-
-@pytest.fixture(scope="session")
-def fid_weights(tmp_path_factory):
-    """Seeded random FID network, BN calibrated on three real photos (at 160 px, to save time), saved as the 2019
-    file was: a plain OrderedDict in torch's legacy (pre-zip) format, without num_batches_tracked."""
-    photos = np.stack([load_rgb01(p, size=160) for p in photo_paths()[:3]])
-    batch = torch.from_numpy((photos * 2 - 1).transpose(0, 3, 1, 2).copy())
-    torch.manual_seed(0)  # torch's default init (trunc_normal over 24M weights is slow); the BN calibration rescales
-    model = InceptionV3(num_classes=1008, count_include_pad=False, mixed_7c_pool="max", init_weights=False)
-    model = calibrate(model, batch)
-    model.fc.bias.data = torch.randn(1008) * 0.5  # so that logits and logits_unbiased differ
-    state = collections.OrderedDict((k, v) for k, v in model.state_dict().items()
-                                    if not k.endswith("num_batches_tracked"))
-    path = tmp_path_factory.mktemp("fid-weights") / PT_NAME
-    torch.save(state, path, _use_new_zipfile_serialization=False)
-    return path
 
 
 @pytest.fixture
@@ -397,7 +378,7 @@ def test_sharded_features_come_back_in_file_order(tmp_path, fid_weights, nine_fi
     monkeypatch.undo()
     assert shards[0][0] == whole.files[:3] + whole.files[6:] and shards[1][0] == whole.files[3:6]  # 0 1 2 | 3 4 5 | 6 7
     files = [str(p) for p in sorted(nine_files.iterdir())]
-    names, arrays = metrics._gather_in_file_order(files, shards[1][0], shards[1][1], all_gather=lambda part: shards)
+    names, arrays = metrics.gather_in_order(files, shards[1][0], shards[1][1], all_gather=lambda part: shards)
     assert names == whole.files and np.array_equal(arrays["64"], whole.arrays["64"])
 
 

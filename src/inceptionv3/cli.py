@@ -788,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per path and batch size")
     p.set_defaults(func=_cmd_benchmark)
 
-    from .metrics import add_commands as add_metric_commands
+    from .fid_commands import add_commands as add_metric_commands
 
     add_metric_commands(commands)  # fid, features
     from .serve import add_command as add_serve_command

@@ -231,38 +231,43 @@ class FIDStatistics:
 
     # -- files ---------------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """``mu``, ``sigma`` (float64, as pytorch-fid reads them), ``n`` and JSON ``meta``, written atomically."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False, spatial: FIDStatistics | None = None) -> Path:
+        """``mu``, ``sigma`` (float64, as pytorch-fid reads them), ``n`` and JSON ``meta``, written atomically;
+        with ``spatial``, also sFID's ``mu_s`` and ``sigma_s``, as an ADM reference batch holds them."""
         path = Path(path)
         if path.suffix != ".npz":
             raise InputError(f"{path}: statistics files end in .npz (numpy would add it)")
         if path.exists() and not overwrite:
             raise InputError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
         meta = dict(self.meta, format=STATS_FORMAT, n=self.n)
+        arrays = {"mu": self.mu.astype(np.float64), "sigma": self.covariance().astype(np.float64)}
+        if spatial is not None:
+            arrays.update(mu_s=spatial.mu.astype(np.float64), sigma_s=spatial.covariance().astype(np.float64))
         with atomic_path(path, suffix=".partial.npz") as tmp:
-            np.savez_compressed(tmp, mu=self.mu.astype(np.float64), sigma=self.covariance().astype(np.float64),
-                                n=np.int64(self.n), meta=np.array(json.dumps(meta, sort_keys=True)))
+            np.savez_compressed(tmp, **arrays, n=np.int64(self.n), meta=np.array(json.dumps(meta, sort_keys=True)))
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> FIDStatistics:
-        """Our files, and pytorch-fid's, clean-fid's and TTUR's (``mu`` and ``sigma`` only: warns that their
-        provenance is unknown, and ``n`` is then 0 if the file does not say)."""
+    def load(cls, path: str | os.PathLike, suffix: str = "") -> FIDStatistics:
+        """Our files, and pytorch-fid's, clean-fid's, TTUR's and ADM's (``mu`` and ``sigma`` only: warns that their
+        provenance is unknown, and ``n`` is then 0 if the file does not say). ``suffix="_s"`` reads the sFID
+        statistics an ADM reference batch also holds (``mu_s``, ``sigma_s``)."""
         path = Path(path)
         d = MAX_STATS_DIMS
-        arrays = read_npz(path, {"mu": 8 * d, "sigma": 8 * d * d, "meta": 1 << 20, "n": 8})
-        if "mu" not in arrays or "sigma" not in arrays:
-            raise InputError(f"{path}: no 'mu' and 'sigma' arrays (found {sorted(npz_keys(path))})")
-        for key in ("mu", "sigma"):
+        mu_key, sigma_key = f"mu{suffix}", f"sigma{suffix}"
+        arrays = read_npz(path, {mu_key: 8 * d, sigma_key: 8 * d * d, "meta": 1 << 20, "n": 8})
+        if mu_key not in arrays or sigma_key not in arrays:
+            raise InputError(f"{path}: no {mu_key!r} and {sigma_key!r} arrays (found {sorted(npz_keys(path))})")
+        for key in (mu_key, sigma_key):
             if arrays[key].dtype.kind not in "fiu":
                 raise InputError(f"{path}: {key} must be numbers, not {arrays[key].dtype}")
-        mu = np.asarray(arrays["mu"], dtype=np.float64).reshape(-1)
-        sigma = np.atleast_2d(np.asarray(arrays["sigma"], dtype=np.float64))
+        mu = np.asarray(arrays[mu_key], dtype=np.float64).reshape(-1)
+        sigma = np.atleast_2d(np.asarray(arrays[sigma_key], dtype=np.float64))
         if sigma.shape != (mu.size, mu.size):
-            raise InputError(f"{path}: sigma is {sigma.shape}, mu has {mu.size} entries")
+            raise InputError(f"{path}: {sigma_key} is {sigma.shape}, {mu_key} has {mu.size} entries")
         if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-            raise InputError(f"{path}: mu or sigma holds NaN or infinity")
-        check_covariance(sigma, f"{path}: sigma")
+            raise InputError(f"{path}: {mu_key} or {sigma_key} holds NaN or infinity")
+        check_covariance(sigma, f"{path}: {sigma_key}")
         meta: dict[str, Any] = {}
         if "meta" in arrays:
             if arrays["meta"].dtype.kind != "U" or arrays["meta"].ndim != 0:
@@ -446,22 +451,31 @@ def kernel_inception_distance(features1: Any, features2: Any, *, subsets: int = 
     return MeanStd(float(values.mean()), float(values.std()))
 
 
-def inception_score(logits: Any, *, splits: int = 10, shuffle: bool = True, seed: int = 2020) -> MeanStd:
+def inception_score(logits: Any, *, splits: int = 10, shuffle: bool = True, seed: int = 2020,
+                    split_size: int | None = None) -> MeanStd:
     """IS (Salimans et al.) as torch-fidelity computes it from unbiased logits: rows shuffled by
     ``RandomState(seed).permutation`` (unless ``shuffle=False``), ``splits`` slices [i N / s, (i + 1) N / s),
-    exp of the mean KL(p(y|x) || p(y)) per slice; mean and population std over slices. float64."""
+    exp of the mean KL(p(y|x) || p(y)) per slice; mean and population std over slices. float64.
+
+    ``split_size=5000`` is the ADM evaluator's convention instead: consecutive slices of that many rows in the
+    given order (the last one shorter when N is not a multiple), never shuffled."""
     x = torch.from_numpy(_as_float64(logits, "logits"))
     n = x.shape[0]
-    if n < splits or splits < 1:
-        raise InputError(f"IS with {splits} splits needs at least {max(splits, 1)} images, have {n}")
-    if shuffle:
-        x = x[np.random.RandomState(seed).permutation(n)]
+    if split_size is not None:
+        if split_size < 1 or n < 1:
+            raise InputError(f"IS with splits of {split_size} images needs at least one image and a positive size")
+        bounds = [(start, min(start + split_size, n)) for start in range(0, n, split_size)]
+    else:
+        if n < splits or splits < 1:
+            raise InputError(f"IS with {splits} splits needs at least {max(splits, 1)} images, have {n}")
+        if shuffle:
+            x = x[np.random.RandomState(seed).permutation(n)]
+        bounds = [(i * n // splits, (i + 1) * n // splits) for i in range(splits)]
     p, log_p = x.softmax(dim=1), x.log_softmax(dim=1)
     scores = []
-    for i in range(splits):
-        rows = slice(i * n // splits, (i + 1) * n // splits)
-        marginal = p[rows].mean(dim=0, keepdim=True)
-        kl = (p[rows] * (log_p[rows] - marginal.log())).sum(dim=1).mean()
+    for start, stop in bounds:
+        marginal = p[start:stop].mean(dim=0, keepdim=True)
+        kl = (p[start:stop] * (log_p[start:stop] - marginal.log())).sum(dim=1).mean()
         scores.append(float(kl.exp()))
     return MeanStd(float(np.mean(scores)), float(np.std(scores)))
 
