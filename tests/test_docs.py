@@ -1,7 +1,8 @@
 """Every shell and Python block of README.md and docs/*.md runs as a reader would type it.
 
 A scratch folder stands in for the reader's: photos from tests/data are ``photo.jpg``, ``my_photo.jpg``, ``a.jpg``,
-``b.png``, ``photos/``, ``generated/`` and ``real/``; checkpoints built here in each source's exact layout are the
+``b.png``, ``photos/``, ``generated/`` and ``real/`` (and, as ADM batches, ``samples.npz`` and
+``VIRTUAL_imagenet256_labeled.npz``); checkpoints built here in each source's exact layout are the
 ``/data/...`` files (read as ``data/...`` in the scratch folder). The cache holds the zoo's files, built here in
 their sources' layouts and seeded the way a verified download leaves them (the file and its ``.verified``
 marker), since the real files cannot be downloaded here; nothing leaves 127.0.0.1.
@@ -27,6 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, SHARED_DATA, free_port, photo_paths, wait_ready
@@ -136,6 +138,10 @@ def reader(tmp_path_factory, trained_like_checkpoint):
         (root / folder).mkdir()
         for p in picks:
             shutil.copyfile(p, root / folder / p.name)
+    for name, picks in (("VIRTUAL_imagenet256_labeled.npz", photos[-8:]), ("samples.npz", photos[:6])):
+        # ADM batches: arr_0 N x 256 x 256 x 3 uint8 (and arr_1 labels); under 16 images a side, so eager runs
+        images = [np.array(Image.open(p).convert("RGB").resize((256, 256), Image.BICUBIC)) for p in picks]
+        np.savez(root / name, np.stack(images), np.arange(len(images)))
     for wnid, picks in (("n02123045", jpegs[:3]), ("n02129604", jpegs[3:6])):  # tabby, tiger: folders by wnid
         (root / "my_classes" / wnid).mkdir(parents=True)
         for p in picks:

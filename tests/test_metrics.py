@@ -368,8 +368,8 @@ def test_sharded_features_come_back_in_file_order(tmp_path, fid_weights, nine_fi
     shards = []
     for rank in range(2):
         monkeypatch.setattr(metrics, "rank_world", lambda rank=rank: (rank, 2))
-        monkeypatch.setattr(metrics, "_fail_together", lambda error: None)
-        monkeypatch.setattr(metrics, "_gather_in_file_order", lambda files, kept, arrays: (kept, arrays))
+        monkeypatch.setattr(metrics, "fail_together", lambda error: None)
+        monkeypatch.setattr(metrics, "gather_in_order", lambda files, kept, arrays: (kept, arrays))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             part = extract_features(nine_files, ["64"], weights=fid_weights, device="cpu", batch_size=3,
@@ -507,7 +507,7 @@ def test_openvino_backend_features_stay_near_eager(tmp_path, fid_weights, monkey
     folder.mkdir()
     for i, size in enumerate([(90, 80), (640, 427), (299, 299), (120, 333)]):
         _photo(i * 3).resize(size, Image.BILINEAR).save(folder / f"{i}.png")
-    layers = ["2048", "logits_unbiased", "64"]
+    layers = ["2048", "logits_unbiased", "64", "spatial"]  # spatial: a tap captured inside a block, by a hook
     eager = extract_features(folder, layers, weights=fid_weights, batch_size=2, device="cpu")
     fast = extract_features(folder, layers, weights=fid_weights, batch_size=2, device="cpu", backend="openvino")
     assert eager.meta["backend"] == "eager" and fast.meta["backend"] == "openvino" and fast.files == eager.files

@@ -104,8 +104,9 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
     if args.isc and args.weights and not args.force:
         raise InputError("--isc: IS is defined on the published FID network's logits, not on --weights "
                          f"{display_name(args.weights)}; pass --force to compute it anyway")
+    inputs = args.paths[:1] if args.save_stats else args.paths  # with --save-stats the second is the output
     counts = {path: len(find_images(path)) if Path(path).is_dir() else ImageArray.open(path).count
-              for path in args.paths if Path(path).is_dir() or (_is_array_file(path) and not _precomputed(path, False))}
+              for path in inputs if Path(path).is_dir() or (_is_array_file(path) and not _precomputed(path, False))}
     if args.save_stats:
         return counts
     for path, n in counts.items():
