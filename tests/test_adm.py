@@ -22,7 +22,7 @@ from inceptionv3.cli import main
 from inceptionv3.errors import InputError
 from inceptionv3.fid_math import inception_score
 from inceptionv3.image_arrays import ImageArray
-from inceptionv3.metrics import extract_features
+from inceptionv3.metrics import FIDMetric, extract_features
 
 
 def _images(n: int, seed: int, size: int = 64) -> np.ndarray:
@@ -85,6 +85,9 @@ def test_a_png_folder_and_the_same_images_as_arr_0_give_identical_features(batch
     for layer in layers:
         np.testing.assert_array_equal(from_folder.arrays[layer], from_array.arrays[layer])
     assert from_array.files[3].endswith("ref.npz:arr_0[3]") and from_array.meta["n"] == 8
+    metric = FIDMetric("tf", weights=fid_weights, layer="spatial", device="cpu")  # sFID inside a training loop
+    metric.update(torch.from_numpy(ref).permute(0, 3, 1, 2), real=False)
+    np.testing.assert_array_equal(metric.fake.mean, from_array.arrays["spatial"].astype(np.float64).mean(0))
     assert main(["fid", str(folder / "ref.npz"), str(tmp_path), "--weights", str(fid_weights), "--preset", "tf",
                  "--backend", "eager", "--workers", "0", "--quiet"]) == 0  # an array and a folder side by side
 

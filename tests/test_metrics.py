@@ -30,6 +30,7 @@ from inceptionv3.fid_math import (
     FIDStatistics,
     ProvenanceWarning,
     RankDeficientWarning,
+    density_coverage,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -797,6 +798,27 @@ def test_precision_recall_matches_torch_fidelity_in_any_block_size():
         precision_recall(generated[:3], real)
 
 
+def test_density_and_coverage_match_prdc_in_any_block_size():
+    """prdc's compute_prdc on the same float64 features: density (which can exceed 1) and coverage, with the
+    default block and with blocks of a few rows; a shifted real set so that neither is trivially 0 or 1."""
+    from prdc import compute_prdc
+
+    rng = np.random.default_rng(5)
+    generated = rng.standard_normal((120, 24))
+    real = rng.standard_normal((100, 24)) * 1.3 + 1.0
+    theirs = compute_prdc(real_features=real, fake_features=generated, nearest_k=5)
+    for block in (2**24, 300):
+        ours = density_coverage(generated, real, k=5, max_block=block)
+        assert ours.density == pytest.approx(theirs["density"], rel=1e-12)
+        assert ours.coverage == pytest.approx(theirs["coverage"], rel=1e-12)
+    assert 0 < ours.coverage < 1 and ours.density > 0
+    crowded = np.repeat(real[:1], 50, axis=0) + 1e-3 * rng.standard_normal((50, 24))  # all round one real sample
+    assert precision_recall(crowded, real).precision == 1.0  # precision calls them all good
+    assert density_coverage(crowded, real).coverage <= 0.1  # coverage sees that they cover few real samples
+    with pytest.raises(InputError, match="more than k images"):
+        density_coverage(generated[:5], real)
+
+
 def _features_file(path, n: int, seed: int, scale: float, meta: dict) -> np.ndarray:
     rng = np.random.default_rng(seed)
     arrays = {"64": (rng.standard_normal((n, 64)) * scale).astype(np.float32),
@@ -819,7 +841,7 @@ def test_cli_scores_saved_features_against_each_reference(tmp_path, capsys):
     two = _features_file(tmp_path / "real.npz", 80, seed=2, scale=1.2, meta=meta)
     report = tmp_path / "r.json"
     args = ["fid", str(tmp_path / "gen.npz"), str(tmp_path / "real.npz"), "--dims", "64", "--kid",
-            "--kid-subsets", "5", "--kid-subset-size", "40", "--isc", "--prc", "--json", str(report)]
+            "--kid-subsets", "5", "--kid-subset-size", "40", "--isc", "--prc", "--prdc", "--json", str(report)]
     assert main(args) == 2
     assert "IS is defined on the published FID network" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
@@ -839,6 +861,11 @@ def test_cli_scores_saved_features_against_each_reference(tmp_path, capsys):
                                                         3, 10000)
     assert result["prc"]["precision"] == pytest.approx(precision, rel=1e-6)
     assert result["prc"]["recall"] == pytest.approx(recall, rel=1e-6)
+    from prdc import compute_prdc
+
+    theirs = compute_prdc(real_features=y, fake_features=x, nearest_k=5)
+    assert result["prdc"]["density"] == pytest.approx(theirs["density"], rel=1e-12)
+    assert result["prdc"]["coverage"] == pytest.approx(theirs["coverage"], rel=1e-12)
     assert main(["fid", str(tmp_path / "gen.npz"), str(tmp_path / "real.npz"), "--dims", "192"]) == 2
     assert "holds 64, logits_unbiased, not 192" in capsys.readouterr().err
 

@@ -6,6 +6,7 @@ from .errors import DatasetError, DownloadError, ExportError, InceptionV3Error, 
 from .fid_math import (
     FIDStatistics,
     FrechetDistance,
+    density_coverage,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -35,5 +36,5 @@ __all__ = [
     "Preprocess", "PRESETS",
     "InceptionV3Error", "InputError", "DatasetError", "DownloadError", "ExportError",
     "extract_features", "Features", "FIDStatistics", "FrechetDistance", "frechet_distance", "kernel_inception_distance",
-    "inception_score", "precision_recall", "FIDMetric",
+    "inception_score", "precision_recall", "density_coverage", "FIDMetric",
 ]

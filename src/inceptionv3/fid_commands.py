@@ -19,6 +19,7 @@ from .fid_math import (
     FrechetDistance,
     MeanStd,
     PrecisionRecall,
+    density_coverage,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
@@ -99,8 +100,9 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
                          f"{args.kid_subset_size} and {args.kid_subsets}")
     if args.isc and args.isc_splits < 1:
         raise InputError(f"--isc-splits must be at least 1, got {args.isc_splits}")
-    if args.prc and args.prc_k < 1:
-        raise InputError(f"--prc-k must be at least 1, got {args.prc_k}")
+    for flag, on, k in (("--prc-k", args.prc, args.prc_k), ("--prdc-k", args.prdc, args.prdc_k)):
+        if on and k < 1:
+            raise InputError(f"{flag} must be at least 1, got {k}")
     if args.isc and args.weights and not args.force:
         raise InputError("--isc: IS is defined on the published FID network's logits, not on --weights "
                          f"{display_name(args.weights)}; pass --force to compute it anyway")
@@ -113,6 +115,9 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
         if args.kid and n < args.kid_subset_size:
             raise InputError(f"--kid: {display_name(path)} has {n} images, fewer than --kid-subset-size "
                              f"{args.kid_subset_size} (each side needs that many); lower --kid-subset-size")
+        if args.prdc and n <= args.prdc_k:
+            raise InputError(f"--prdc: {display_name(path)} has {n} images; --prdc-k {args.prdc_k} needs more "
+                             "than that many per side")
         if args.prc and n <= args.prc_k:
             raise InputError(f"--prc: {display_name(path)} has {n} images; --prc-k {args.prc_k} needs more than "
                              "that many per side")
@@ -125,6 +130,7 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
 
 def _check_adm_options(args: argparse.Namespace) -> None:
     others = [flag for flag, value in (("--kid", args.kid), ("--isc", args.isc), ("--prc", args.prc),
+                                       ("--prdc", args.prdc),
                                        ("--dims", args.dims != 2048), ("--fd-method", args.fd_method != "eigh"))
               if value]
     if others:
@@ -198,7 +204,7 @@ def _cmd_fid(args: argparse.Namespace) -> int:
             result.stats.save(out, overwrite=args.overwrite)
             print(f"saved statistics of {result.stats.n} images to {out}")
         return 0
-    keep = args.kid or args.prc
+    keep = args.kid or args.prc or args.prdc
     one = _side(first, extractor_for, args, keep, args.isc)
     two = _side(second, extractor_for, args, keep, False)
     check_comparable(one.stats.meta, two.stats.meta, args.force)
@@ -231,6 +237,11 @@ def _cmd_fid(args: argparse.Namespace) -> int:
         report["prc"] = dict(pr.__dict__)
         lines.append(f"precision: {pr.precision:.7g}  recall: {pr.recall:.7g}  F: {pr.f_score:.7g}  (k={pr.k}; "
                      "first path generated, second real)")
+    if args.prdc:
+        dc = density_coverage(one.features, two.features, k=args.prdc_k)
+        report["prdc"] = dict(dc.__dict__)
+        lines.append(f"density: {dc.density:.7g}  coverage: {dc.coverage:.7g}  (k={dc.k}, as prdc; first path "
+                     "generated, second real)")
     if not is_main_process():
         return 0
     for path, trace in ((first, distance.trace1), (second, distance.trace2)):
@@ -315,6 +326,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-shuffle", action="store_true", help="IS splits in file order (torch-fidelity shuffles)")
     p.add_argument("--prc", action="store_true", help="also precision and recall (Kynkäänniemi et al.)")
     p.add_argument("--prc-k", type=int, default=3, help="neighbourhood size for --prc")
+    p.add_argument("--prdc", action="store_true", help="also density and coverage (Naeem et al. 2020), as the prdc "
+                   "package computes them")
+    p.add_argument("--prdc-k", type=int, default=5, help="neighbourhood size for --prdc")
     p.set_defaults(func=_cmd_fid)
 
     p = commands.add_parser("features", help="write per-image features (any of the taps) to an .npz")

@@ -499,25 +499,51 @@ def _inside_any_ball(queries: torch.Tensor, centres: torch.Tensor, radii: torch.
     return float(torch.cat(inside).double().mean())
 
 
+def _paired(generated: Any, real: Any, k: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(_as_float64(generated, "generated features"))
+    y = torch.from_numpy(_as_float64(real, "real features"))
+    if x.shape[1] != y.shape[1]:
+        raise InputError(f"mismatched feature sizes: {x.shape[1]} vs {y.shape[1]}")
+    if k < 1 or min(len(x), len(y)) <= k:
+        raise InputError(f"{what} with k={k} needs more than k images per side (have {len(x)} and {len(y)})")
+    return x, y
+
+
+@dataclass
+class DensityCoverage:
+    density: float
+    coverage: float
+    k: int
+
+
+def density_coverage(generated: Any, real: Any, *, k: int = 5, max_block: int = 2**24) -> DensityCoverage:
+    """Density and coverage (Naeem et al. 2020) as the ``prdc`` package defines them, around the real samples'
+    balls (each reaching its k-th nearest real neighbour, strict ``<``): density is the mean number of real balls
+    a generated sample falls in, divided by k (it can exceed 1); coverage the share of real balls holding at least
+    one generated sample. Unlike precision, density does not reward generated samples that crowd round a few
+    outlying real ones. float64, in blocks as :func:`precision_recall`."""
+    x, y = _paired(generated, real, k, "density/coverage")
+    rows = max(1, max_block // max(len(x), len(y)))
+    radii = _kth_neighbour_radius(y, k, rows)
+    counts = torch.cat([(torch.cdist(part, y) < radii).sum(dim=1) for part in x.split(rows)])
+    nearest = torch.cat([torch.cdist(part, x).amin(dim=1) for part in y.split(rows)])
+    return DensityCoverage(float(counts.double().mean()) / k, float((nearest < radii).double().mean()), k)
+
+
 def precision_recall(generated: Any, real: Any, *, k: int = 3, max_block: int = 2**24) -> PrecisionRecall:
     """Improved precision and recall (Kynkäänniemi et al. 2019) as torch-fidelity defines them: precision is the
     share of generated samples inside at least one real sample's ball, recall the share of real samples inside a
     generated one's, a ball reaching a sample's k-th nearest neighbour in its own set. F-score 2PR / max(1e-5,
     P + R). float64; distances are computed ``max_block`` at a time (128 MB), so memory is the features plus that
     block whatever N is."""
-    x = torch.from_numpy(_as_float64(generated, "generated features"))
-    y = torch.from_numpy(_as_float64(real, "real features"))
-    if x.shape[1] != y.shape[1]:
-        raise InputError(f"mismatched feature sizes: {x.shape[1]} vs {y.shape[1]}")
-    if k < 1 or min(len(x), len(y)) <= k:
-        raise InputError(f"precision/recall with k={k} needs more than k images per side (have {len(x)} and "
-                         f"{len(y)})")
+    x, y = _paired(generated, real, k, "precision/recall")
     rows = max(1, max_block // max(len(x), len(y)))
     precision = _inside_any_ball(x, y, _kth_neighbour_radius(y, k, rows), rows)
     recall = _inside_any_ball(y, x, _kth_neighbour_radius(x, k, rows), rows)
     return PrecisionRecall(precision, recall, 2 * precision * recall / max(1e-5, precision + recall), k)
 
 
-__all__ = ["FD_METHODS", "FIDStatistics", "FrechetDistance", "MeanStd", "PrecisionRecall", "ProvenanceWarning",
+__all__ = ["FD_METHODS", "DensityCoverage", "FIDStatistics", "FrechetDistance", "MeanStd", "PrecisionRecall",
+           "ProvenanceWarning", "density_coverage",
            "RankDeficientWarning", "frechet_distance", "inception_score", "kernel_inception_distance",
            "precision_recall", "trace_sqrt_product"]
