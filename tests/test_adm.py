@@ -17,12 +17,12 @@ import torch
 from conftest import photo_paths
 from PIL import Image
 
-from inceptionv3.adm import adm_evaluate
+from inceptionv3.adm import adm_evaluate, adm_side
 from inceptionv3.cli import main
 from inceptionv3.errors import InputError
 from inceptionv3.fid_math import inception_score
 from inceptionv3.image_arrays import ImageArray
-from inceptionv3.metrics import FIDMetric, extract_features
+from inceptionv3.metrics import FIDMetric, extract_features, make_extractor
 
 
 def _images(n: int, seed: int, size: int = 64) -> np.ndarray:
@@ -45,6 +45,15 @@ def batches(tmp_path_factory):
     np.savez(folder / "ref.npz", ref)
     np.savez(folder / "sample.npz", sample, np.arange(len(sample)))  # arr_1: labels, as class-conditional runs write
     return folder, ref, sample
+
+
+@pytest.fixture(scope="module")
+def batch_features(batches, fid_weights):
+    """Each batch's pool, spatial and unbiased-logit taps through the tf preset, computed once for the module."""
+    folder, _, _ = batches
+    return {name: extract_features(folder / f"{name}.npz", ["2048", "spatial", "logits_unbiased"], preset="tf",
+                                   weights=fid_weights, batch_size=5, device="cpu")
+            for name in ("ref", "sample")}
 
 
 def _low_rank_fid(x1: np.ndarray, x2: np.ndarray) -> float:
@@ -74,14 +83,14 @@ def _evaluator_prc(ref: np.ndarray, sample: np.ndarray, k: int = 3) -> tuple[flo
     return float(precision), float(recall)
 
 
-def test_a_png_folder_and_the_same_images_as_arr_0_give_identical_features(batches, fid_weights, tmp_path):
+def test_a_png_folder_and_the_same_images_as_arr_0_give_identical_features(batches, batch_features, fid_weights,
+                                                                           tmp_path):
     folder, ref, _ = batches
     for i, image in enumerate(ref):
         Image.fromarray(image).save(tmp_path / f"{i:02d}.png")
     layers = ["2048", "spatial", "logits_unbiased"]
     from_folder = extract_features(tmp_path, layers, preset="tf", weights=fid_weights, batch_size=5, device="cpu")
-    from_array = extract_features(folder / "ref.npz", layers, preset="tf", weights=fid_weights, batch_size=5,
-                                  device="cpu")
+    from_array = batch_features["ref"]
     for layer in layers:
         np.testing.assert_array_equal(from_folder.arrays[layer], from_array.arrays[layer])
     assert from_array.files[3].endswith("ref.npz:arr_0[3]") and from_array.meta["n"] == 8
@@ -92,12 +101,9 @@ def test_a_png_folder_and_the_same_images_as_arr_0_give_identical_features(batch
                  "--backend", "eager", "--workers", "0", "--quiet"]) == 0  # an array and a folder side by side
 
 
-def test_adm_mode_gives_the_evaluators_five_numbers(batches, fid_weights, tmp_path, capsys):
+def test_adm_mode_gives_the_evaluators_five_numbers(batches, batch_features, fid_weights, tmp_path, capsys):
     folder, ref, sample = batches
-    ours = extract_features(folder / "ref.npz", ["2048", "spatial"], preset="tf", weights=fid_weights,
-                            device="cpu")
-    theirs = extract_features(folder / "sample.npz", ["2048", "spatial"], preset="tf", weights=fid_weights,
-                              device="cpu")
+    ours, theirs = batch_features["ref"], batch_features["sample"]
     out = tmp_path / "adm.json"
     assert main(["fid", "--adm", str(folder / "ref.npz"), str(folder / "sample.npz"), "--weights", str(fid_weights),
                  "--backend", "eager", "--workers", "0", "--quiet", "--json", str(out)]) == 0
@@ -122,7 +128,8 @@ def test_adm_mode_gives_the_evaluators_five_numbers(batches, fid_weights, tmp_pa
     assert report["conventions"]["is_split_size"] == 5000 and report["network"]["preset"] == "tf"
 
 
-def test_a_reference_batch_with_statistics_is_used_as_the_evaluator_uses_it(batches, fid_weights, tmp_path, capsys):
+def test_a_reference_batch_with_statistics_is_used_as_the_evaluator_uses_it(batches, batch_features, fid_weights,
+                                                                             tmp_path):
     """The evaluator takes a batch's own mu/sigma/mu_s/sigma_s over its images: with statistics saved from other
     images, FID and sFID are those against the other images, while precision and recall use the batch's own."""
     folder, ref, _ = batches
@@ -135,17 +142,17 @@ def test_a_reference_batch_with_statistics_is_used_as_the_evaluator_uses_it(batc
     assert {"mu", "sigma", "mu_s", "sigma_s"} <= set(saved.files) and saved["mu_s"].shape == (2023,)
     combined = tmp_path / "ref-with-stats.npz"
     np.savez(combined, ref, mu=saved["mu"], sigma=saved["sigma"], mu_s=saved["mu_s"], sigma_s=saved["sigma_s"])
-    with_stats = adm_evaluate(combined, folder / "sample.npz", weights=fid_weights, device="cpu")
-    against_other = adm_evaluate(other, folder / "sample.npz", weights=fid_weights, device="cpu")
-    assert with_stats.ref.statistics_from == "file" and against_other.ref.statistics_from == "images"
-    assert with_stats.fid == pytest.approx(against_other.fid, rel=1e-9)
-    assert with_stats.sfid == pytest.approx(against_other.sfid, rel=1e-9)
+    extractor = make_extractor("tf", fid_weights, device="cpu")
+    side = adm_side(combined, extractor)
+    assert side.statistics_from == "file" and side.images == 8
+    np.testing.assert_array_equal(side.stats.mu, saved["mu"])
+    np.testing.assert_array_equal(side.spatial.covariance(), saved["sigma_s"])
     # precision and recall still come from the batch's own images: its features, not the other set's
-    expected = _evaluator_prc(with_stats.ref.pool, with_stats.sample.pool)
-    assert with_stats.ref.pool.shape == (8, 2048) and (with_stats.precision, with_stats.recall) == expected
+    np.testing.assert_array_equal(side.pool, batch_features["ref"].arrays["2048"])
     stats_only = adm_evaluate(stats_file, folder / "sample.npz", weights=fid_weights, device="cpu")
-    assert stats_only.precision is None and stats_only.fid == pytest.approx(against_other.fid, rel=1e-9)
+    assert stats_only.precision is None and stats_only.ref.statistics_from == "file"
     assert any("no precision and recall" in note for note in stats_only.notes)
+    assert stats_only.inception_score is not None and stats_only.sfid > 0
 
 
 def test_adm_inception_score_equals_torch_fidelitys_with_two_unshuffled_splits_at_10000():
@@ -252,3 +259,97 @@ def test_array_batches_stream_in_memory_that_follows_the_batch_not_the_file(tmp_
     count, grown_mb = (int(v) for v in done.stdout.split())
     assert count == 3000
     assert grown_mb < 30, f"reading grew the peak by {grown_mb} MB for a {3000 * 128 * 128 * 3 >> 20} MB array"
+
+
+def test_torchrun_shares_an_array_in_whole_batches_and_gathers_it_back_in_order(monkeypatch, tmp_path):
+    """Each process reads its own whole batches of the array (batch b on rank b mod world); gathered, the rows
+    are the one-process rows in order. The network is a stub here: the sharding is what is tested."""
+    from types import SimpleNamespace
+
+    from inceptionv3 import metrics
+    from inceptionv3.metrics import gather_in_order, iterate_features
+
+    array = _images(11, seed=5, size=8)
+    np.save(tmp_path / "shard.npy", array)
+    source = ImageArray.open(tmp_path / "shard.npy")
+    stub = SimpleNamespace(
+        preset=SimpleNamespace(prepare=lambda rgb: torch.from_numpy(rgb.astype(np.float32))),
+        device=torch.device("cpu"),
+        taps=lambda x, layers: {"2048": x.flatten(1)},
+    )
+    parts = []
+    for rank in range(3):
+        monkeypatch.setattr(metrics, "rank_world", lambda rank=rank: (rank, 3))
+        names, rows = [], []
+        for batch_names, taps in iterate_features(source, stub, ["2048"], batch_size=2, shard=True):
+            names.extend(batch_names)
+            rows.append(taps["2048"].numpy())
+        parts.append((names, {"2048": np.concatenate(rows)}))
+    assert [n.rsplit("[", 1)[1] for n in parts[1][0]] == ["2]", "3]", "8]", "9]"]  # batches 1 and 4
+    order = [source.name(i) for i in range(source.count)]
+    names, gathered = gather_in_order(order, parts[0][0], parts[0][1], all_gather=lambda part: parts)
+    assert names == order
+    np.testing.assert_array_equal(gathered["2048"], array.reshape(11, -1).astype(np.float32))
+
+
+def test_first_order_contributions_predict_removing_each_image_and_rank_the_worst_first():
+    """On 300 synthetic 16-d features with 10 outliers: FID equals the package's distance, each contribution
+    predicts the leave-one-out change (correlation 0.9998 measured), the gradient matches finite differences, and
+    removing the 20 top-ranked images lowers FID far more than removing 20 at random."""
+    from inceptionv3.fid_math import FIDStatistics, frechet_distance
+    from inceptionv3.fid_sensitivity import fid_sensitivity
+
+    rng = np.random.default_rng(0)
+    real = FIDStatistics().update(rng.standard_normal((400, 16)) * np.linspace(0.5, 2, 16))
+    generated = rng.standard_normal((300, 16)) * np.linspace(0.6, 1.8, 16) + 0.2
+    generated[:10] += 3  # outliers
+
+    def fid(features):
+        return frechet_distance(FIDStatistics().update(features), real).fid
+
+    found = fid_sensitivity(generated, real)
+    assert found.fid == pytest.approx(fid(generated), rel=1e-12)
+    removed = np.array([fid(np.delete(generated, i, axis=0)) - found.fid for i in range(len(generated))])
+    assert np.corrcoef(removed, found.contributions)[0, 1] > 0.999
+    h = 1e-5
+    for i, j in ((3, 5), (0, 0), (250, 15)):
+        up, down = generated.copy(), generated.copy()
+        up[i, j] += h
+        down[i, j] -= h
+        assert found.gradients[i, j] == pytest.approx((fid(up) - fid(down)) / (2 * h), rel=1e-5, abs=1e-9)
+    top = found.ranking()[:20]
+    assert set(range(10)) <= set(top.tolist())
+    random_removals = [fid(np.delete(generated, rng.choice(300, 20, replace=False), axis=0)) for _ in range(10)]
+    assert fid(np.delete(generated, top, axis=0)) < 0.5 * np.mean(random_removals)
+
+
+def test_fid_heatmaps_rank_every_image_and_draw_the_top_ones(batches, fid_weights, tmp_path, capsys):
+    import csv
+
+    from inceptionv3.fid_sensitivity import heatmaps
+    from inceptionv3.metrics import make_extractor
+
+    folder, _, sample = batches
+    out = tmp_path / "maps"
+    assert main(["fid", str(folder / "sample.npz"), str(folder / "ref.npz"), "--weights", str(fid_weights),
+                 "--preset", "tf", "--backend", "eager", "--workers", "0", "--quiet", "--heatmaps", str(out),
+                 "--top", "2"]) == 0
+    assert "images that raise FID most" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "contributions.csv")))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 7))
+    changes = [float(r["fid_change_if_removed"]) for r in rows]
+    assert changes == sorted(changes) and rows[0]["image"].startswith(str(folder / "sample.npz:arr_0["))
+    assert sorted(p.name for p in out.glob("*.png")) == ["001.png", "002.png"]
+    assert Image.open(out / "001.png").size[0] > 600
+    # the map: Mixed_7c's channels weighted by the gradient / 64, ReLU, min-max, resized, min-max (grad-cam's steps)
+    extractor = make_extractor("tf", fid_weights, device="cpu")
+    gradient = np.random.default_rng(1).standard_normal((1, 2048))
+    seen = []
+    hook = extractor.model.Mixed_7c.register_forward_hook(lambda _m, _i, output: seen.append(output.double()))
+    (mask,) = heatmaps(extractor, [sample[0]], gradient)
+    hook.remove()
+    layer = torch.relu((seen[0][0] * torch.from_numpy(gradient[0] / 64)[:, None, None]).sum(0))
+    layer = (layer - layer.min()) / (1e-7 + (layer - layer.min()).max())
+    big = torch.nn.functional.interpolate(layer[None, None], size=(299, 299), mode="bilinear")[0, 0].clamp_min(0)
+    expected = (big - big.min()) / (1e-7 + (big - big.min()).max())
+    np.testing.assert_allclose(mask, expected.numpy(), atol=1e-6)

@@ -11,7 +11,7 @@ script, run on ``.npz`` batches. This reproduces its conventions on the same 201
 * precision and recall with k = 3 neighbours, ``<=`` against radii from each set's own distances, the reference
   batch's images against every sample.
 
-Where it differs: statistics and distances are float64 (ADM's mean is float32 and its precision/recall distances
+Where it differs: statistics are float64 (ADM's mean is float32), precision/recall distances float32 (ADM's are
 float16; docs/fid.md gives the measured effect), and the Fréchet distance uses the real eigendecomposition rather
 than scipy's ``sqrtm``.
 """
@@ -29,7 +29,7 @@ import torch
 
 from .decode import find_images
 from .errors import DatasetError, InputError
-from .fid_math import FIDStatistics, frechet_distance, inception_score, npz_keys, precision_recall
+from .fid_math import FIDStatistics, frechet_distance, npz_keys, precision_recall, split_score
 from .image_arrays import ImageArray
 from .metrics import (
     Extractor,
@@ -46,6 +46,9 @@ from .weights import FID_SHA256
 ADM_PRESET = "tf"
 IS_SPLIT_SIZE = 5000
 PRC_K = 3
+PRC_BLOCK = 2**22
+"""Distances computed at a time for precision and recall (16 MB in float32), on the float32 features themselves:
+memory grows by the features alone (8 KB a sample), not by a float64 copy or an N x N matrix."""
 STORED = ("mu", "sigma", "mu_s", "sigma_s")
 """What an ADM reference batch holds beside ``arr_0``; the evaluator prefers them to recomputing."""
 
@@ -87,7 +90,7 @@ class ADMResult:
         return {"inception_score": self.inception_score, "fid": self.fid, "sfid": self.sfid,
                 "precision": self.precision, "recall": self.recall, "inputs": sides, "notes": self.notes,
                 "conventions": {"preset": ADM_PRESET, "is_split_size": IS_SPLIT_SIZE, "prc_k": PRC_K,
-                                "statistics": "float64", "prc_distances": "float64"},
+                                "statistics": "float64", "prc_distances": "float32"},
                 "network": self.network}
 
 
@@ -151,6 +154,17 @@ def _features(images: Any, extractor: Extractor, batch_size: int, workers: int,
     return pool, stats, spatial
 
 
+def adm_inception_score(pool: np.ndarray, fc_weight: torch.Tensor) -> float:
+    """The evaluator's IS: softmax of pool features times the fc weights (no bias), in consecutive splits of
+    5,000, the mean over splits. One split's logits at a time (40 MB), however many samples."""
+    weight = fc_weight.detach().double().cpu()
+    scores = [split_score(torch.from_numpy(pool[start:start + IS_SPLIT_SIZE]).double() @ weight.T)
+              for start in range(0, len(pool), IS_SPLIT_SIZE)]
+    if not scores:
+        raise InputError("IS needs at least one sample")
+    return float(np.mean(scores))
+
+
 def adm_evaluate(ref: str | os.PathLike, sample: str | os.PathLike, *, weights: str | os.PathLike | None = None,
                  device: str | torch.device | None = None, backend: str = "eager", batch_size: int = 64,
                  workers: int = 0, progress: bool = False) -> ADMResult:
@@ -166,8 +180,7 @@ def adm_evaluate(ref: str | os.PathLike, sample: str | os.PathLike, *, weights: 
         raise InputError(f"{sample}: the sample batch must hold images (IS, precision and recall need them)")
     fid = frechet_distance(sample_side.stats, ref_side.stats).fid
     sfid = frechet_distance(sample_side.spatial, ref_side.spatial).fid
-    fc = extractor.model.fc.weight.detach().double().cpu().numpy()
-    score = inception_score(sample_side.pool.astype(np.float64) @ fc.T, split_size=IS_SPLIT_SIZE).mean
+    score = adm_inception_score(sample_side.pool, extractor.model.fc.weight)
     if extractor.weights_sha256 != FID_SHA256:
         notes.append(f"IS comes from {extractor.weights}, not the published FID network")
     precision = recall = None
@@ -176,11 +189,12 @@ def adm_evaluate(ref: str | os.PathLike, sample: str | os.PathLike, *, weights: 
     elif min(len(ref_side.pool), len(sample_side.pool)) <= PRC_K:
         notes.append(f"precision and recall need more than {PRC_K} images per side")
     else:
-        pr = precision_recall(sample_side.pool, ref_side.pool, k=PRC_K)
+        pr = precision_recall(sample_side.pool, ref_side.pool, k=PRC_K, max_block=PRC_BLOCK, dtype=np.float32)
         precision, recall = pr.precision, pr.recall
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return ADMResult(score, fid, sfid, precision, recall, ref_side, sample_side, extractor.meta(), notes)
 
 
-__all__ = ["ADMResult", "ADMSide", "IS_SPLIT_SIZE", "adm_evaluate", "adm_side", "count_images"]
+__all__ = ["ADMResult", "ADMSide", "IS_SPLIT_SIZE", "adm_evaluate", "adm_inception_score", "adm_side",
+           "count_images"]

@@ -74,6 +74,16 @@ def channel_weights(activations: torch.Tensor, gradients: torch.Tensor, method: 
     return (gradients.clamp_min(0) * alpha).sum(dim=(2, 3))
 
 
+def weighted_maps(activations: torch.Tensor, weights: torch.Tensor,
+                  size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-5 for N x C x h x w activations and N x C channel weights: (maps N x H x W in [0, 1] at ``size``,
+    layer maps N x h x w after the ReLU, unscaled). Anything that weights a layer's channels (a logit's gradient,
+    FID's) draws its map here."""
+    layer_maps = (weights[:, :, None, None] * activations).sum(dim=1).clamp_min(0)
+    maps = F.interpolate(_scale(layer_maps)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return _scale(maps.clamp_min(0)), layer_maps
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None, *, layer: str = DEFAULT_LAYER,
              method: str = "gradcam") -> CamMaps:
     """Maps for a normalised N x 3 x H x W batch; ``targets`` are class indices (default: each image's top-1).
@@ -113,10 +123,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None
         model.train(was_training)
     activations, logits = activations.detach().float(), logits.detach().float()
     weights = channel_weights(activations, gradients.float(), method)
-    layer_maps = (weights[:, :, None, None] * activations).sum(dim=1).clamp_min(0)
-    maps = F.interpolate(_scale(layer_maps)[:, None], size=tuple(x.shape[-2:]), mode="bilinear",
-                         align_corners=False)[:, 0]
-    maps = _scale(maps.clamp_min(0))
+    maps, layer_maps = weighted_maps(activations, weights, tuple(x.shape[-2:]))
     empty = [bool(m.max() <= 0) for m in layer_maps]
     return CamMaps(maps.cpu(), layer_maps.cpu(), [int(t) for t in targets], logits.cpu(), empty)
 
@@ -249,4 +256,4 @@ def overlay_on_photo(rgb: np.ndarray, photo_mask: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["DEFAULT_LAYER", "METHODS", "CamMaps", "Explanation", "channel_weights", "find_layer", "grad_cam",
-           "heatmap_on_photo", "jet", "overlay", "overlay_on_photo", "resolve_target"]
+           "heatmap_on_photo", "jet", "overlay", "overlay_on_photo", "resolve_target", "weighted_maps"]

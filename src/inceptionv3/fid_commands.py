@@ -28,6 +28,7 @@ from .fid_math import (
 )
 from .fid_network import LAYERS
 from .fid_presets import DEFAULT_PRESET, FID_PRESETS
+from .fid_sensitivity import fid_sensitivity, save_heatmaps
 from .files import atomic_path
 from .image_arrays import ImageArray, is_image_array
 from .metrics import (
@@ -106,6 +107,9 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
     if args.isc and args.weights and not args.force:
         raise InputError("--isc: IS is defined on the published FID network's logits, not on --weights "
                          f"{display_name(args.weights)}; pass --force to compute it anyway")
+    if args.heatmaps and (args.top < 1 or _precomputed(args.paths[0], True) or args.save_stats):
+        raise InputError("--heatmaps draws the first path's images: it must be a folder or an image array, with "
+                         f"--top at least 1 (got {args.top}), and no --save-stats")
     inputs = args.paths[:1] if args.save_stats else args.paths  # with --save-stats the second is the output
     counts = {path: len(find_images(path)) if Path(path).is_dir() else ImageArray.open(path).count
               for path in inputs if Path(path).is_dir() or (_is_array_file(path) and not _precomputed(path, False))}
@@ -204,7 +208,7 @@ def _cmd_fid(args: argparse.Namespace) -> int:
             result.stats.save(out, overwrite=args.overwrite)
             print(f"saved statistics of {result.stats.n} images to {out}")
         return 0
-    keep = args.kid or args.prc or args.prdc
+    keep = args.kid or args.prc or args.prdc or bool(args.heatmaps)
     one = _side(first, extractor_for, args, keep, args.isc)
     two = _side(second, extractor_for, args, keep, False)
     check_comparable(one.stats.meta, two.stats.meta, args.force)
@@ -242,6 +246,15 @@ def _cmd_fid(args: argparse.Namespace) -> int:
         report["prdc"] = dict(dc.__dict__)
         lines.append(f"density: {dc.density:.7g}  coverage: {dc.coverage:.7g}  (k={dc.k}, as prdc; first path "
                      "generated, second real)")
+    if args.heatmaps and is_main_process():
+        sensitivity = fid_sensitivity(one.features, two.stats)
+        save_heatmaps(args.heatmaps, one.images, one.names, sensitivity, extractor_for(), args.top)
+        worst = sensitivity.ranking()[0]
+        lines.append(f"heatmaps of the {min(args.top, len(one.names))} images that raise FID most in "
+                     f"{display_name(args.heatmaps)} (all {len(one.names)} ranked in contributions.csv; removing "
+                     f"{display_name(os.path.basename(one.names[worst]))} changes FID by about "
+                     f"{sensitivity.contributions[worst]:+.4g})")
+        report["heatmaps"] = {"folder": args.heatmaps, "top": args.top}
     if not is_main_process():
         return 0
     for path, trace in ((first, distance.trace1), (second, distance.trace2)):
@@ -326,6 +339,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-shuffle", action="store_true", help="IS splits in file order (torch-fidelity shuffles)")
     p.add_argument("--prc", action="store_true", help="also precision and recall (Kynkäänniemi et al.)")
     p.add_argument("--prc-k", type=int, default=3, help="neighbourhood size for --prc")
+    p.add_argument("--heatmaps", metavar="DIR", help="also rank every generated image by how much it raises FID "
+                   "(DIR/contributions.csv) and draw where, for the --top ones (Kynkäänniemi et al. 2023)")
+    p.add_argument("--top", type=int, default=10, help="how many images --heatmaps draws")
     p.add_argument("--prdc", action="store_true", help="also density and coverage (Naeem et al. 2020), as the prdc "
                    "package computes them")
     p.add_argument("--prdc-k", type=int, default=5, help="neighbourhood size for --prdc")

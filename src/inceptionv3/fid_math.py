@@ -411,10 +411,10 @@ class MeanStd:
     std: float
 
 
-def _as_float64(features: Any, what: str) -> np.ndarray:
+def _as_float64(features: Any, what: str, dtype: type = np.float64) -> np.ndarray:
     if isinstance(features, torch.Tensor):
-        features = features.detach().cpu().double().numpy()
-    x = np.asarray(features, dtype=np.float64)
+        features = features.detach().cpu().numpy()
+    x = np.asarray(features, dtype=dtype)  # no copy when it already has that type
     if x.ndim != 2:
         raise InputError(f"{what} must be N x d, got shape {x.shape}")
     return x
@@ -471,13 +471,16 @@ def inception_score(logits: Any, *, splits: int = 10, shuffle: bool = True, seed
         if shuffle:
             x = x[np.random.RandomState(seed).permutation(n)]
         bounds = [(i * n // splits, (i + 1) * n // splits) for i in range(splits)]
-    p, log_p = x.softmax(dim=1), x.log_softmax(dim=1)
-    scores = []
-    for start, stop in bounds:
-        marginal = p[start:stop].mean(dim=0, keepdim=True)
-        kl = (p[start:stop] * (log_p[start:stop] - marginal.log())).sum(dim=1).mean()
-        scores.append(float(kl.exp()))
+    scores = [split_score(x[start:stop]) for start, stop in bounds]
     return MeanStd(float(np.mean(scores)), float(np.std(scores)))
+
+
+def split_score(logits: torch.Tensor) -> float:
+    """exp of the mean KL(p(y|x) || p(y)) over one split's logits (float64): one split's Inception Score. Softmax
+    is per row, so a split can be scored alone, and memory follows the split rather than N."""
+    p, log_p = logits.softmax(dim=1), logits.log_softmax(dim=1)
+    marginal = p.mean(dim=0, keepdim=True)
+    return float((p * (log_p - marginal.log())).sum(dim=1).mean().exp())
 
 
 @dataclass
@@ -499,9 +502,10 @@ def _inside_any_ball(queries: torch.Tensor, centres: torch.Tensor, radii: torch.
     return float(torch.cat(inside).double().mean())
 
 
-def _paired(generated: Any, real: Any, k: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(_as_float64(generated, "generated features"))
-    y = torch.from_numpy(_as_float64(real, "real features"))
+def _paired(generated: Any, real: Any, k: int, what: str,
+            dtype: type = np.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(_as_float64(generated, "generated features", dtype))
+    y = torch.from_numpy(_as_float64(real, "real features", dtype))
     if x.shape[1] != y.shape[1]:
         raise InputError(f"mismatched feature sizes: {x.shape[1]} vs {y.shape[1]}")
     if k < 1 or min(len(x), len(y)) <= k:
@@ -530,13 +534,14 @@ def density_coverage(generated: Any, real: Any, *, k: int = 5, max_block: int = 
     return DensityCoverage(float(counts.double().mean()) / k, float((nearest < radii).double().mean()), k)
 
 
-def precision_recall(generated: Any, real: Any, *, k: int = 3, max_block: int = 2**24) -> PrecisionRecall:
+def precision_recall(generated: Any, real: Any, *, k: int = 3, max_block: int = 2**24,
+                     dtype: type = np.float64) -> PrecisionRecall:
     """Improved precision and recall (Kynkäänniemi et al. 2019) as torch-fidelity defines them: precision is the
     share of generated samples inside at least one real sample's ball, recall the share of real samples inside a
     generated one's, a ball reaching a sample's k-th nearest neighbour in its own set. F-score 2PR / max(1e-5,
-    P + R). float64; distances are computed ``max_block`` at a time (128 MB), so memory is the features plus that
-    block whatever N is."""
-    x, y = _paired(generated, real, k, "precision/recall")
+    P + R). float64 (``dtype=np.float32`` computes on float32 features without copying them); distances are
+    computed ``max_block`` at a time (128 MB), so memory is the features plus that block whatever N is."""
+    x, y = _paired(generated, real, k, "precision/recall", dtype)
     rows = max(1, max_block // max(len(x), len(y)))
     precision = _inside_any_ball(x, y, _kth_neighbour_radius(y, k, rows), rows)
     recall = _inside_any_ball(y, x, _kth_neighbour_radius(x, k, rows), rows)

@@ -44,6 +44,8 @@ class ImageArray:
     width: int
     data_offset: int
     """Where the pixels start in the file or member (after the ``.npy`` header)."""
+    deflated: bool = False
+    """A compressed ``.npz`` member: it can only be read front to back, so batches are read in one pass."""
 
     @property
     def image_bytes(self) -> int:
@@ -68,7 +70,7 @@ class ImageArray:
         """Read and check the header; every problem is an :class:`InputError` that names the file."""
         path = os.fspath(path)
         member = key if path.endswith(".npz") else None
-        with _stream(path, member) as (stream, available, _compressed):
+        with _stream(path, member) as (stream, available, deflated):
             offset, shape, fortran, dtype = _read_header(stream, path)
             label = display_name(path) + (f":{member}" if member else "")
             problem = _shape_problem(shape, fortran, dtype)
@@ -78,18 +80,25 @@ class ImageArray:
             if offset + size > available:
                 raise InputError(f"{label}: truncated: its header declares {shape[0]} images of {shape[1]}x"
                                  f"{shape[2]} ({size:,} bytes), the file holds {max(0, available - offset):,}")
-        return cls(path, member, shape[0], shape[1], shape[2], offset)
+        return cls(path, member, shape[0], shape[1], shape[2], offset, deflated)
 
-    def batches(self, batch_size: int, *, first: int = 0, step: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-        """(index of the first image, B x H x W x 3 uint8) for batches ``first``, ``first + step``, ... (torchrun
-        shares whole batches round robin). A stream that ends early raises an :class:`InputError`."""
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Images ``start`` to ``start + count`` (fewer at the end), by seeking: what a loader worker does with its
+        batch of a stored member or an ``.npy``. In a deflated member this reads everything before ``start``."""
+        return next(self.batches(count, first=0, step=1, offset=start))[1]
+
+    def batches(self, batch_size: int, *, first: int = 0, step: int = 1,
+                offset: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+        """(index of the first image, B x H x W x 3 uint8) for batches ``first``, ``first + step``, ... of the
+        images from ``offset`` on (torchrun shares whole batches round robin). A stream that ends early raises an
+        :class:`InputError`."""
         if batch_size < 1:
             raise InputError("--batch-size must be at least 1")
         with _stream(self.path, self.key) as (stream, _available, compressed):
             _skip(stream, self.data_offset, self.data_offset, compressed)
             position = 0  # bytes after the header already read
-            for batch in range(first, math.ceil(self.count / batch_size), step):
-                start = batch * batch_size
+            for batch in range(first, math.ceil((self.count - offset) / batch_size), step):
+                start = offset + batch * batch_size
                 wanted = start * self.image_bytes
                 if wanted != position:
                     _skip(stream, self.data_offset + wanted, wanted - position, compressed)

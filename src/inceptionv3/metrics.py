@@ -265,7 +265,7 @@ def iterate_features(images: Images, extractor: Extractor, layers: Sequence[str]
     if batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     if isinstance(images, ImageArray):
-        yield from _iterate_array(images, extractor, layers, batch_size, progress, shard)
+        yield from _iterate_array(images, extractor, layers, batch_size, workers, progress, shard)
         return
     names = _shard(images, batch_size) if shard else [os.fspath(f) for f in images]
     loader = torch.utils.data.DataLoader(_Images(names, extractor.preset), batch_size=batch_size,
@@ -286,13 +286,35 @@ def iterate_features(images: Images, extractor: Extractor, layers: Sequence[str]
         warnings.warn(f"skipped {len(bad)} unreadable image(s), e.g. {display_name(bad[0])}", stacklevel=2)
 
 
-def _iterate_array(array: ImageArray, extractor: Extractor, layers: list[str], batch_size: int, progress: bool,
-                   shard: bool) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+class _ArrayBatches(torch.utils.data.Dataset):
+    """One item per batch of an array: read by seeking and prepared in the loader's workers, as files are decoded
+    in theirs (a deflated member is read front to back instead, in this process)."""
+
+    def __init__(self, array: ImageArray, preset: FIDPreset, batch_size: int, batches: Sequence[int]) -> None:
+        self.array, self.preset, self.batch_size, self.batches = array, preset, batch_size, list(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor]:
+        start = self.batches[item] * self.batch_size
+        return start, self.prepare(self.array.read(start, self.batch_size))
+
+    def prepare(self, rgb: np.ndarray) -> torch.Tensor:
+        return torch.stack([self.preset.prepare(image) for image in rgb])
+
+
+def _iterate_array(array: ImageArray, extractor: Extractor, layers: list[str], batch_size: int, workers: int,
+                   progress: bool, shard: bool) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
     rank, world = rank_world() if shard else (0, 1)
-    batches = array.batches(batch_size, first=rank, step=world)
-    for start, rgb in _progress(batches, progress, len(range(rank, math.ceil(array.count / batch_size), world))):
-        x = torch.stack([extractor.preset.prepare(image) for image in rgb]).to(extractor.device)
-        yield [array.name(start + i) for i in range(len(rgb))], extractor.taps(x, layers)
+    mine = range(rank, math.ceil(array.count / batch_size), world)
+    dataset = _ArrayBatches(array, extractor.preset, batch_size, mine)
+    if array.deflated or workers < 1:
+        prepared = ((start, dataset.prepare(rgb)) for start, rgb in array.batches(batch_size, first=rank, step=world))
+    else:
+        prepared = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
+    for start, x in _progress(prepared, progress, len(mine)):
+        yield [array.name(start + i) for i in range(len(x))], extractor.taps(x.to(extractor.device), layers)
 
 
 def _progress(batches: Any, show: bool, total: int) -> Any:
@@ -448,6 +470,10 @@ class FolderResult:
     stats: FIDStatistics
     features: np.ndarray | None = None
     logits_unbiased: np.ndarray | None = None
+    names: list[str] | None = None
+    """With the features: each row's image name, in order."""
+    images: Images | None = None
+    """What the images were read from (a file list, or an array)."""
 
 
 def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer: str = "2048",
@@ -480,7 +506,7 @@ def folder_statistics(folder: str | os.PathLike, extractor: Extractor, *, layer:
     stats.meta = dict(extractor.meta(), layer=layer, dims=DIMS.get(layer, stats.dims), n=stats.n,
                       skipped=image_count(images) - stats.n, files_digest=_images_digest(images, images, folder))
     return FolderResult(stats, np.concatenate(features) if features else None,
-                        np.concatenate(logits) if logits else None)
+                        np.concatenate(logits) if logits else None, kept if keep_features else None, images)
 
 
 _COMPARED = ("preset", "weights_sha256", "layer")
