@@ -1,5 +1,5 @@
-"""What one explanation costs: time against the eager forward pass at batch 1, and peak memory at batch 16, ours
-against the grad-cam package on the same model, one run.
+"""What one explanation costs: time against the eager forward pass at batch 1 (every method of ours), and peak
+memory at batch 16, ours against the grad-cam package on the same model, one run.
 
     .venv/bin/python benchmarks/bench_explain.py [--repeats 10] [--threads N]
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from inceptionv3 import InceptionV3
-from inceptionv3.explain import grad_cam
+from inceptionv3.explain import METHODS, grad_cam
 
 
 def build() -> InceptionV3:
@@ -100,6 +100,9 @@ def main() -> None:
     print(f"batch 1 at 299: eager forward {t_forward * 1e3:.1f} ms; Grad-CAM ours {t_ours * 1e3:.1f} ms "
           f"({t_ours / t_forward:.2f}x the forward); grad-cam package {t_theirs * 1e3:.1f} ms "
           f"({t_theirs / t_forward:.2f}x)")
+    for method in METHODS:
+        t_method = median_time(lambda method=method: grad_cam(model, x, method=method), args.repeats)
+        print(f"  --method {method}: {t_method * 1e3:.1f} ms ({t_method / t_forward:.2f}x the forward)")
     rows = {kind: peak(kind, args.batch) for kind in ("forward", "ours", "grad-cam")}
     print(f"peak RSS at batch {args.batch}: forward only {rows['forward']:.0f} MiB; Grad-CAM ours "
           f"{rows['ours']:.0f} MiB; grad-cam package {rows['grad-cam']:.0f} MiB")

@@ -1,4 +1,4 @@
-"""Grad-CAM and Grad-CAM++, held to the grad-cam package and captum run here on the same module objects."""
+"""Grad-CAM and its family, held to the grad-cam package and captum run here on the same module objects."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from inceptionv3 import get_model
 from inceptionv3.cli import main
 from inceptionv3.errors import InputError
-from inceptionv3.explain import grad_cam, heatmap_on_photo, overlay
+from inceptionv3.explain import METHODS, grad_cam, heatmap_on_photo, overlay
 from inceptionv3.inference import Classifier
 from inceptionv3.preprocess import PRESETS
 
@@ -44,20 +44,21 @@ def _argmax_pixel(maps: np.ndarray) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in np.unravel_index(m.argmax(), m.shape)) for m in maps]
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("method", METHODS)
 def test_maps_match_the_grad_cam_package_square_and_not(model, batch, method):
-    """grad-cam 1.5.7's GradCAM / GradCAMPlusPlus with ClassifierOutputTarget on the same module object: one photo
-    at 299 x 299 and one at 224 x 160. The reference runs on a copy, because it backpropagates into the
-    parameters' .grad."""
-    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    """grad-cam 1.5.7's class of the same name with ClassifierOutputTarget on the same module object: one photo
+    at 299 x 299, and for Grad-CAM also one at 224 x 160 (the resize path is shared by every method). The
+    reference runs on a copy, because it backpropagates into the parameters' .grad."""
+    import pytorch_grad_cam as reference
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    classes = {"gradcam": reference.GradCAM, "gradcam++": reference.GradCAMPlusPlus, "hirescam": reference.HiResCAM,
+               "xgradcam": reference.XGradCAM, "layercam": reference.LayerCAM, "eigencam": reference.EigenCAM}
     reference_model = copy.deepcopy(model)
     wide = torch.nn.functional.interpolate(batch[1:], size=(160, 224), mode="bilinear", align_corners=False)
-    for x, targets in ((batch[:1], [3]), (wide, [500])):
+    for x, targets in ((batch[:1], [3]), (wide, [500]))[: 2 if method == "gradcam" else 1]:
         ours = grad_cam(model, x, targets, method=method).maps.numpy()
-        cls = GradCAM if method == "gradcam" else GradCAMPlusPlus
-        with cls(model=reference_model, target_layers=[reference_model.Mixed_7c]) as cam:
+        with classes[method](model=reference_model, target_layers=[reference_model.Mixed_7c]) as cam:
             expected = cam(x, [ClassifierOutputTarget(t) for t in targets])
         assert ours.shape == expected.shape == (len(x), *x.shape[-2:])
         assert np.abs(ours - expected).max() <= 1e-5  # 3e-6 measured

@@ -361,6 +361,8 @@ def test_validation_scores_the_weights_being_trained_and_leaves_no_export(tmp_pa
                                       weights=str(checkpoint), max_steps=8, val_split=0.05, lr=lr, freeze="backbone",
                                       workers=2, log_every=1, augment=False))
         assert trainer.model.num_classes == 10 and trainer.model.weights_info.path  # the checkpoint's own head
+        trainable = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+        assert trainable == {"fc.weight", "fc.bias"}  # --freeze backbone: the head alone (no aux branch at 75 px)
         assert len(val) == trainer.resolved_config()["val_images"]
         trainer.run()
         validation = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "val_top1" in r]

@@ -16,6 +16,7 @@ from .inference import Classifier, Prediction, PredictionError, inference_model
 from .metrics import Features, FIDMetric, extract_features
 from .model import InceptionOutputs, InceptionV3, count_flops, count_parameters
 from .preprocess import PRESETS, Preprocess
+from .version import __version__ as __version__
 from .weights import (
     ZOO,
     WeightsEntry,
@@ -25,8 +26,6 @@ from .weights import (
     imagenet_classes,
     list_models,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "InceptionV3", "InceptionOutputs", "count_flops", "count_parameters",

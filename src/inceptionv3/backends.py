@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +33,19 @@ _BACKEND_MODULES = {"openvino": (("openvino",), "openvino"), "onnxruntime": (("o
                     "litert": (("litert_torch", "ai_edge_quantizer", "ai_edge_litert"), "litert")}
 PRECISIONS = ("fp32", "bf16", "int8")
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+RunFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A function from a float32 batch on the device to logits, and the backend that actually runs it (eager when
+    the export cache could not be used), so that callers report what ran rather than what was asked for."""
+
+    run: RunFn
+    backend: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)
 
 
 def available(backend: str) -> bool:
@@ -173,7 +186,7 @@ def _int8_model(model: nn.Module, shape: tuple[int, ...], calibration: torch.Ten
                          lambda target: quantize_openvino(fp32_path, calibration, target))
 
 
-def fixed_batch(run: Runner) -> Runner:
+def fixed_batch(run: RunFn) -> RunFn:
     """Runs every batch at the size of the first one, padding or splitting the others.
 
     Each new input shape costs ``torch.compile`` a fresh compilation, and ``dynamic=True`` costs more up front; a
@@ -223,7 +236,7 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode(), autocast():
                 return model(x).float()
-        return run
+        return Runner(run, "eager")
     if backend == "compile":
         import torch._inductor.config as inductor
 
@@ -238,28 +251,26 @@ def make_runner(model: nn.Module, backend: str, precision: str, device: torch.de
                 compiling = False
             with torch.no_grad(), autocast():
                 return compiled(x).float()
-        return fixed_batch(run_fixed)
+        return Runner(fixed_batch(run_fixed), "compile")
     if backend == "onnxruntime" and precision != "fp32":
         raise InputError("onnxruntime runs fp32 here; use openvino or compile for bf16")
     modules, extra = _BACKEND_MODULES[backend]
     require(*modules, extra=extra)
     try:
         if backend == "litert":
-            return load_runner(_cached_export(model, "litert", shape, precision), "litert")
+            return Runner(load_runner(_cached_export(model, "litert", shape, precision), "litert"), backend)
         if backend == "openvino":
             path = _int8_model(model, shape, calibration) if precision == "int8" else _cached_export(
                 model, "openvino", shape, "fp32")
-            return load_runner(path, "openvino", precision)  # bf16: the fp32 file, compiled for bf16
-        return load_runner(_cached_export(model, "onnx", shape, "fp32"), "onnx")
+            return Runner(load_runner(path, "openvino", precision), backend)  # bf16: the fp32 file, compiled
+        return Runner(load_runner(_cached_export(model, "onnx", shape, "fp32"), "onnx"), backend)
     except OSError as exc:  # a read-only or full cache folder: slower, not broken
         if precision == "int8":
             raise
         logger.warning("cannot use the export cache in %s (%s); running eager %s instead", cache_dir(), exc,
                        precision)
-        run = make_runner(model, "eager", precision, device, image_size)
-        run.backend = "eager"  # what actually runs, for the caller's report
-        return run
+        return make_runner(model, "eager", precision, device, image_size)  # its .backend says eager
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "ExportError", "available", "choose_backend", "fixed_batch", "make_runner",
-           "weights_key"]
+__all__ = ["BACKENDS", "PRECISIONS", "ExportError", "Runner", "available", "choose_backend", "fixed_batch",
+           "make_runner", "weights_key"]

@@ -7,18 +7,18 @@ import glob
 import json
 import logging
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from . import __version__
 from .checkpoints import SOURCES, read_checkpoint, save_canonical
 from .errors import InceptionV3Error, InputError
+from .explain import METHODS as EXPLAIN_METHODS
 from .files import SafeCSVWriter, display_name
 from .options import add_flags, config_from
-from .runtime import init_distributed, rank_world
+from .runtime import init_distributed, is_main_process, rank_world, shard
+from .version import __version__
 from .weights import DEFAULT_MODEL, resolve_model
 
 
@@ -258,7 +258,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     problems = {i: problem for i, (_, problem) in enumerate(entries) if problem}
     stream = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     rows = _Rows(stream, fmt, args.topk)
-    failures: Counter[str] = Counter()
+    failures: dict[str, list[str]] = {}
     failed_paths: list[str] = []
     used_names: set[str] = set()
     written = 0
@@ -270,22 +270,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         for path, problem in entries:
             if problem:
-                top, error = [], problem
+                top, error, kind = [], problem, "unreadable"
             else:
                 prediction = next(predictions)
                 top, error = prediction.topk(args.topk, classifier.class_names), prediction.error
+                kind = prediction.error_kind
             rows.write(path, top, error)
             written += 1
             progress.update(1)
             if error:
-                failures[error.split(" (")[0]] += 1
+                failures.setdefault(kind or "other", []).append(error)
                 failed_paths.append(display_name(path))
             elif args.save_vis:
                 target = _unique_png(Path(args.save_vis), path, used_names)
                 title = f"{display_name(Path(path).name)} | {choice.label}"
                 photo = load_image(path, **classifier.preprocess.decode_options, max_bytes=args.max_bytes)
                 if args.cam:
-                    explanation = classifier.explain(path, target=top[0][0], topk=args.topk)
+                    explanation = classifier.explain(path, target=top[0][0], method=args.cam, topk=args.topk)
                     if explanation.ok:
                         explanation.topk = top  # the bars of the backend that predicted; the map is eager's
                         save_explanation(target, photo, explanation, title)
@@ -305,12 +306,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return _summary(args, written, failures, failed_paths)
 
 
-def _summary(args: argparse.Namespace, written: int, failures: Counter[str], failed_paths: list[str],
+def _summary(args: argparse.Namespace, written: int, failures: dict[str, list[str]], failed_paths: list[str],
              prefix: str = "") -> int:
-    """The closing line of predict (on stderr), and its exit status."""
+    """The closing line of predict (on stderr), and its exit status. Failures are counted by kind
+    (``decode.LOAD_ERROR_KINDS``); each row of the results says the reason in words."""
     summary = prefix + f"{written - len(failed_paths)} ok, {len(failed_paths)} failed"
     if failures:
-        summary += ": " + "; ".join(f"{count} x {reason}" for reason, count in failures.most_common())
+        ranked = sorted(failures.items(), key=lambda item: -len(item[1]))
+        summary += ": " + "; ".join(f"{len(reasons)} x {kind.replace('_', ' ')} ({reasons[0]}"
+                                    + (", ..." if len(set(reasons)) > 1 else "") + ")" for kind, reasons in ranked)
         summary += "\n  failed: " + ", ".join(failed_paths[:10]) + (" ..." if len(failed_paths) > 10 else "")
     print(summary + (f" (results in {args.output})" if args.output else ""), file=sys.stderr)
     return 1 if failed_paths and not args.allow_failures else 0
@@ -339,10 +343,10 @@ def _predict_sharded(args: argparse.Namespace, entries: list[tuple[str, str | No
         return 2
     chunk = classifier.images_per_chunk(args.batch_size)
     batches = [range(start, min(start + chunk, len(entries))) for start in range(0, len(entries), chunk)]
-    mine = [i for batch in batches[rank::world] for i in batch]
+    mine = shard(len(entries), chunk, rank, world)  # batches rank, rank + world, ...: the rounds below
     predictions = classifier.predict(entries[i][0] for i in mine if not entries[i][1])
     out = _Rows(stream, fmt, args.topk) if rank == 0 else None
-    failures: Counter[str] = Counter()
+    failures: dict[str, list[str]] = {}
     failed_paths: list[str] = []
     written = 0
     try:
@@ -352,21 +356,22 @@ def _predict_sharded(args: argparse.Namespace, entries: list[tuple[str, str | No
                 for i in batches[round_start + rank]:
                     path, problem = entries[i]
                     if problem:
-                        rows.append((i, [], problem))
+                        rows.append((i, [], problem, "unreadable"))
                     else:
                         prediction = next(predictions)
-                        rows.append((i, prediction.topk(args.topk, classifier.class_names), prediction.error))
+                        rows.append((i, prediction.topk(args.topk, classifier.class_names), prediction.error,
+                                     prediction.error_kind))
             parts: list = [None] * world
             dist.all_gather_object(parts, rows)
             if out is None:
                 continue
-            for index, top, error in sorted((row for part in parts for row in part), key=lambda row: row[0]):
+            for index, top, error, kind in sorted((row for part in parts for row in part), key=lambda row: row[0]):
                 if index != written:
                     raise RuntimeError(f"row {index} came back where row {written} belongs: the shards overlap or miss")
                 out.write(entries[index][0], top, error)
                 written += 1
                 if error:
-                    failures[error.split(" (")[0]] += 1
+                    failures.setdefault(kind or "other", []).append(error)
                     failed_paths.append(display_name(entries[index][0]))
     except KeyboardInterrupt:  # Ctrl-C reaches every rank: rank 0 keeps the rounds it wrote and says how far
         if out is not None:
@@ -535,11 +540,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             config = config_from(TrainConfig, args, device=str(device) if device is not None else args.device)
             trainer = Trainer(config)
         summary = trainer.run()
-        rank = dist.get_rank() if dist.is_initialized() else 0
+        main_process = is_main_process()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if rank == 0:
+    if main_process:
         best = f", best val top-1 {summary['best_val_top1']:.2f}%" if summary["best_val_top1"] >= 0 else ""
         print(f"trained to step {summary['step']}{best}; weights in {trainer.out}/last.safetensors")
     return 0
@@ -707,8 +712,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="results file: .csv or .jsonl (default: text on stdout)")
     p.add_argument("--format", choices=("text", "csv", "jsonl"), help="output format (default: from --output)")
     p.add_argument("--save-vis", metavar="DIR", help="write one PNG per image: the image and its top-k bars")
-    p.add_argument("--cam", action="store_true", help="with --save-vis: add the Grad-CAM heatmap of the top-1 "
-                   "class (on the crop and on the photo) to each picture")
+    p.add_argument("--cam", nargs="?", const="gradcam", choices=EXPLAIN_METHODS, metavar="METHOD",
+                   help="with --save-vis: add the heatmap of the top-1 class (on the crop and on the photo) to each "
+                   "picture; METHOD as explain's --method (default gradcam)")
     _add_run_options(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -716,7 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder (recursive), glob, or - for stdin")
     _add_model_options(p)
     p.add_argument("--target", default="top1", help="top1 (default), a class index or a class name")
-    p.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam")
+    p.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam",
+                   help="gradcam (default), gradcam++, hirescam, xgradcam, layercam (each from the target's gradient) "
+                   "or eigencam (the layer's first principal component, whatever the target)")
     p.add_argument("--layer", default="Mixed_7c", help="module to explain at, by dotted name (default Mixed_7c)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--out", default="explanations", help="folder for the pictures (default ./explanations)")

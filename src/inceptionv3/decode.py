@@ -72,16 +72,27 @@ DECODE_MODES = ("auto", "exact", "fast")
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 
 
+LOAD_ERROR_KINDS = ("unreadable", "too_large", "empty", "too_many_pixels", "not_an_image", "corrupt", "unsupported",
+                    "not_finite", "other")
+"""What went wrong, as a type rather than words: counted by the CLI's summary and the server's metrics.
+``not_finite`` is the model's (NaN or infinite scores), ``other`` an unexpected decoder error, the others the
+input's."""
+
+
 class ImageLoadError(InputError):
-    """An input that cannot become an image. ``source`` names it (a path, or ``<bytes #3>``), ``reason`` says why.
+    """An input that cannot become an image. ``source`` names it (a path, or ``<bytes #3>``), ``reason`` says why
+    in words and ``kind`` in one of ``LOAD_ERROR_KINDS``.
 
     ``source`` is the path exactly as given (lone surrogates included, so ``os.fsencode`` gives the file's bytes);
     the message shows it through ``display_name``, so that it can always be printed."""
 
-    def __init__(self, source: str, reason: str):
+    def __init__(self, source: str, reason: str, *, kind: str):
+        if kind not in LOAD_ERROR_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(LOAD_ERROR_KINDS)}, got {kind!r}")
         super().__init__(f"{display_name(source)}: {reason}")
         self.source = source
         self.reason = reason
+        self.kind = kind
 
 
 def describe_input(item: object, index: int | None = None) -> str:
@@ -129,23 +140,25 @@ def open_regular(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str 
     try:
         problem = not_regular(name, os.stat(name).st_mode, what)
         if problem:
-            raise ImageLoadError(name, problem)
+            raise ImageLoadError(name, problem, kind="unreadable")
         handle = open(name, "rb", opener=lambda file, flags: os.open(file, flags | os.O_NONBLOCK))
     except (FileNotFoundError, NotADirectoryError):
-        raise ImageLoadError(name, "broken symlink" if os.path.islink(name) else "no such file") from None
+        reason = "broken symlink" if os.path.islink(name) else "no such file"
+        raise ImageLoadError(name, reason, kind="unreadable") from None
     except IsADirectoryError:
-        raise ImageLoadError(name, f"is a directory, not {what}") from None
+        raise ImageLoadError(name, f"is a directory, not {what}", kind="unreadable") from None
     except PermissionError:
-        raise ImageLoadError(name, "permission denied") from None
+        raise ImageLoadError(name, "permission denied", kind="unreadable") from None
     except OSError as exc:
         reason = "symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise ImageLoadError(name, reason) from None
+        raise ImageLoadError(name, reason, kind="unreadable") from None
     info = os.fstat(handle.fileno())
-    problem = not_regular(name, info.st_mode, what) or (
-        _too_big(f"{info.st_size:,} bytes", max_bytes) if info.st_size > max_bytes else None)
+    problem, kind = not_regular(name, info.st_mode, what), "unreadable"
+    if not problem and info.st_size > max_bytes:
+        problem, kind = _too_big(f"{info.st_size:,} bytes", max_bytes), "too_large"
     if problem:
         handle.close()
-        raise ImageLoadError(name, problem)
+        raise ImageLoadError(name, problem, kind=kind)
     return handle
 
 
@@ -172,11 +185,11 @@ def read_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = "
         try:
             data = _read_at_most(handle, max_bytes)
         except OSError as exc:
-            raise ImageLoadError(name, f"read error ({exc.strerror or exc})") from None
+            raise ImageLoadError(name, f"read error ({exc.strerror or exc})", kind="unreadable") from None
     if len(data) > max_bytes:
-        raise ImageLoadError(name, _too_big(f"more than {max_bytes:,} bytes read", max_bytes))
+        raise ImageLoadError(name, _too_big(f"more than {max_bytes:,} bytes read", max_bytes), kind="too_large")
     if not data:
-        raise ImageLoadError(name, "empty file (0 bytes)")
+        raise ImageLoadError(name, "empty file (0 bytes)", kind="empty")
     return data
 
 
@@ -216,25 +229,27 @@ def _probe(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if data[:2] == b"\xff\xd8":
         problem = jpeg_problem(data)
         if problem:
-            raise ImageLoadError(name, problem)
+            raise ImageLoadError(name, problem, kind="unsupported")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             Image.init()  # registers every plugin once, so that each listed format is known by name
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(name, f"refused as a possible decompression bomb ({exc})") from None
+        raise ImageLoadError(name, f"refused as a possible decompression bomb ({exc})",
+                             kind="too_many_pixels") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(name, "not a recognised image format (JPEG, PNG, BMP, WebP, TIFF or GIF)") from None
+        raise ImageLoadError(name, "not a recognised image format (JPEG, PNG, BMP, WebP, TIFF or GIF)",
+                             kind="not_an_image") from None
     except Exception as exc:  # Pillow raises many types on malformed headers
-        raise ImageLoadError(name, f"corrupt image header ({exc})") from None
+        raise ImageLoadError(name, f"corrupt image header ({exc})", kind="corrupt") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageLoadError(
             name, f"refused as a possible decompression bomb: {width} x {height} pixels exceeds the limit of "
-            f"{max_pixels:,} (max_pixels)")
+            f"{max_pixels:,} (max_pixels)", kind="too_many_pixels")
     if width == 0 or height == 0:
-        raise ImageLoadError(name, f"image has no pixels ({width} x {height})")
+        raise ImageLoadError(name, f"image has no pixels ({width} x {height})", kind="corrupt")
     return image
 
 
@@ -258,13 +273,13 @@ def pil_to_rgb(image: Image.Image, name: str = "<PIL image>") -> np.ndarray:
         if image.mode == "F":
             values = np.asarray(image, dtype=np.float32)
             if not np.isfinite(values).all():  # black would be a silent wrong answer
-                raise ImageLoadError(name, "float image with NaN or inf pixels")
+                raise ImageLoadError(name, "float image with NaN or inf pixels", kind="corrupt")
             scale = 255.0 if values.max(initial=0.0) <= 1.0 else 1.0
             gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
             return np.repeat(gray[:, :, None], 3, axis=2)
         return np.asarray(image.convert("RGB"))
     except OSError as exc:
-        raise ImageLoadError(name, f"cannot decode ({exc})") from None
+        raise ImageLoadError(name, f"cannot decode ({exc})", kind="corrupt") from None
 
 
 _CV2_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -300,7 +315,7 @@ def decode_bytes(data: bytes, name: str = "<bytes>", decoder: str = "cv2",
     side stays at or above it: several times faster on camera photos, and a little different (the "fast" decode).
     Other formats, and JPEGs too small to reduce, decode exactly."""
     if not data:
-        raise ImageLoadError(name, "empty input (0 bytes)")
+        raise ImageLoadError(name, "empty input (0 bytes)", kind="empty")
     probe = _probe(data, name, max_pixels)
     scale = dct_scale(*probe.size, min_side) if probe.format == "JPEG" else 1
     if jpeg_idct not in JPEG_IDCTS:
@@ -323,20 +338,21 @@ def decode_bytes(data: bytes, name: str = "<bytes>", decoder: str = "cv2",
         probe.load()
     except Exception as exc:  # truncated and corrupt files surface here under several types
         reason = str(exc) or type(exc).__name__
-        raise ImageLoadError(name, f"corrupt or truncated image data ({reason})") from None
+        raise ImageLoadError(name, f"corrupt or truncated image data ({reason})", kind="corrupt") from None
     return pil_to_rgb(probe, name)
 
 
 def bgr_array_to_rgb(array: np.ndarray, name: str = "<array>") -> np.ndarray:
     """An OpenCV-style array (BGR, as mmpretrain reads arrays) to RGB. Gray (H x W) and BGRA are accepted."""
     if array.dtype != np.uint8:
-        raise ImageLoadError(name, f"array must be uint8 (0-255, BGR), got dtype {array.dtype}")
+        raise ImageLoadError(name, f"array must be uint8 (0-255, BGR), got dtype {array.dtype}", kind="unsupported")
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ImageLoadError(name, f"array must be H x W, H x W x 3 (BGR) or H x W x 4 (BGRA), got shape {array.shape}")
+        raise ImageLoadError(name, f"array must be H x W, H x W x 3 (BGR) or H x W x 4 (BGRA), got shape {array.shape}",
+                             kind="unsupported")
     if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ImageLoadError(name, f"array has no pixels (shape {array.shape})")
+        raise ImageLoadError(name, f"array has no pixels (shape {array.shape})", kind="unsupported")
     if array.shape[2] == 1:
         return np.ascontiguousarray(np.repeat(array, 3, axis=2))
     return np.ascontiguousarray(array[:, :, 2::-1])
@@ -353,14 +369,15 @@ def load_image(item: ImageInput, decoder: str = "cv2", name: str | None = None, 
     if isinstance(item, (bytes, bytearray, memoryview)):
         size = item.nbytes if isinstance(item, memoryview) else len(item)
         if size > max_bytes:
-            raise ImageLoadError(name, _too_big(f"{size:,} bytes", max_bytes))
+            raise ImageLoadError(name, _too_big(f"{size:,} bytes", max_bytes), kind="too_large")
         return decode_bytes(bytes(item), name, decoder, max_pixels, min_side, jpeg_idct)
     if isinstance(item, np.ndarray):
         return bgr_array_to_rgb(item, name)
     if isinstance(item, Image.Image):
         return pil_to_rgb(item, name)
     raise ImageLoadError(
-        name, f"unsupported input type {type(item).__name__}: pass a path, bytes, a PIL image or a uint8 BGR array")
+        name, f"unsupported input type {type(item).__name__}: pass a path, bytes, a PIL image or a uint8 BGR array",
+        kind="unsupported")
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:

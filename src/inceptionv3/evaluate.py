@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from .data import ImageDataset, align_to_model, real_labels_for
 from .errors import InputError
 from .files import SafeCSVWriter, file_digest
 from .inference import Classifier, Prediction, top_classes
-from .runtime import rank_world
+from .runtime import rank_world, shard
+from .version import versions
 from .weights import DEFAULT_MODEL
 
 TOPK = 5
@@ -42,18 +42,13 @@ class Scores:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason), left out of the metrics
 
 
-def shard(count: int, chunk: int, rank: int, world: int) -> list[int]:
-    """Dataset positions for ``rank``: whole chunks of ``chunk`` images, chunk k to rank k mod world."""
-    return [i for start in range(rank * chunk, count, world * chunk) for i in range(start, min(start + chunk, count))]
-
-
 def _ensemble(members: Sequence[Classifier], items: list, names: list[str]) -> Iterator[Prediction]:
     """Average the softmax of several models, each with its own preprocessing, image by image."""
     streams = [member.predict(items) for member in members]
     for index, group in enumerate(zip(*streams, strict=True)):
-        errors = [p.error for p in group if not p.ok]
-        if errors:
-            yield Prediction(index, names[index], error=errors[0])
+        failed = [p for p in group if not p.ok]
+        if failed:
+            yield Prediction(index, names[index], error=failed[0].error, error_kind=failed[0].error_kind)
             continue
         scores = np.mean([p.scores for p in group], axis=0)
         yield Prediction(index, names[index], scores=scores, label=int(scores.argmax()),
@@ -242,16 +237,10 @@ def evaluate(members: Sequence[Classifier], dataset: ImageDataset, config: EvalC
         "device": str(first.device),
         "wall_time_s": wall,
         "images_per_s": len(dataset) / wall if wall > 0 else None,
-        "versions": {"inceptionv3": _version(), "torch": torch.__version__, "numpy": np.__version__},
+        "versions": versions(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return report, scores, matrix
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def write_report(path: str | os.PathLike, report: dict) -> None:

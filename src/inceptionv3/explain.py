@@ -1,11 +1,14 @@
-"""Grad-CAM and Grad-CAM++: which parts of the crop raised a class's logit.
+"""Class activation maps (Grad-CAM and its family): which parts of the crop raised a class's logit.
 
-The arithmetic is the grad-cam package's (``pytorch_grad_cam`` 1.5), step for step, so that maps agree with it
+The arithmetic is the grad-cam package's (``pytorch_grad_cam`` 1.5.7), step for step, so that maps agree with it
 to float rounding:
 
-1. channel weights: the spatial mean of the logit's gradient (Grad-CAM), or Chattopadhay et al.'s alpha-weighted
-   positive gradients (Grad-CAM++, eps 1e-6);
-2. the weighted sum of the layer's channels, then ReLU;
+1. the layer map: the channels weighted by the spatial mean of the logit's gradient (Grad-CAM), by Chattopadhay
+   et al.'s alpha-weighted positive gradients (Grad-CAM++, eps 1e-6) or by the activation-weighted gradient
+   (XGrad-CAM, eps 1e-7) and summed; or gradient times activation summed over channels at each position
+   (HiResCAM; LayerCAM with the positive gradients only); or the projection on the first principal component of
+   the positions' channel vectors (EigenCAM, no gradient);
+2. ReLU;
 3. min-max scaling, ``(m - min) / (1e-7 + max)``;
 4. a bilinear (half-pixel) resize to the input size;
 5. min-max scaling again.
@@ -30,7 +33,10 @@ from torch import nn
 from .errors import InputError
 
 DEFAULT_LAYER = "Mixed_7c"
-METHODS = ("gradcam", "gradcam++")
+METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+"""Each as grad-cam 1.5.7's class of that name computes it (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM,
+EigenCAM); all but EigenCAM use the target's gradient at the layer, EigenCAM the layer's first principal component."""
+_XGRAD_EPS = 1e-7  # grad-cam's XGradCAM
 _SCALE_EPS = 1e-7  # grad-cam's scale_cam_image
 _PLUSPLUS_EPS = 1e-6  # grad-cam's GradCAMPlusPlus
 
@@ -63,9 +69,12 @@ def _scale(maps: torch.Tensor) -> torch.Tensor:
 
 
 def channel_weights(activations: torch.Tensor, gradients: torch.Tensor, method: str) -> torch.Tensor:
-    """N x C weights of the layer's channels."""
+    """N x C weights of the layer's channels (Grad-CAM, Grad-CAM++ and XGrad-CAM)."""
     if method == "gradcam":
         return gradients.mean(dim=(2, 3))
+    if method == "xgradcam":  # each position's gradient weighted by its share of the channel's activation
+        total = activations.sum(dim=(2, 3), keepdim=True)
+        return (gradients * activations / (total + _XGRAD_EPS)).sum(dim=(2, 3))
     squared = gradients ** 2
     cubed = squared * gradients
     total = activations.sum(dim=(2, 3), keepdim=True)
@@ -74,14 +83,44 @@ def channel_weights(activations: torch.Tensor, gradients: torch.Tensor, method: 
     return (gradients.clamp_min(0) * alpha).sum(dim=(2, 3))
 
 
+def layer_maps(activations: torch.Tensor, gradients: torch.Tensor | None, method: str) -> torch.Tensor:
+    """N x h x w maps at the layer, before the ReLU: channel-weighted sums (gradcam, gradcam++, xgradcam), the
+    elementwise gradient-times-activation sum (hirescam; layercam keeps the positive gradients only), or the
+    projection on the first principal component of the h*w positions' channel vectors (eigencam)."""
+    if method == "eigencam":
+        return torch.from_numpy(_first_component(activations.numpy()))
+    if method == "hirescam":
+        return (gradients * activations).sum(dim=1)
+    if method == "layercam":
+        return (gradients.clamp_min(0) * activations).sum(dim=1)
+    return (channel_weights(activations, gradients, method)[:, :, None, None] * activations).sum(dim=1)
+
+
+def _first_component(activations: np.ndarray) -> np.ndarray:
+    """grad-cam's 2-D projection: per image, the h*w x C matrix centred by column, projected on its first right
+    singular vector (numpy's SVD, whose sign grad-cam keeps as it comes)."""
+    out = []
+    for image in np.nan_to_num(activations, nan=0.0):
+        positions = image.reshape(image.shape[0], -1).T
+        positions = positions - positions.mean(axis=0)
+        _, _, vt = np.linalg.svd(positions, full_matrices=True)
+        out.append((positions @ vt[0]).reshape(image.shape[1:]))
+    return np.float32(out)
+
+
+def scaled_maps(raw: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-5 from N x h x w layer maps: (maps N x H x W in [0, 1] at ``size``, the layer maps after the ReLU,
+    unscaled)."""
+    raw = raw.clamp_min(0)
+    maps = F.interpolate(_scale(raw)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return _scale(maps.clamp_min(0)), raw
+
+
 def weighted_maps(activations: torch.Tensor, weights: torch.Tensor,
                   size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 2-5 for N x C x h x w activations and N x C channel weights: (maps N x H x W in [0, 1] at ``size``,
-    layer maps N x h x w after the ReLU, unscaled). Anything that weights a layer's channels (a logit's gradient,
-    FID's) draws its map here."""
-    layer_maps = (weights[:, :, None, None] * activations).sum(dim=1).clamp_min(0)
-    maps = F.interpolate(_scale(layer_maps)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return _scale(maps.clamp_min(0)), layer_maps
+    """:func:`scaled_maps` of N x C x h x w activations weighted by N x C channel weights: anything that weights
+    a layer's channels (a logit's gradient, FID's) draws its map here."""
+    return scaled_maps((weights[:, :, None, None] * activations).sum(dim=1), size)
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None, *, layer: str = DEFAULT_LAYER,
@@ -117,15 +156,15 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None
             if len(targets) != n or any(not 0 <= int(t) < classes for t in targets):
                 raise InputError(f"targets must be {n} class indices in [0, {classes}), got {targets}")
             chosen = logits[torch.arange(n), torch.as_tensor(targets, dtype=torch.long, device=logits.device)]
-            (gradients,) = torch.autograd.grad(chosen.sum(), activations)
+            gradients = None if method == "eigencam" else torch.autograd.grad(chosen.sum(), activations)[0]
     finally:
         handle.remove()
         model.train(was_training)
-    activations, logits = activations.detach().float(), logits.detach().float()
-    weights = channel_weights(activations, gradients.float(), method)
-    maps, layer_maps = weighted_maps(activations, weights, tuple(x.shape[-2:]))
-    empty = [bool(m.max() <= 0) for m in layer_maps]
-    return CamMaps(maps.cpu(), layer_maps.cpu(), [int(t) for t in targets], logits.cpu(), empty)
+    activations, logits = activations.detach().float().cpu(), logits.detach().float()
+    raw = layer_maps(activations, None if gradients is None else gradients.float().cpu(), method)
+    maps, positive = scaled_maps(raw, tuple(x.shape[-2:]))
+    empty = [bool(m.max() <= 0) for m in positive]
+    return CamMaps(maps, positive, [int(t) for t in targets], logits.cpu(), empty)
 
 
 @dataclass
@@ -256,4 +295,5 @@ def overlay_on_photo(rgb: np.ndarray, photo_mask: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["DEFAULT_LAYER", "METHODS", "CamMaps", "Explanation", "channel_weights", "find_layer", "grad_cam",
-           "heatmap_on_photo", "jet", "overlay", "overlay_on_photo", "resolve_target", "weighted_maps"]
+           "heatmap_on_photo", "jet", "layer_maps", "overlay", "overlay_on_photo", "resolve_target", "scaled_maps",
+           "weighted_maps"]

@@ -30,6 +30,7 @@ import torch
 from .decode import ImageLoadError, open_regular
 from .errors import InputError
 from .files import atomic_path
+from .runtime import all_reduce_sum
 
 STATS_FORMAT = "inceptionv3-fid-stats/1"
 
@@ -195,16 +196,8 @@ class FIDStatistics:
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return self
-        def reduce(tensor: torch.Tensor) -> None:
-            if dist.get_backend(group) == "nccl":  # NCCL reduces device tensors only
-                on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-                dist.all_reduce(on_device, group=group)
-                tensor.copy_(on_device.cpu())
-            else:
-                dist.all_reduce(tensor, group=group)
-
         self.stored_sigma = None
-        return self._reduce_with(reduce)
+        return self._reduce_with(lambda tensor: all_reduce_sum(tensor, group))
 
     def _reduce_with(self, all_reduce: Callable[[torch.Tensor], Any]) -> FIDStatistics:
         """The reduction, given a summing all-reduce (tests pass a fake one)."""

@@ -49,7 +49,8 @@ def decode_rgb_like_pil(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIX
             image.load()
             return np.array(image.convert("RGB"))
     except Exception as exc:  # truncated and corrupt files surface here under several types
-        raise ImageLoadError(name, f"corrupt or truncated image data ({str(exc) or type(exc).__name__})") from None
+        raise ImageLoadError(name, f"corrupt or truncated image data ({str(exc) or type(exc).__name__})",
+                             kind="corrupt") from None
 
 
 def _to_float01(rgb: np.ndarray) -> torch.Tensor:

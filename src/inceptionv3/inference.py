@@ -57,6 +57,8 @@ class Prediction:
     score: float | None = None
     class_name: str | None = None
     error: str | None = None
+    error_kind: str | None = None
+    """With ``error``: one of ``decode.LOAD_ERROR_KINDS``, for counting failures without reading the words."""
 
     @property
     def ok(self) -> bool:
@@ -72,7 +74,7 @@ class Prediction:
     def to_dict(self) -> dict:
         """mmpretrain's result dict: the same keys and types (``pred_class`` only when class names are known)."""
         if self.error is not None:
-            raise ImageLoadError(self.source, self.error)
+            raise ImageLoadError(self.source, self.error, kind=self.error_kind or "other")
         result = {"pred_scores": self.scores, "pred_label": self.label, "pred_score": self.score}
         if self.class_name is not None:
             result["pred_class"] = self.class_name
@@ -88,6 +90,7 @@ class PredictionError(ImageLoadError):
         more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
         ValueError.__init__(self, f"{len(failures)} of {len(results)} inputs failed: {listed}{more}")
         self.source, self.reason = failures[0].source, failures[0].error
+        self.kind = failures[0].error_kind or "other"
         self.failures = failures
         self.results = results
 
@@ -169,7 +172,7 @@ class Classifier:
             backend = choose_backend(self.device, precision, expected_images)
         self.backend, self.precision = backend, precision
         self._runner = self._make_runner(calibration)
-        self.backend = getattr(self._runner, "backend", backend)  # eager when the export cache was unusable
+        self.backend = self._runner.backend  # eager when the export cache was unusable
         self.workers = workers if workers is not None else min(4, os.cpu_count() or 1)
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
@@ -236,7 +239,7 @@ class Classifier:
             scores = scores.reshape(len(views), self.crops, -1).mean(axis=1)
         for prediction, row in zip(predictions, scores, strict=True):
             if not np.isfinite(row).all():
-                prediction.error = NON_FINITE_OUTPUT
+                prediction.error, prediction.error_kind = NON_FINITE_OUTPUT, "not_finite"
                 continue
             label = int(row.argmax())
             prediction.scores, prediction.label, prediction.score = row, label, float(row[label])
@@ -285,9 +288,9 @@ class Classifier:
                 views.append(future.result())
                 results.append(Prediction(index, name))
             except ImageLoadError as exc:
-                results.append(Prediction(index, name, error=exc.reason))
+                results.append(Prediction(index, name, error=exc.reason, error_kind=exc.kind))
             except Exception as exc:  # a decoder bug must not cost the rest of the batch either
-                results.append(Prediction(index, name, error=f"{type(exc).__name__}: {exc}"))
+                results.append(Prediction(index, name, error=f"{type(exc).__name__}: {exc}", error_kind="other"))
         self._score_into([p for p in results if p.ok], views, batch_size)
         return results
 
@@ -303,15 +306,16 @@ class Classifier:
         results = [self._as_dict(p, topk) if p.ok else None for p in predictions]
         failures = [p for p in predictions if not p.ok]
         if single and failures:
-            raise ImageLoadError(describe_input(inputs), failures[0].error)
+            raise ImageLoadError(describe_input(inputs), failures[0].error, kind=failures[0].error_kind or "other")
         if failures:
             raise PredictionError(failures, results)
         return results[0] if single else results
 
     def explain(self, image: ImageInput, target: int | str | None = None, method: str = "gradcam", *,
                 layer: str | None = None, topk: int = 5) -> Explanation:
-        """Grad-CAM (or ``method="gradcam++"``) of one image: an :class:`~.explain.Explanation` with the heatmap
-        over the crop, the target (top-1 unless given by index or name), the top-k, the crop box and the overlay.
+        """A class activation map of one image (``method``: one of ``explain.METHODS``, Grad-CAM by default): an
+        :class:`~.explain.Explanation` with the heatmap over the crop, the target (top-1 unless given by index or
+        name), the top-k, the crop box and the overlay.
         A bad input gives ``error`` instead of raising, as :meth:`predict` does. Gradients need the eager float32
         model, so other backends and precisions are explained with it, and ``note`` says so."""
         return next(self.explain_many([image], target, method, layer=layer, topk=topk))

@@ -42,19 +42,14 @@ from .fid_presets import DEFAULT_PRESET, FIDPreset, get_preset, model_preset
 from .files import atomic_path
 from .image_arrays import ImageArray, is_image_array
 from .model import InceptionV3
-from .runtime import rank_world
+from .runtime import all_reduce_sum, is_main_process, rank_world, select_device, shard
+from .version import versions
 from .weights import FID_MODEL
 
 #: Largest array a features file may declare: 16 GiB, about two million images of 2048 float32 features.
 MAX_FEATURE_BYTES = 16 * 1024**3
 
 _SHOW = 5  # unreadable files named in an error
-
-
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    return {"inceptionv3": __version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
 def files_digest(files: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> str:
@@ -101,7 +96,7 @@ class Extractor:
 
     def meta(self) -> dict[str, Any]:
         return {"preset": self.preset.name, "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "backend": self.backend, "versions": _versions()}
+                "backend": self.backend, "versions": versions()}
 
     def taps(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """The taps of a prepared batch, float32 on the CPU."""
@@ -135,12 +130,6 @@ def full_fp32() -> Iterator[None]:
             setting.fp32_precision = value
 
 
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def make_extractor(preset: str | None = None, weights: str | os.PathLike | None = None,
                    model: InceptionV3 | None = None, device: str | torch.device | None = None,
                    backend: str = "eager", images: int | None = None) -> Extractor:
@@ -149,7 +138,7 @@ def make_extractor(preset: str | None = None, weights: str | os.PathLike | None 
     network through OpenVINO on the CPU (faster there; features differ from eager in the last digits);
     ``'auto'`` chooses as ``predict`` does for a run of ``images``: OpenVINO on a CPU from 16 images when it is
     installed, else eager."""
-    device = _device(device)
+    device = select_device(device)
     if backend not in FEATURE_BACKENDS:
         raise InputError(f"--backend must be one of {', '.join(FEATURE_BACKENDS)}, got {backend!r}")
     if backend == "auto":
@@ -192,49 +181,26 @@ def _as_list(batch: list) -> list:
     return batch
 
 
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _world_size() -> int:
     return rank_world()[1]
 
 
 def _shard(files: list[str], batch_size: int) -> list[str]:
-    """This process's share under torchrun: whole batches, round robin (batch b to rank b mod world size).
-
-    Each batch is then exactly the batch one process would run, so features are bit-identical to a
-    single-process run at the same batch size (batch composition changes float32 results by ~1e-7), and no
-    file is padded in twice to even out the ranks."""
-    rank, world = rank_world()
-    if world == 1:
-        return files
-    batches = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
-    return [name for batch in batches[rank::world] for name in batch]
+    """This process's share under torchrun: whole batches, round robin (:func:`runtime.shard`), so features are
+    bit-identical to a one-process run at the same batch size and no file is padded in twice."""
+    return [files[i] for i in shard(len(files), batch_size)]
 
 
 def fail_together(error: Exception | None) -> None:
     """Under torchrun, a process that hits an error must not leave the others waiting in an all-reduce:
     all agree first, and all raise (the others with a pointer to the process that failed)."""
-    import torch.distributed as dist
 
     rank, world = rank_world()
     if world == 1:
         if error is not None:
             raise error
         return
-
-    def all_reduce(tensor: torch.Tensor) -> None:
-        if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
-            on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(on_device)
-            tensor.copy_(on_device.cpu())
-        else:
-            dist.all_reduce(tensor)
-
-    _agree(error, rank, world, all_reduce)
+    _agree(error, rank, world, all_reduce_sum)
 
 
 def _agree(error: Exception | None, rank: int, world: int, all_reduce: Any) -> None:

@@ -403,6 +403,15 @@ def _has_submodule(module: nn.Module, path: str) -> bool:
     return True
 
 
+HEAD_PREFIXES = ("fc.", "AuxLogits.")
+
+
+def is_head(parameter_name: str) -> bool:
+    """The head: the classifier and the whole auxiliary branch, the layers a fine-tune draws anew for its classes.
+    What ``--freeze backbone`` leaves trainable and what the fine-tuning recipe gives its full learning rate."""
+    return parameter_name.startswith(HEAD_PREFIXES)
+
+
 def init_new_head(head: nn.Linear) -> None:
     """A new classifier starts near uniform: weights at std 0.01, zero bias. The TF reference's std 0.1 gives a
     2048-input head logits of std about 3, and a first loss far above log(classes)."""

@@ -39,6 +39,29 @@ def rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that prints and writes results."""
+    return rank_world()[0] == 0
+
+
+def shard(count: int, chunk: int, rank: int | None = None, world: int | None = None) -> list[int]:
+    """This process's positions of ``count`` items: whole chunks of ``chunk``, chunk k to rank k mod world. Each
+    chunk is then exactly the batch one process would run, so results are bit-identical to one process."""
+    if rank is None or world is None:
+        rank, world = rank_world()
+    return [i for start in range(rank * chunk, count, world * chunk) for i in range(start, min(start + chunk, count))]
+
+
+def all_reduce_sum(tensor: torch.Tensor, group: object = None) -> None:
+    """Sum a CPU tensor over the process group, in place (NCCL reduces device tensors only, so it travels)."""
+    if dist.get_backend(group) == "nccl":
+        on_device = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_device, group=group)
+        tensor.copy_(on_device.cpu())
+    else:
+        dist.all_reduce(tensor, group=group)
+
+
 def init_distributed() -> torch.device | None:
     """Under torchrun (WORLD_SIZE > 1): join the group, gloo on CPU and nccl on GPU, one GPU per rank; the
     device this rank uses. None outside torchrun."""
@@ -53,4 +76,4 @@ def init_distributed() -> torch.device | None:
     return torch.device("cpu")
 
 
-__all__ = ["init_distributed", "rank_world", "select_device"]
+__all__ = ["all_reduce_sum", "init_distributed", "is_main_process", "rank_world", "select_device", "shard"]

@@ -34,10 +34,10 @@ from .data import load_dataset, split_dataset
 from .decode import load_image
 from .errors import DatasetError, InputError
 from .files import atomic_path
-from .model import InceptionV3
+from .model import InceptionV3, init_new_head, is_head
 from .options import option
 from .preprocess import PRESETS, Preprocess
-from .runtime import rank_world
+from .runtime import rank_world, select_device
 
 STATE_FILE = "state.pt"
 
@@ -296,8 +296,7 @@ class Trainer:
         self.recipe = RECIPES[config.recipe]
         self.out = Path(config.out)
         self.rank, self.world = rank_world()
-        self.device = torch.device(config.device) if config.device else (
-            torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = select_device(config.device or None)
         if not resuming and self.rank == 0 and (self.out / STATE_FILE).exists():
             raise FileExistsError(f"{self.out} already holds a run; use --resume {self.out} or another --out")
         self._build_data()
@@ -349,7 +348,7 @@ class Trainer:
                                     count_include_pad=model.count_include_pad)
                 state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
                 missing, _ = fresh.load_state_dict(state, strict=False)
-                assert all(k.startswith(("fc.", "AuxLogits.")) for k in missing), missing
+                assert all(is_head(k) for k in missing), missing
                 model = fresh
             else:
                 new_head = False
@@ -357,11 +356,8 @@ class Trainer:
             model = InceptionV3(num_classes=num_classes, aux_logits=aux, dropout=c.dropout,
                                 count_include_pad=count_include_pad_for(entry.source) if entry else True)
         if new_head:
-            # torchvision's init draws the classifier at std 0.1, which gives a 2048-input head logits of std ~3
-            # and a first loss far above log(classes); a new head starts near uniform instead.
-            for head in [model.fc] + ([model.AuxLogits.fc] if aux else []):
-                nn.init.normal_(head.weight, std=0.01)
-                nn.init.zeros_(head.bias)
+            for head in model.heads():  # near uniform: see init_new_head
+                init_new_head(head)
         self.preprocess: Preprocess = base.with_crop(c.img_size)
         model.to(self.device, dtype=torch.float64 if c.float64 else torch.float32)
         if c.sync_bn:
@@ -383,8 +379,7 @@ class Trainer:
         if mode not in ("none", "bn", "backbone"):
             raise InputError(f"--freeze must be none, bn or backbone, got {mode!r}")
         for name, p in model.named_parameters():
-            head = name.startswith(("fc.", "AuxLogits."))
-            if mode == "backbone" and not head:
+            if mode == "backbone" and not is_head(name):
                 p.requires_grad_(False)
         if mode in ("bn", "backbone"):
             for module in model.modules():
@@ -406,8 +401,7 @@ class Trainer:
         for name, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            head = name.startswith(("fc.", "AuxLogits.fc."))
-            scale = 1.0 if head else r.backbone_lr_scale
+            scale = 1.0 if is_head(name) else r.backbone_lr_scale
             decay = r.weight_decay if (r.decay_norm_and_bias or p.ndim > 1) else 0.0
             groups.setdefault((scale, decay), []).append(p)
         params = [{"params": ps, "lr_scale": scale, "weight_decay": decay, "lr": self.base_lr * scale}

@@ -33,11 +33,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
 from ..decode import ImageLoadError
 from ..errors import InputError
 from ..explain import METHODS, jet, resolve_target
 from ..inference import Classifier, Prediction
+from ..version import __version__
 from ..weights import resolve_model
 from .config import ServeConfig
 from .engine import Engine, Job, Observer, QueueFullError
@@ -57,16 +57,6 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _decode_reason(reason: str) -> str:
-    """A short label for the metrics, from the decoder's reason."""
-    for key, label in (("decompression bomb", "too_many_pixels"), ("pixels", "too_many_pixels"),
-                       ("bytes", "too_large"), ("empty", "empty"), ("not a recognised", "not_an_image"),
-                       ("corrupt", "corrupt"), ("truncated", "corrupt")):
-        if key in reason:
-            return label
-    return "other"
 
 
 class Server:
@@ -187,7 +177,7 @@ class Server:
         try:
             image = await asyncio.wait_for(asyncio.shield(decoding), self.config.timeout_s)
         except ImageLoadError as exc:
-            self.metrics.decode_errors.labels(reason=_decode_reason(exc.reason)).inc()
+            self.metrics.decode_errors.labels(reason=exc.kind).inc()
             raise ApiError(400, f"{upload.name}: {exc.reason}") from None
         except TimeoutError:  # a decoding thread cannot be stopped: it still holds its place in the backlog
             raise ApiError(504, f"{upload.name}: not decoded within --timeout-s {self.config.timeout_s:g}") from None

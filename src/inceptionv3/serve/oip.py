@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from .. import __version__
+from ..version import __version__
 from .wire import ApiError, Upload, parse_json
 
 
