@@ -137,9 +137,11 @@ def test_a_reference_batch_with_statistics_is_used_as_the_evaluator_uses_it(batc
     np.save(other, _images(5, seed=7))
     stats_file = tmp_path / "other-stats.npz"
     assert main(["fid", "--adm", "--save-stats", str(other), str(stats_file), "--weights", str(fid_weights),
-                 "--backend", "eager", "--workers", "0", "--quiet"]) == 0
-    saved = np.load(stats_file)  # as the evaluator reads it: plain np.load, no pickles
-    assert {"mu", "sigma", "mu_s", "sigma_s"} <= set(saved.files) and saved["mu_s"].shape == (2023,)
+                 "--backend", "eager", "--workers", "0", "--quiet", "--with-images", "3"]) == 0
+    saved = dict(np.load(stats_file))  # as the evaluator reads it: plain np.load, no pickles
+    assert {"mu", "sigma", "mu_s", "sigma_s", "arr_0"} <= set(saved) and saved["mu_s"].shape == (2023,)
+    np.testing.assert_array_equal(saved["arr_0"], np.load(other)[:3])  # a reference batch: images for P/R
+    np.savez(stats_file, **{k: v for k, v in saved.items() if k != "arr_0"})  # statistics only, from here on
     combined = tmp_path / "ref-with-stats.npz"
     np.savez(combined, ref, mu=saved["mu"], sigma=saved["sigma"], mu_s=saved["mu_s"], sigma_s=saved["sigma_s"])
     extractor = make_extractor("tf", fid_weights, device="cpu")

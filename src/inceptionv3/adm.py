@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decode import find_images
+from .decode import display_name, find_images
 from .errors import DatasetError, InputError
 from .fid_math import FIDStatistics, frechet_distance, npz_keys, precision_recall, split_score
 from .image_arrays import ImageArray
 from .metrics import (
     Extractor,
+    Images,
     fail_together,
     find_inputs,
     gather_in_order,
@@ -154,6 +156,31 @@ def _features(images: Any, extractor: Extractor, batch_size: int, workers: int,
     return pool, stats, spatial
 
 
+def first_images(images: Images, count: int, extractor: Extractor,
+                 batch_size: int = 64) -> tuple[tuple[int, int, int, int], Iterator[np.ndarray]]:
+    """The first ``count`` images as (N x H x W x 3 shape, uint8 batches), for an ADM reference batch's ``arr_0``:
+    an array's own bytes, or a folder's images decoded as the preset decodes them (they must share one size)."""
+    count = min(count, image_count(images))
+    if isinstance(images, ImageArray):
+        shape = (count, images.height, images.width, 3)
+        batches = (rgb[: count - start] for start, rgb in images.batches(batch_size) if start < count)
+        return shape, batches
+    first = extractor.preset.decode(images[0])
+
+    def one(i: int) -> np.ndarray:
+        rgb = first if i == 0 else extractor.preset.decode(images[i])
+        if rgb.shape != first.shape:
+            raise InputError(f"{display_name(images[i])}: {rgb.shape[1]}x{rgb.shape[0]}, but arr_0 holds one size "
+                             f"({first.shape[1]}x{first.shape[0]}, the first image's); resize the images first")
+        return rgb
+
+    def decoded() -> Iterator[np.ndarray]:
+        for start in range(0, count, batch_size):
+            yield np.stack([one(i) for i in range(start, min(start + batch_size, count))])
+
+    return (count, first.shape[0], first.shape[1], 3), decoded()
+
+
 def adm_inception_score(pool: np.ndarray, fc_weight: torch.Tensor) -> float:
     """The evaluator's IS: softmax of pool features times the fc weights (no bias), in consecutive splits of
     5,000, the mean over splits. One split's logits at a time (40 MB), however many samples."""
@@ -197,4 +224,4 @@ def adm_evaluate(ref: str | os.PathLike, sample: str | os.PathLike, *, weights: 
 
 
 __all__ = ["ADMResult", "ADMSide", "IS_SPLIT_SIZE", "adm_evaluate", "adm_inception_score", "adm_side",
-           "count_images"]
+           "count_images", "first_images"]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .adm import ADM_PRESET, adm_evaluate, adm_side, count_images
+from .adm import ADM_PRESET, adm_evaluate, adm_side, count_images, first_images
 from .decode import display_name, find_images
 from .errors import InputError
 from .fid_math import (
@@ -38,6 +38,7 @@ from .metrics import (
     FolderResult,
     check_comparable,
     extract_features,
+    find_inputs,
     folder_statistics,
     is_main_process,
     make_extractor,
@@ -133,6 +134,8 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _check_adm_options(args: argparse.Namespace) -> None:
+    if args.with_images < 0 or (args.with_images and not args.save_stats):
+        raise InputError("--with-images N stores N >= 0 images in the statistics file of --adm --save-stats")
     others = [flag for flag, value in (("--kid", args.kid), ("--isc", args.isc), ("--prc", args.prc),
                                        ("--prdc", args.prdc),
                                        ("--dims", args.dims != 2048), ("--fd-method", args.fd_method != "eigh"))
@@ -160,8 +163,10 @@ def _cmd_adm(args: argparse.Namespace) -> int:
         side = adm_side(ref, extractor, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
         if is_main_process():
             side.stats.meta = dict(extractor.meta(), layer="2048", n=side.stats.n, adm=True)
-            side.stats.save(out, overwrite=args.overwrite, spatial=side.spatial)
-            print(f"saved ADM statistics (mu, sigma, mu_s, sigma_s) of {side.stats.n} images to {out}")
+            images = first_images(find_inputs(ref), args.with_images, extractor) if args.with_images else None
+            side.stats.save(out, overwrite=args.overwrite, spatial=side.spatial, images=images)
+            held = f" and arr_0 with the first {images[0][0]} images" if images else ""
+            print(f"saved ADM statistics (mu, sigma, mu_s, sigma_s) of {side.stats.n} images{held} to {out}")
         return 0
     result = adm_evaluate(ref, second, weights=args.weights, device=device, backend=args.backend,
                           batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
@@ -182,6 +187,8 @@ def _write_json(path: str, report: dict, overwrite: bool) -> None:
 
 
 def _cmd_fid(args: argparse.Namespace) -> int:
+    if args.with_images and not args.adm:
+        raise InputError("--with-images goes with --adm --save-stats (an ADM reference batch)")
     if args.json and Path(args.json).exists() and not args.overwrite:  # before a long extraction, not after
         raise InputError(f"{args.json} exists; pass --overwrite to replace it")
     if args.adm:
@@ -208,8 +215,8 @@ def _cmd_fid(args: argparse.Namespace) -> int:
             result.stats.save(out, overwrite=args.overwrite)
             print(f"saved statistics of {result.stats.n} images to {out}")
         return 0
-    keep = args.kid or args.prc or args.prdc or bool(args.heatmaps)
-    one = _side(first, extractor_for, args, keep, args.isc)
+    keep = args.kid or args.prc or args.prdc  # every feature of both sides; --heatmaps needs the first side's only
+    one = _side(first, extractor_for, args, keep or bool(args.heatmaps), args.isc)
     two = _side(second, extractor_for, args, keep, False)
     check_comparable(one.stats.meta, two.stats.meta, args.force)
     distance: FrechetDistance = frechet_distance(one.stats, two.stats, method=args.fd_method)
@@ -326,6 +333,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adm", action="store_true", help="the ADM evaluator's Inception Score, FID, sFID, precision "
                    "and recall, with its conventions; the paths are REF SAMPLE in its order (folders, .npz batches "
                    "with arr_0, .npy arrays); with --save-stats, also writes mu_s and sigma_s")
+    p.add_argument("--with-images", type=int, default=0, metavar="N", help="with --adm --save-stats: also store the "
+                   "first N images as arr_0 (ADM's reference batches hold 10,000), for precision and recall later")
     p.add_argument("--fd-method", choices=FD_METHODS, default="eigh",
                    help="eigh: symmetric eigendecompositions, real (default); sqrtm: pytorch-fid's scipy path")
     p.add_argument("--force", action="store_true", help="compare statistics of different presets or weights; IS "

@@ -19,7 +19,7 @@ import math
 import os
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,26 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) ->
     if len(data) != size:
         raise ValueError(f"truncated: {len(data):,} of the {size:,} bytes its header declares")
     return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _write_image_member(archive: zipfile.ZipFile, shape: tuple[int, ...], batches: Iterable[np.ndarray]) -> None:
+    """``arr_0.npy``: an .npy header for ``shape`` uint8, then the batches' bytes as they come (stored, not
+    deflated: images barely compress, and a stored member can be read by seeking)."""
+    info = zipfile.ZipInfo("arr_0.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    written = 0
+    with archive.open(info, "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
+                                                      "shape": tuple(int(v) for v in shape)})
+        for batch in batches:
+            batch = np.ascontiguousarray(batch, dtype=np.uint8)
+            if batch.shape[1:] != tuple(shape[1:]):
+                raise InputError(f"arr_0 holds {shape[1]}x{shape[2]} images; one is {batch.shape[1]}x{batch.shape[2]} "
+                                 "(an ADM batch has one size: resize the images first)")
+            member.write(batch.tobytes())
+            written += len(batch)
+    if written != shape[0]:
+        raise InputError(f"arr_0 declares {shape[0]} images, {written} were given")
 
 
 class RankDeficientWarning(UserWarning):
@@ -224,9 +244,12 @@ class FIDStatistics:
 
     # -- files ---------------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike, overwrite: bool = False, spatial: FIDStatistics | None = None) -> Path:
+    def save(self, path: str | os.PathLike, overwrite: bool = False, spatial: FIDStatistics | None = None,
+             images: tuple[tuple[int, ...], Iterable[np.ndarray]] | None = None) -> Path:
         """``mu``, ``sigma`` (float64, as pytorch-fid reads them), ``n`` and JSON ``meta``, written atomically;
-        with ``spatial``, also sFID's ``mu_s`` and ``sigma_s``, as an ADM reference batch holds them."""
+        with ``spatial``, also sFID's ``mu_s`` and ``sigma_s``, as an ADM reference batch holds them; with
+        ``images`` (an N x H x W x 3 shape and uint8 batches filling it), also ``arr_0``, streamed into the file
+        uncompressed, so that precision and recall can be computed against it later."""
         path = Path(path)
         if path.suffix != ".npz":
             raise InputError(f"{path}: statistics files end in .npz (numpy would add it)")
@@ -236,8 +259,14 @@ class FIDStatistics:
         arrays = {"mu": self.mu.astype(np.float64), "sigma": self.covariance().astype(np.float64)}
         if spatial is not None:
             arrays.update(mu_s=spatial.mu.astype(np.float64), sigma_s=spatial.covariance().astype(np.float64))
-        with atomic_path(path, suffix=".partial.npz") as tmp:
-            np.savez_compressed(tmp, **arrays, n=np.int64(self.n), meta=np.array(json.dumps(meta, sort_keys=True)))
+        arrays.update(n=np.int64(self.n), meta=np.array(json.dumps(meta, sort_keys=True)))
+        with atomic_path(path, suffix=".partial.npz") as tmp, \
+                zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            if images is not None:
+                _write_image_member(archive, *images)
+            for key, value in arrays.items():
+                with archive.open(f"{key}.npy", "w") as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
         return path
 
     @classmethod

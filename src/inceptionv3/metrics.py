@@ -188,7 +188,8 @@ def _world_size() -> int:
 def _shard(files: list[str], batch_size: int) -> list[str]:
     """This process's share under torchrun: whole batches, round robin (:func:`runtime.shard`), so features are
     bit-identical to a one-process run at the same batch size and no file is padded in twice."""
-    return [files[i] for i in shard(len(files), batch_size)]
+    rank, world = rank_world()
+    return [files[i] for i in shard(len(files), batch_size, rank, world)]
 
 
 def fail_together(error: Exception | None) -> None:
