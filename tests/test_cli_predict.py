@@ -318,6 +318,7 @@ def test_a_bad_option_combination_is_one_line_not_a_traceback(trained_like_check
     assert err[-1] == "inceptionv3 predict: error: int8 needs calibration images from your data (--calibration DIR)"
 
 
+@pytest.mark.slow  # a torchrun launch
 def test_torchrun_predict_writes_the_one_process_csv_byte_for_byte(trained_like_checkpoint, tmp_path):
     """Two processes under torchrun (gloo, CPU): whole batches of 2 to each, rank 0 writes every row in input
     order, the unreadable file a failed row. One process (this one, at torchrun's one thread, since thread counts

@@ -151,6 +151,7 @@ def test_plainly_named_class_folders_score_against_their_classes(trained_like_ch
     assert report["class_names"][293].startswith("cheetah") and report["data"]["failed"] == []
 
 
+@pytest.mark.slow  # a torchrun launch
 def test_two_processes_give_the_same_report_and_predictions(trained_like_checkpoint, labelled, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     args = ["test", "--data", str(labelled / "val"), "--ann", str(labelled / "val.txt"), "--limit", "11",

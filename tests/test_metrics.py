@@ -335,6 +335,7 @@ def _torchrun_fid(folder, out, weights, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a torchrun launch
 def test_torchrun_statistics_equal_one_process(tmp_path, fid_weights, nine_files):
     """Two processes under torchrun (gloo, CPU) write the statistics of a folder, sharded by whole batches of 3
     (5 and 3 good images: nothing padded in twice; the broken file skipped); one process in this test computes them
@@ -383,6 +384,7 @@ def test_sharded_features_come_back_in_file_order(tmp_path, fid_weights, nine_fi
     assert names == whole.files and np.array_equal(arrays["64"], whole.arrays["64"])
 
 
+@pytest.mark.slow  # a torchrun launch
 def test_torchrun_stops_when_one_process_meets_a_bad_file(tmp_path, fid_weights, nine_files):
     """Only one process's share holds the broken file: the run ends (no process left waiting in an all-reduce)
     with the typed error naming it, and nothing is written."""
