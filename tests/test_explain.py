@@ -66,6 +66,25 @@ def test_maps_match_the_grad_cam_package_square_and_not(model, batch, method):
     assert all(p.grad is None for p in model.parameters())  # ours never touched .grad
 
 
+@pytest.mark.parametrize(("method", "aug_smooth", "eigen_smooth"),
+                         [("gradcam", True, False), ("layercam", False, True)])
+def test_smoothing_matches_the_grad_cam_package(model, batch, method, aug_smooth, eigen_smooth):
+    """grad-cam's aug_smooth (its six ttach augmentations, each with its own top-1 when no target is given) and
+    eigen_smooth, on a real photo with no target."""
+    import pytorch_grad_cam as reference
+
+    classes = {"gradcam": reference.GradCAM, "gradcam++": reference.GradCAMPlusPlus, "layercam": reference.LayerCAM}
+    reference_model = copy.deepcopy(model)
+    x = batch[:1]
+    ours = grad_cam(model, x, None, method=method, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth).maps.numpy()
+    with classes[method](model=reference_model, target_layers=[reference_model.Mixed_7c]) as cam:
+        expected = cam(x, None, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+    assert np.abs(ours - expected).max() <= 1e-5
+    assert _argmax_pixel(ours) == _argmax_pixel(expected)
+    plain = grad_cam(model, x, None, method=method).maps.numpy()
+    assert np.abs(ours - plain).max() > 1e-3  # smoothing changes the map: the options are not ignored
+
+
 def test_layer_map_matches_captum_layer_gradcam(model, batch):
     from captum.attr import LayerGradCam
 
@@ -225,9 +244,12 @@ def test_cli_explain_and_predict_cam_write_pictures_and_keep_going(trained_like_
     assert main([*args, "--format", "npy", "--method", "gradcam++", "--allow-failures", "--target", "3"]) == 0
     heatmap = np.load(out / "photo.npy")
     assert heatmap.shape == (299, 299) and heatmap.dtype == np.float32 and heatmap.max() <= 1
+    assert main([*args, "--format", "npy", "--method", "gradcam++", "--allow-failures", "--target", "3",
+                 "--eigen-smooth"]) == 0
+    assert np.abs(np.load(out / "photo.npy") - heatmap).max() > 1e-3  # the option reaches the maps
     vis = tmp_path / "vis"
     assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--backend", "eager",
-                 "--save-vis", str(vis), "--cam", "--device", "cpu"]) == 0
+                 "--save-vis", str(vis), "--cam", "layercam", "--device", "cpu"]) == 0
     assert Image.open(vis / "photo.png").width == picture.width
     many = tmp_path / "many"  # more classes than bars fit: the picture shows 10, every row keeps all 17
     assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--backend", "eager", "--topk",

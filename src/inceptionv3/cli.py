@@ -411,7 +411,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     used: set[str] = set()
     ok = failed = 0
     readable = [path for path, problem in entries if not problem]
-    explanations = classifier.explain_many(readable, args.target, args.method, layer=args.layer, topk=args.topk)
+    explanations = classifier.explain_many(readable, args.target, args.method, layer=args.layer, topk=args.topk,
+                                           aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
     for path, problem in entries:
         if problem:
             print(f"{display_name(path)}\n  error: {problem}")
@@ -725,6 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam",
                    help="gradcam (default), gradcam++, hirescam, xgradcam, layercam (each from the target's gradient) "
                    "or eigencam (the layer's first principal component, whatever the target)")
+    p.add_argument("--aug-smooth", action="store_true", help="grad-cam's test-time smoothing: 6 passes (flipped, "
+                   "input x 0.9, 1, 1.1), averaged")
+    p.add_argument("--eigen-smooth", action="store_true", help="grad-cam's eigen smoothing: the first principal "
+                   "component of the weighted channels instead of their sum")
     p.add_argument("--layer", default="Mixed_7c", help="module to explain at, by dotted name (default Mixed_7c)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--out", default="explanations", help="folder for the pictures (default ./explanations)")

@@ -83,17 +83,22 @@ def channel_weights(activations: torch.Tensor, gradients: torch.Tensor, method: 
     return (gradients.clamp_min(0) * alpha).sum(dim=(2, 3))
 
 
-def layer_maps(activations: torch.Tensor, gradients: torch.Tensor | None, method: str) -> torch.Tensor:
+def layer_maps(activations: torch.Tensor, gradients: torch.Tensor | None, method: str,
+               eigen_smooth: bool = False) -> torch.Tensor:
     """N x h x w maps at the layer, before the ReLU: channel-weighted sums (gradcam, gradcam++, xgradcam), the
     elementwise gradient-times-activation sum (hirescam; layercam keeps the positive gradients only), or the
-    projection on the first principal component of the h*w positions' channel vectors (eigencam)."""
+    projection on the first principal component of the h*w positions' channel vectors (eigencam).
+    ``eigen_smooth``: grad-cam's option, the first principal component of the weighted channels instead of their
+    sum (EigenCAM is that already)."""
     if method == "eigencam":
         return torch.from_numpy(_first_component(activations.numpy()))
     if method == "hirescam":
-        return (gradients * activations).sum(dim=1)
-    if method == "layercam":
-        return (gradients.clamp_min(0) * activations).sum(dim=1)
-    return (channel_weights(activations, gradients, method)[:, :, None, None] * activations).sum(dim=1)
+        weighted = gradients * activations
+    elif method == "layercam":
+        weighted = gradients.clamp_min(0) * activations
+    else:
+        weighted = channel_weights(activations, gradients, method)[:, :, None, None] * activations
+    return torch.from_numpy(_first_component(weighted.numpy())) if eigen_smooth else weighted.sum(dim=1)
 
 
 def _first_component(activations: np.ndarray) -> np.ndarray:
@@ -124,12 +129,36 @@ def weighted_maps(activations: torch.Tensor, weights: torch.Tensor,
     return scaled_maps((weights[:, :, None, None] * activations).sum(dim=1), size)
 
 
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
+"""grad-cam's ``aug_smooth``: its default test-time augmentations (ttach's horizontal flip, then the input times
+0.9, 1 and 1.1), each map flipped back and the six averaged."""
+
+
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None, *, layer: str = DEFAULT_LAYER,
-             method: str = "gradcam") -> CamMaps:
+             method: str = "gradcam", aug_smooth: bool = False, eigen_smooth: bool = False) -> CamMaps:
     """Maps for a normalised N x 3 x H x W batch; ``targets`` are class indices (default: each image's top-1).
-    Each image's map depends on that image alone (the model runs in eval mode)."""
+    Each image's map depends on that image alone (the model runs in eval mode). ``aug_smooth`` and
+    ``eigen_smooth`` are grad-cam's options of those names: six passes averaged (each with its own top-1 when no
+    target is given, as grad-cam does), and principal components instead of channel sums."""
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not aug_smooth:
+        return _one_cam(model, x, targets, layer, method, eigen_smooth)
+    runs = []
+    for flip, factor in AUGMENTATIONS:
+        augmented = (torch.flip(x, dims=[3]) if flip else x) * factor
+        cam = _one_cam(model, augmented, targets, layer, method, eigen_smooth)
+        if flip:
+            cam.maps, cam.layer_maps = torch.flip(cam.maps, dims=[2]), torch.flip(cam.layer_maps, dims=[2])
+        runs.append(cam)
+    plain = runs[AUGMENTATIONS.index((False, 1.0))]  # targets and logits: the image as given
+    maps = torch.stack([cam.maps for cam in runs]).mean(dim=0)
+    layer_mean = torch.stack([cam.layer_maps for cam in runs]).mean(dim=0)
+    return CamMaps(maps, layer_mean, plain.targets, plain.logits, [bool(m.max() <= 0) for m in layer_mean])
+
+
+def _one_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None, layer: str, method: str,
+             eigen_smooth: bool) -> CamMaps:
     module = find_layer(model, layer)
     captured: list[torch.Tensor | None] = []
 
@@ -162,7 +191,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None
         handle.remove()
         model.train(was_training)
     activations, logits = activations.detach().float().cpu(), logits.detach().float()
-    raw = layer_maps(activations, None if gradients is None else gradients.float().cpu(), method)
+    raw = layer_maps(activations, None if gradients is None else gradients.float().cpu(), method, eigen_smooth)
     maps, positive = scaled_maps(raw, tuple(x.shape[-2:]))
     empty = [bool(m.max() <= 0) for m in positive]
     return CamMaps(maps, positive, [int(t) for t in targets], logits.cpu(), empty)
@@ -295,6 +324,6 @@ def overlay_on_photo(rgb: np.ndarray, photo_mask: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["DEFAULT_LAYER", "METHODS", "CamMaps", "Explanation", "channel_weights", "find_layer", "grad_cam",
-           "heatmap_on_photo", "jet", "layer_maps", "overlay", "overlay_on_photo", "resolve_target", "scaled_maps",
-           "weighted_maps"]
+__all__ = ["AUGMENTATIONS", "DEFAULT_LAYER", "METHODS", "CamMaps", "Explanation", "channel_weights", "find_layer",
+           "grad_cam", "heatmap_on_photo", "jet", "layer_maps", "overlay", "overlay_on_photo", "resolve_target",
+           "scaled_maps", "weighted_maps"]

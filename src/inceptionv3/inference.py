@@ -312,16 +312,18 @@ class Classifier:
         return results[0] if single else results
 
     def explain(self, image: ImageInput, target: int | str | None = None, method: str = "gradcam", *,
-                layer: str | None = None, topk: int = 5) -> Explanation:
+                layer: str | None = None, topk: int = 5, **smooth: bool) -> Explanation:
         """A class activation map of one image (``method``: one of ``explain.METHODS``, Grad-CAM by default): an
         :class:`~.explain.Explanation` with the heatmap over the crop, the target (top-1 unless given by index or
         name), the top-k, the crop box and the overlay.
         A bad input gives ``error`` instead of raising, as :meth:`predict` does. Gradients need the eager float32
-        model, so other backends and precisions are explained with it, and ``note`` says so."""
-        return next(self.explain_many([image], target, method, layer=layer, topk=topk))
+        model, so other backends and precisions are explained with it, and ``note`` says so. ``aug_smooth=True``
+        and ``eigen_smooth=True`` are grad-cam's smoothing options (:func:`~.explain.grad_cam`)."""
+        return next(self.explain_many([image], target, method, layer=layer, topk=topk, **smooth))
 
     def explain_many(self, inputs: Iterable[ImageInput], target: int | str | None = None,
-                     method: str = "gradcam", *, layer: str | None = None, topk: int = 5) -> Iterator[Explanation]:
+                     method: str = "gradcam", *, layer: str | None = None, topk: int = 5,
+                     **smooth: bool) -> Iterator[Explanation]:
         """:meth:`explain` for each input in turn (one forward and one backward through the head each)."""
         from .explain import Explanation, resolve_target
 
@@ -333,11 +335,12 @@ class Classifier:
             except ImageLoadError as exc:
                 yield Explanation(position, name, method=method, layer=layer or "", error=exc.reason)
                 continue
-            yield self.explain_decoded(rgb, index, method, layer=layer, topk=topk, name=name, position=position)
+            yield self.explain_decoded(rgb, index, method, layer=layer, topk=topk, name=name, position=position,
+                                       **smooth)
 
     def explain_decoded(self, rgb: np.ndarray, target: int | str | None = None, method: str = "gradcam", *,
                         layer: str | None = None, topk: int = 5, name: str = "<image>",
-                        position: int = 0) -> Explanation:
+                        position: int = 0, aug_smooth: bool = False, eigen_smooth: bool = False) -> Explanation:
         """:meth:`explain` of an image already decoded to H x W x 3 uint8 RGB (the server decodes elsewhere)."""
         from .explain import DEFAULT_LAYER, Explanation, grad_cam, overlay, resolve_target
 
@@ -349,7 +352,8 @@ class Classifier:
                     "scores shown are the eager model's")
         crop = self.preprocess.crop_image(rgb)
         x = self.preprocess.normalize(crop[None]).to(self.device)
-        cam = grad_cam(self.model, x, None if index is None else [index], layer=layer, method=method)
+        cam = grad_cam(self.model, x, None if index is None else [index], layer=layer, method=method,
+                       aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
         scores = torch.softmax(cam.logits[0], dim=0).numpy()
         if not np.isfinite(scores).all():
             return Explanation(position, name, method=method, layer=layer, error=NON_FINITE_OUTPUT)
