@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # CPU-only torch first, and pip keeps it (a .venv of about 1.4 GB instead of 6).
 TORCH_INDEX ?=
 CPU_TORCH = $(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --disable-pip-version-check torch torchvision \
-	--index-url $(TORCH_INDEX) || echo "no torch from $(TORCH_INDEX); pip installs the default wheel instead")
+	--index-url $(TORCH_INDEX))
 
 .PHONY: install test test-ray test-tf lint demo clean
 
