@@ -140,22 +140,22 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     # The paper recipe: dropout (RNG), RMSProp and EMA state, label smoothing, seeded augmentation.
-    settings = ["--max-steps", "10", "--save-every", "3", "--crop-scale", "0.5"]
+    settings = ["--max-steps", "7", "--save-every", "3", "--crop-scale", "0.5"]
     subprocess.run(_train_args(tmp_path / "straight", *settings), env=QUIET_ENV, check=True, capture_output=True,
                    timeout=300)
     killed = tmp_path / "killed"
     process = subprocess.Popen(_train_args(killed, *settings), env=QUIET_ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline:  # kill as soon as step 5 is logged: after the save at 3, before the one at 6
+    while time.time() < deadline:  # kill as soon as step 4 is logged: after the save at 3, before the end at 7
         log = killed / "log.jsonl"
-        if log.exists() and any(json.loads(line)["step"] >= 5 for line in log.read_text().splitlines() if line):
+        if log.exists() and any(json.loads(line)["step"] >= 4 for line in log.read_text().splitlines() if line):
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     saved = torch.load(killed / STATE_FILE, weights_only=True)["step"]
-    assert saved in (3, 6) and saved < 10, "the kill must land mid-run"
+    assert saved in (3, 6), "the kill must land mid-run"
     subprocess.run([sys.executable, "-m", "inceptionv3", "train", "--resume", str(killed)], env=QUIET_ENV,
                    check=True, capture_output=True, timeout=300)
     straight, resumed = _weights(tmp_path / "straight"), _weights(killed)
@@ -168,7 +168,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     for name in files[0].keys():
         assert torch.equal(files[0].get_tensor(name), files[1].get_tensor(name)), name
     steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 11)), "the log is cut back to the save and continues without duplicates"
+    assert steps == list(range(1, 8)), "the log is cut back to the save and continues without duplicates"
 
 
 def test_a_kill_during_a_save_keeps_the_previous_state(tmp_path, monkeypatch):
