@@ -31,7 +31,7 @@ import torch
 from .decode import display_name, find_images
 from .errors import DatasetError, InputError
 from .fid_math import FIDStatistics, frechet_distance, npz_keys, precision_recall, split_score
-from .image_arrays import ImageArray
+from .image_arrays import ImageArray, is_image_array
 from .metrics import (
     Extractor,
     Images,
@@ -39,6 +39,7 @@ from .metrics import (
     find_inputs,
     gather_in_order,
     image_count,
+    image_names,
     iterate_features,
     make_extractor,
 )
@@ -97,9 +98,7 @@ class ADMResult:
 
 
 def _has_images(path: str) -> bool:
-    if Path(path).is_dir() or path.endswith(".npy"):
-        return True
-    return path.endswith(".npz") and "arr_0" in npz_keys(path)
+    return Path(path).is_dir() or is_image_array(path)
 
 
 def count_images(path: str | os.PathLike) -> int:
@@ -150,8 +149,7 @@ def _features(images: Any, extractor: Extractor, batch_size: int, workers: int,
     spatial.all_reduce()
     pool = np.concatenate(parts) if parts else np.zeros((0, 2048), np.float32)
     if rank_world()[1] > 1:
-        order = [images.name(i) for i in range(images.count)] if isinstance(images, ImageArray) else images
-        _, gathered = gather_in_order(order, names, {"2048": pool})
+        _, gathered = gather_in_order(image_names(images), names, {"2048": pool})
         pool = gathered["2048"]
     return pool, stats, spatial
 

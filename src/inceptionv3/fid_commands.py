@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .adm import ADM_PRESET, adm_evaluate, adm_side, count_images, first_images
-from .decode import display_name, find_images
+from .decode import display_name
 from .errors import InputError
 from .fid_math import (
     FD_METHODS,
@@ -30,7 +30,7 @@ from .fid_network import LAYERS
 from .fid_presets import DEFAULT_PRESET, FID_PRESETS
 from .fid_sensitivity import fid_sensitivity, save_heatmaps
 from .files import atomic_path
-from .image_arrays import ImageArray, is_image_array
+from .image_arrays import is_image_array
 from .metrics import (
     FEATURE_BACKENDS,
     Extractor,
@@ -112,8 +112,8 @@ def _check_fid_options(args: argparse.Namespace) -> dict[str, int]:
         raise InputError("--heatmaps draws the first path's images: it must be a folder or an image array, with "
                          f"--top at least 1 (got {args.top}), and no --save-stats")
     inputs = args.paths[:1] if args.save_stats else args.paths  # with --save-stats the second is the output
-    counts = {path: len(find_images(path)) if Path(path).is_dir() else ImageArray.open(path).count
-              for path in inputs if Path(path).is_dir() or (_is_array_file(path) and not _precomputed(path, False))}
+    counts = {path: count_images(path) for path in inputs
+              if Path(path).is_dir() or (_is_array_file(path) and not _precomputed(path, False))}
     if args.save_stats:
         return counts
     for path, n in counts.items():

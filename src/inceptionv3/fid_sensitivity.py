@@ -81,7 +81,7 @@ def fid_sensitivity(generated: np.ndarray, real: FIDStatistics, *, eps: float = 
 def _image(images: Images, names: list[str], index: int, extractor: Extractor) -> np.ndarray:
     """One generated image as decoded uint8 RGB: by its path, or by its position in the array."""
     if isinstance(images, ImageArray):
-        return next(images.batches(1, first=index, step=images.count))[1][0]
+        return images.read(index, 1)[0]
     return extractor.preset.decode(names[index])
 
 

@@ -292,6 +292,11 @@ def _progress(batches: Any, show: bool, total: int) -> Any:
     return tqdm(batches, disable=not show, unit="batch", total=total, file=sys.stderr)
 
 
+def image_names(images: Images) -> list[str]:
+    """Every image's name in order: the files, or ``samples.npz:arr_0[i]`` for an array."""
+    return [images.name(i) for i in range(images.count)] if isinstance(images, ImageArray) else list(images)
+
+
 def image_count(images: Images) -> int:
     return images.count if isinstance(images, ImageArray) else len(images)
 
@@ -403,8 +408,7 @@ def extract_features(inputs: str | os.PathLike | Sequence[str | os.PathLike], la
     arrays = {layer: np.concatenate(chunks) if chunks else np.zeros((0, DIMS.get(layer, 0)), np.float32)
               for layer, chunks in parts.items()}
     if _world_size() > 1:
-        order = [images.name(i) for i in range(images.count)] if isinstance(images, ImageArray) else images
-        kept, arrays = gather_in_order(order, kept, arrays)
+        kept, arrays = gather_in_order(image_names(images), kept, arrays)
     meta = dict(extractor.meta(), layers=layers, n=len(kept), skipped=image_count(images) - len(kept),
                 files_digest=_images_digest(images, kept, root))
     return Features(kept, arrays, meta)
@@ -563,5 +567,5 @@ class FIDMetric:
 
 __all__ = ["Extractor", "FIDMetric", "FIDStatistics", "Features", "FolderResult", "FrechetDistance", "Images",
            "check_comparable", "extract_features", "fail_together", "find_inputs", "folder_statistics",
-           "frechet_distance", "gather_in_order", "image_count", "inception_score", "is_main_process",
+           "frechet_distance", "gather_in_order", "image_count", "image_names", "inception_score", "is_main_process",
            "iterate_features", "kernel_inception_distance", "make_extractor", "precision_recall", "pytorch_fid_files"]
