@@ -515,7 +515,7 @@ def test_every_server_setting_is_one_flag_with_the_configs_default(monkeypatch):
 def test_photos_waiting_for_explanations_are_bounded_in_bytes(server, monkeypatch):
     """Each explanation holds its whole decoded photo until the model thread reaches it; past the byte budget the
     server answers 503 instead of queueing more, and the budget is given back as explanations finish."""
-    from inceptionv3.serve import app as app_module
+    from inceptionv3.serve import server as app_module
 
     base, state = server
     with httpx.Client(base_url=base, timeout=TIMEOUT) as client:

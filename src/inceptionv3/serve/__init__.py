@@ -8,7 +8,7 @@ import sys
 
 from ..errors import InputError
 from ..options import add_flags, config_from
-from .config import ServeConfig
+from .config import ServeConfig, config_dict, env_api_key
 
 logger = logging.getLogger("inceptionv3")
 
@@ -28,7 +28,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     _require()
     import uvicorn
 
-    from .app import config_dict, create_app, env_api_key
+    from .app import create_app
 
     config = config_from(ServeConfig, args, api_key=args.api_key or env_api_key())
     if args.ray:

@@ -4,7 +4,9 @@ the ``serve`` extra."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..backends import BACKENDS, PRECISIONS
 from ..decode import DECODE_MODES
@@ -40,4 +42,15 @@ class ServeConfig:
     """Finish the warm-up before the app starts (behind a proxy that routes to a replica once it has started)."""
 
 
-__all__ = ["ServeConfig"]
+def config_dict(config: ServeConfig) -> dict[str, Any]:
+    """The configuration without the API key, for logs."""
+    out = asdict(config)
+    out["api_key"] = "(set)" if config.api_key else None
+    return out
+
+
+def env_api_key() -> str | None:
+    return os.environ.get("INCEPTIONV3_API_KEY") or None
+
+
+__all__ = ["ServeConfig", "config_dict", "env_api_key"]

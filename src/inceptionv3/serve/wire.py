@@ -1,5 +1,5 @@
 """What requests and answers are made of, with no web framework: the error a route raises, an uploaded image,
-strict JSON, and the v1 JSON body. Both the v1 routes (``app``) and the v2 routes (``oip``) use them, so neither
+strict JSON, and the v1 JSON body. Both the v1 and the v2 routes use them, so neither
 imports the other for them."""
 
 from __future__ import annotations

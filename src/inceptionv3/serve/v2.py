@@ -16,10 +16,11 @@ import binascii
 import struct
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..version import __version__
+from .server import Server
 from .wire import ApiError, Upload, parse_json
 
 
@@ -88,78 +89,77 @@ def parse_infer(body: bytes, header_length: str | None, max_items: int) -> tuple
     return request, images
 
 
-def add_v2_routes(app: FastAPI, server: Any) -> None:
-    """The v2 routes on ``app``, over the app's ``Server`` (its classifier, engine and limits)."""
+def classification_k(request_json: dict[str, Any], topk) -> int | None:
+    """The k of Triton's classification extension on the requested output, or None for probabilities."""
+    outputs = request_json.get("outputs") or []
+    if not isinstance(outputs, list):
+        raise ApiError(400, "outputs must be a list")
+    k = None
+    for output in outputs:
+        if not isinstance(output, dict) or output.get("name") != "probabilities":
+            raise ApiError(400, f"unknown output {output!r}: this model has 'probabilities'")
+        if not isinstance(output.get("parameters") or {}, dict):
+            raise ApiError(400, "an output's parameters must be an object")
+        value = (output.get("parameters") or {}).get("classification")
+        if value is not None:
+            k = topk(value)
+    return k
+
+
+def output_tensor(predictions: list, k: int | None, class_names) -> dict[str, Any]:
+    """The ``probabilities`` output: FP32 [N, classes], or with classification BYTES [N, k] of
+    ``"score:index:label"``, best first."""
+    if k:
+        data = [f"{score:.6f}:{label}" + (f":{name}" if name else "")
+                for p in predictions for label, name, score in p.topk(k, class_names)]
+        return {"name": "probabilities", "datatype": "BYTES", "shape": [len(predictions), k], "data": data}
+    return {"name": "probabilities", "datatype": "FP32", "shape": [len(predictions), len(predictions[0].scores)],
+            "data": [float(v) for p in predictions for v in p.scores]}
+
+
+def router(server: Server) -> APIRouter:
+    """The v2 model routes over the app's ``Server`` (health is in ``health``)."""
+    routes = APIRouter()
     name = server.config.name
 
     def check(model: str) -> None:
         if model != name:
             raise ApiError(404, f"unknown model {model!r}; this server has {name!r}")
 
-    def metadata() -> dict[str, Any]:
-        classes = server.classifier.num_classes
-        return {"name": name, "versions": ["1"], "platform": "pytorch_inceptionv3",
-                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}]}
-
-    @app.get("/v2")
+    @routes.get("/v2")
     async def server_metadata() -> dict:
         return {"name": "inceptionv3", "version": __version__, "extensions": ["classification", "binary_tensor_data"]}
 
-    @app.get("/v2/health/live")
-    async def live() -> dict:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready() -> JSONResponse:
-        ok = server.engine.ready.is_set() and not server.engine.unhealthy
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
-
-    @app.get("/v2/models/{model}")
+    @routes.get("/v2/models/{model}")
     async def model_metadata(model: str) -> dict:
         check(model)
-        return metadata()
+        return {"name": name, "versions": ["1"], "platform": "pytorch_inceptionv3",
+                "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": "probabilities", "datatype": "FP32",
+                             "shape": [-1, server.classifier.num_classes]}]}
 
-    @app.get("/v2/models/{model}/ready")
+    @routes.get("/v2/models/{model}/ready")
     async def model_ready(model: str) -> JSONResponse:
         check(model)
-        ok = server.engine.ready.is_set() and not server.engine.unhealthy
+        ok = server.not_ready() is None
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
-    @app.post("/v2/models/{model}/infer")
+    @routes.post("/v2/models/{model}/infer")
     async def infer(model: str, request: Request) -> JSONResponse:
         check(model)
         body = await server.body(request)
         request_json, images = await asyncio.to_thread(  # off the event loop: JSON bodies run to megabytes
             parse_infer, body, request.headers.get("inference-header-content-length"), server.config.max_files)
-        classification = None
-        outputs = request_json.get("outputs") or []
-        if not isinstance(outputs, list):
-            raise ApiError(400, "outputs must be a list")
-        for output in outputs:
-            if not isinstance(output, dict) or output.get("name") != "probabilities":
-                raise ApiError(400, f"unknown output {output!r}: this model has 'probabilities'")
-            if not isinstance(output.get("parameters") or {}, dict):
-                raise ApiError(400, "an output's parameters must be an object")
-            value = (output.get("parameters") or {}).get("classification")
-            if value is not None:
-                classification = server.topk(value)
+        k = classification_k(request_json, server.topk)
         uploads = [Upload(f"image[{i}]", data) for i, data in enumerate(images)]
         predictions = await asyncio.gather(*(server.run(u, "predict") for u in uploads))
-        names = server.classifier.class_names
-        if classification:
-            data = [f"{score:.6f}:{label}" + (f":{name}" if name else "")
-                    for p in predictions for label, name, score in p.topk(classification, names)]
-            output = {"name": "probabilities", "datatype": "BYTES", "shape": [len(predictions), classification],
-                      "data": data}
-        else:
-            output = {"name": "probabilities", "datatype": "FP32",
-                      "shape": [len(predictions), len(predictions[0].scores)],
-                      "data": [float(v) for p in predictions for v in p.scores]}
-        response: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [output]}
+        response: dict[str, Any] = {"model_name": name, "model_version": "1",
+                                    "outputs": [output_tensor(predictions, k, server.classifier.class_names)]}
         if "id" in request_json:
             response["id"] = request_json["id"]
         return JSONResponse(response)
 
+    return routes
 
-__all__ = ["add_v2_routes", "parse_infer"]
+
+__all__ = ["classification_k", "output_tensor", "parse_infer", "router"]
