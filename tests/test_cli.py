@@ -108,7 +108,7 @@ def test_every_training_option_is_one_flag_that_reaches_the_config(monkeypatch, 
     class FakeTrainer:
         def __init__(self, config):
             seen.append(config)
-            self.out = config.out
+            self.config = config
 
         def run(self):
             return {"step": 3, "best_val_top1": -1.0}

@@ -24,18 +24,16 @@ from inceptionv3 import get_model, inference_model
 from inceptionv3.cli import main
 from inceptionv3.data import load_dataset, split_dataset
 from inceptionv3.decode import load_image
-from inceptionv3.train import (
+from inceptionv3.recipes import (
     RECIPES,
-    STATE_FILE,
     SyncBatchNorm2d,
     TFRMSprop,
-    TrainConfig,
-    Trainer,
-    _atomic_torch_save,
     convert_sync_batchnorm,
     learning_rate,
     random_resized_crop,
 )
+from inceptionv3.run_dir import STATE_FILE, atomic_torch_save
+from inceptionv3.train import TrainConfig, Trainer
 from inceptionv3.visualize import save_curves
 
 DIGITS = SHARED_DATA / "train" / "digits.csv.gz"
@@ -173,7 +171,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 
 def test_a_kill_during_a_save_keeps_the_previous_state(tmp_path, monkeypatch):
     path = tmp_path / STATE_FILE
-    _atomic_torch_save({"step": 3}, path)
+    atomic_torch_save({"step": 3}, path)
 
     def dies_half_way(obj, target):
         Path(target).write_bytes(b"half a checkpoint")
@@ -181,7 +179,7 @@ def test_a_kill_during_a_save_keeps_the_previous_state(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        _atomic_torch_save({"step": 6}, path)
+        atomic_torch_save({"step": 6}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 3}
 

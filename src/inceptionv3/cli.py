@@ -531,7 +531,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if trainer.step >= trainer.total_steps:  # nothing left: say so instead of rewriting its files
                 if trainer.rank == 0:
                     print(f"{args.resume} has finished: step {trainer.step} of {trainer.total_steps}; weights in "
-                          f"{trainer.out}/last.safetensors (train --out NEW_DIR --weights it to go further)")
+                          f"{trainer.config.out}/last.safetensors (train --out NEW_DIR --weights it to go further)")
                 return 0
         else:
             if not args.data or not args.out:
@@ -547,7 +547,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
     if main_process:
         best = f", best val top-1 {summary['best_val_top1']:.2f}%" if summary["best_val_top1"] >= 0 else ""
-        print(f"trained to step {summary['step']}{best}; weights in {trainer.out}/last.safetensors")
+        print(f"trained to step {summary['step']}{best}; weights in {trainer.config.out}/last.safetensors")
     return 0
 
 
