@@ -28,8 +28,8 @@ import numpy as np
 from bench_fid import realistic_fid_weights
 from PIL import Image
 
-from inceptionv3.decode import find_images
 from inceptionv3.fid_math import FIDStatistics, frechet_distance
+from inceptionv3.files import find_images
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from inceptionv3.decode import find_images
 from inceptionv3.fid_math import FIDStatistics, frechet_distance
+from inceptionv3.files import find_images
 from inceptionv3.model import InceptionV3
 
 REPO = Path(__file__).resolve().parents[1]

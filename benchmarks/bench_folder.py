@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from inceptionv3 import InceptionV3
-from inceptionv3.decode import find_images
+from inceptionv3.files import find_images
 from inceptionv3.preprocess import PRESETS
 
 TORCHVISION_SCRIPT = """

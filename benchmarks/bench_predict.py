@@ -18,7 +18,7 @@ import torch
 from timing import model_only_rate
 
 from inceptionv3 import Classifier, InceptionV3
-from inceptionv3.decode import find_images
+from inceptionv3.files import find_images
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ from timing import model_only_rate
 
 from inceptionv3 import Classifier, InceptionV3
 from inceptionv3.data import load_dataset
-from inceptionv3.decode import find_images
 from inceptionv3.evaluate import EvalConfig, evaluate
+from inceptionv3.files import find_images
 
 
 def main() -> None:

@@ -53,3 +53,11 @@ def test_every_module_is_on_the_map_and_imports_only_what_it_lists():
     wrong = {name: sorted(_actual(path) ^ rules[name]) for name, path in modules.items()
              if _actual(path) != rules[name]}
     assert not wrong, f"imports differ from docs/architecture.md: {wrong}"
+
+
+def test_the_map_is_layered_so_no_import_points_up_or_closes_a_circle():
+    """Each module imports only modules listed before it, which rules out circles; ``serve`` is its package."""
+    order = {name: i for i, name in enumerate(_documented())}
+    upward = [(name, dep) for name, deps in _documented().items() for dep in deps
+              if order["serve.__init__" if dep == "serve" else dep] >= order[name]]
+    assert not upward, f"these imports point up the map: {upward}"

@@ -18,9 +18,9 @@ from inceptionv3.decode import (
     ImageLoadError,
     bgr_array_to_rgb,
     decode_bytes,
-    find_images,
     load_image,
 )
+from inceptionv3.files import find_images
 
 PHOTO = SHARED_DATA / "images" / "felix_220_cheetah.jpg"
 DECODERS = ("cv2", "pil")

@@ -29,8 +29,9 @@ from inceptionv3.data import (
     load_dataset,
     omniglot_dataset,
 )
-from inceptionv3.decode import ImageLoadError, find_images, load_image, read_file
+from inceptionv3.decode import ImageLoadError, load_image, read_image_file
 from inceptionv3.evaluate import Scores, write_predictions_csv
+from inceptionv3.files import find_images
 
 IMAGES = SHARED_DATA / "images"
 PHOTO = IMAGES / "felix_220_cheetah.jpg"
@@ -179,7 +180,7 @@ def test_max_bytes_is_configurable_and_enforced_while_reading(tmp_path):
     # /proc files say they hold 0 bytes and then give more: the limit holds while reading, not only at fstat.
     assert os.stat("/proc/self/status").st_size == 0
     with pytest.raises(ImageLoadError, match=r"larger than the 100-byte limit \(max_bytes\): more than 100 bytes read"):
-        read_file("/proc/self/status", max_bytes=100)
+        read_image_file("/proc/self/status", max_bytes=100)
 
 
 # --- training data bombs ----------------------------------------------------------------------------------------

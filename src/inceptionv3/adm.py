@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decode import display_name, find_images
 from .errors import DatasetError, InputError
 from .fid_math import FIDStatistics, frechet_distance, npz_keys, precision_recall, split_score
+from .files import display_name, find_images
 from .image_arrays import ImageArray, is_image_array
 from .metrics import (
     Extractor,

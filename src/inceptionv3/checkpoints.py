@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .decode import not_regular
 from .errors import CheckpointError
-from .files import atomic_path, file_digest
+from .files import atomic_path, file_digest, not_regular
 from .imagenet import MEAN, STD
 from .model import MIN_INPUT_SIZE, InceptionV3
 from .preprocess import PRESETS, Preprocess

@@ -149,7 +149,7 @@ def expand_inputs(arguments: list[str], stdin=None) -> Iterator[tuple[str, str |
     """(path, problem) pairs in the order given: files as they are, folders searched recursively, globs
     expanded (sorted), ``-`` read from stdin one path per line. A problem (a folder with no images, a glob
     that matches nothing) becomes a failed row instead of silently vanishing."""
-    from .decode import IMAGE_EXTENSIONS, find_images
+    from .files import IMAGE_EXTENSIONS, find_images
 
     for argument in arguments:
         if argument == "-":
@@ -619,7 +619,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _calibration_images(folder: str | None) -> list[str] | None:
-    from .decode import find_images
+    from .files import find_images
 
     if folder is None:
         return None

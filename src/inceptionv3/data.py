@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import IMAGE_EXTENSIONS, ImageInput, ImageLoadError, display_name, find_images, open_regular, read_file
 from .errors import DatasetError, InputError
+from .files import IMAGE_EXTENSIONS, FileReadError, display_name, find_images, open_regular, read_at_most, read_file
 from .imagenet import imagenet_wnids
 
 _SHOW = 5  # offenders named in an error message
@@ -57,7 +57,7 @@ def _read_data_file(path: str | os.PathLike, max_bytes: int = MAX_TEXT_BYTES) ->
     """A data file's bytes, refused as a ``DatasetError`` (not a FIFO, device, or over ``max_bytes``)."""
     try:
         return read_file(path, max_bytes, what="a data file")
-    except ImageLoadError as exc:
+    except FileReadError as exc:
         raise DatasetError(str(exc)) from None
 
 
@@ -65,7 +65,7 @@ def _open_data_file(path: str | os.PathLike, max_bytes: int):
     """``open_regular`` for data files: a FIFO or device is a ``DatasetError`` before it can block us."""
     try:
         return open_regular(path, max_bytes, what="a data file")
-    except ImageLoadError as exc:
+    except FileReadError as exc:
         raise DatasetError(str(exc)) from None
 
 
@@ -84,7 +84,7 @@ class ImageDataset:
     name; False when it is already the model's output index (an annotation file, or labels built from a class
     list or folder order)."""
 
-    items: list[ImageInput]
+    items: list  # paths, encoded bytes or arrays: whatever decode.load_image takes
     labels: np.ndarray
     class_names: tuple[str, ...]
     source: str
@@ -305,18 +305,15 @@ def annotation_dataset(ann_file: str | os.PathLike, root: str | os.PathLike | No
 
 def _inflate(path: str | os.PathLike, limit: int) -> bytes:
     """A gzip file's content, read in bounded chunks: more than ``limit`` bytes is refused, never held."""
-    chunks, size = [], 0
     with _open_data_file(path, MAX_TEXT_BYTES) as handle, gzip.GzipFile(fileobj=handle) as stream:
         try:
-            while chunk := stream.read(1 << 20):  # read(n) allocates n bytes at once: ask for 1 MB at a time
-                size += len(chunk)
-                if size > limit:
-                    raise DatasetError(f"{display_name(path)}: decompresses to more than {limit:,} bytes, the limit "
-                                       "for a digits CSV (a decompression bomb?)")
-                chunks.append(chunk)
+            data = read_at_most(stream, limit)
         except (OSError, EOFError, zlib.error) as exc:
             raise DatasetError(f"{display_name(path)}: not a readable gzip file ({exc})") from None
-    return b"".join(chunks)
+    if data is None:
+        raise DatasetError(f"{display_name(path)}: decompresses to more than {limit:,} bytes, the limit for a digits "
+                           "CSV (a decompression bomb?)")
+    return data
 
 
 def digits_dataset(path: str | os.PathLike, max_bytes: int = MAX_CSV_BYTES) -> ImageDataset:
@@ -390,18 +387,14 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, shown: str, li
     if info.file_size > limit:
         raise DatasetError(f"{where} declares {info.file_size:,} bytes, over the {limit:,}-byte limit for one "
                            "image (a zip bomb?)")
-    chunks, size = [], 0
     try:
         with archive.open(info) as member:
-            while chunk := member.read(1 << 16):  # small steps: zipfile inflates as much as it is asked for
-                size += len(chunk)
-                if size > limit:
-                    raise DatasetError(f"{where} inflates to more than {limit:,} bytes, the limit for one image "
-                                       "(a zip bomb?)")
-                chunks.append(chunk)
+            data = read_at_most(member, limit)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:
         raise DatasetError(f"{where}: cannot be read ({exc})") from None
-    return b"".join(chunks)
+    if data is None:
+        raise DatasetError(f"{where} inflates to more than {limit:,} bytes, the limit for one image (a zip bomb?)")
+    return data
 
 
 def split_dataset(dataset: ImageDataset, fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:

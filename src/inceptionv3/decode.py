@@ -19,20 +19,16 @@ Both give the same answer for the odd cases, and the tests hold them to it:
 
 from __future__ import annotations
 
-import errno
 import io
 import os
-import stat
 import warnings
-from pathlib import Path
-from typing import BinaryIO
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
-from .files import display_name
+from .files import FileReadError, display_name, read_file, too_big
 
 #: Pillow's own hard limit: twice its warning threshold. A larger image is refused before it is decoded.
 MAX_IMAGE_PIXELS = 2 * 89_478_485
@@ -40,9 +36,6 @@ MAX_IMAGE_PIXELS = 2 * 89_478_485
 #: Largest encoded image file (or bytes) read, by default: 100 MB, far above any real photo, far below a
 #: sparse or endless file that would fill memory.
 MAX_BYTES = 100 * 1024**2
-
-#: Extensions searched for in folders, in any letter case.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 DECODERS = ("cv2", "pil")
 
@@ -105,92 +98,16 @@ def describe_input(item: object, index: int | None = None) -> str:
     return f"<{kind}>" if index is None else f"<{kind} #{index}>"
 
 
-def _megabytes(count: int) -> str:
-    return f"{count // 1024**2} MB" if count % 1024**2 == 0 else f"{count:,}-byte"
+def _image_error(exc: FileReadError) -> ImageLoadError:
+    return ImageLoadError(exc.path, exc.reason, kind=exc.kind)
 
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"))
-
-
-def not_regular(name: str, mode: int, what: str) -> str | None:
-    """Why a file of this mode cannot be read as ``what``, or None for a regular file. Reading a FIFO or a
-    device would block or never end, so they are refused from their mode, before they are read."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return f"is a directory, not {what}"
-    kind = next((kind for test, kind in _KINDS if test(mode)), "a special file")
-    if os.path.islink(name):
-        return f"is a symlink to {kind} ({display_name(os.path.realpath(name))}), not a regular file"
-    return f"is {kind}, not a regular file"
-
-
-def _too_big(size: str, max_bytes: int) -> str:
-    return f"larger than the {_megabytes(max_bytes)} limit (max_bytes): {size}"
-
-
-def open_regular(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = "an image file") -> BinaryIO:
-    """Open a regular file of at most ``max_bytes`` for reading, or raise an ``ImageLoadError`` saying why not.
-
-    ``stat`` comes first because merely opening a FIFO blocks until a writer appears. The file is then opened
-    with ``O_NONBLOCK`` and checked again with ``fstat``, so a file swapped for a FIFO in between cannot hang us.
-    """
-    name = os.fspath(path)
+def read_image_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes:
+    """An image file's bytes (``files.read_file``), or an ``ImageLoadError`` saying why not."""
     try:
-        problem = not_regular(name, os.stat(name).st_mode, what)
-        if problem:
-            raise ImageLoadError(name, problem, kind="unreadable")
-        handle = open(name, "rb", opener=lambda file, flags: os.open(file, flags | os.O_NONBLOCK))
-    except (FileNotFoundError, NotADirectoryError):
-        reason = "broken symlink" if os.path.islink(name) else "no such file"
-        raise ImageLoadError(name, reason, kind="unreadable") from None
-    except IsADirectoryError:
-        raise ImageLoadError(name, f"is a directory, not {what}", kind="unreadable") from None
-    except PermissionError:
-        raise ImageLoadError(name, "permission denied", kind="unreadable") from None
-    except OSError as exc:
-        reason = "symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise ImageLoadError(name, reason, kind="unreadable") from None
-    info = os.fstat(handle.fileno())
-    problem, kind = not_regular(name, info.st_mode, what), "unreadable"
-    if not problem and info.st_size > max_bytes:
-        problem, kind = _too_big(f"{info.st_size:,} bytes", max_bytes), "too_large"
-    if problem:
-        handle.close()
-        raise ImageLoadError(name, problem, kind=kind)
-    return handle
-
-
-def _read_at_most(handle: BinaryIO, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes. Python allocates whatever ``read(n)`` asks for up front, so the first read
-    asks for the size ``fstat`` gave (plus one, to see growth) and later ones for 64 KB at a time."""
-    step = min(os.fstat(handle.fileno()).st_size, limit) + 1
-    chunks, total = [], 0
-    while total <= limit:
-        chunk = handle.read(min(step, limit + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-        step = 1 << 16
-    return b"".join(chunks)
-
-
-def read_file(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = "an image file") -> bytes:
-    """The file's bytes, or an ``ImageLoadError`` that says which of the usual things went wrong. At most
-    ``max_bytes + 1`` bytes are read, so a file that grows (or lies about its size) is refused all the same."""
-    name = os.fspath(path)
-    with open_regular(name, max_bytes, what) as handle:
-        try:
-            data = _read_at_most(handle, max_bytes)
-        except OSError as exc:
-            raise ImageLoadError(name, f"read error ({exc.strerror or exc})", kind="unreadable") from None
-    if len(data) > max_bytes:
-        raise ImageLoadError(name, _too_big(f"more than {max_bytes:,} bytes read", max_bytes), kind="too_large")
-    if not data:
-        raise ImageLoadError(name, "empty file (0 bytes)", kind="empty")
-    return data
+        return read_file(path, max_bytes, "an image file")
+    except FileReadError as exc:
+        raise _image_error(exc) from None
 
 
 def jpeg_problem(data: bytes) -> str | None:
@@ -365,11 +282,11 @@ def load_image(item: ImageInput, decoder: str = "cv2", name: str | None = None, 
     ``min_side``: decode JPEGs reduced, keeping the short side at least this (see :func:`decode_bytes`)."""
     name = name or describe_input(item)
     if isinstance(item, (str, os.PathLike)):
-        return decode_bytes(read_file(item, max_bytes), name, decoder, max_pixels, min_side, jpeg_idct)
+        return decode_bytes(read_image_file(item, max_bytes), name, decoder, max_pixels, min_side, jpeg_idct)
     if isinstance(item, (bytes, bytearray, memoryview)):
         size = item.nbytes if isinstance(item, memoryview) else len(item)
         if size > max_bytes:
-            raise ImageLoadError(name, _too_big(f"{size:,} bytes", max_bytes), kind="too_large")
+            raise ImageLoadError(name, too_big(f"{size:,} bytes", max_bytes), kind="too_large")
         return decode_bytes(bytes(item), name, decoder, max_pixels, min_side, jpeg_idct)
     if isinstance(item, np.ndarray):
         return bgr_array_to_rgb(item, name)
@@ -378,14 +295,3 @@ def load_image(item: ImageInput, decoder: str = "cv2", name: str | None = None, 
     raise ImageLoadError(
         name, f"unsupported input type {type(item).__name__}: pass a path, bytes, a PIL image or a uint8 BGR array",
         kind="unsupported")
-
-
-def find_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under ``folder``, recursively, matched by extension in any case, in sorted order. A name that
-    is not UTF-8 is kept, as a str with lone surrogates (``os.walk``'s surrogateescape; ``os.fsencode`` gives
-    its bytes back). Nothing is opened here: FIFOs and devices named like images are refused when loaded."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs.sort()
-        found.extend(Path(root) / f for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
-    return found

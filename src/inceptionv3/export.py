@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .decode import load_image, not_regular
 from .errors import ExportError
+from .files import not_regular
 from .preprocess import Preprocess
 
 FORMATS = ("onnx", "openvino", "torchscript", "torch-export", "litert")
@@ -59,7 +59,7 @@ def sample_batch(preprocess: Preprocess, photos: Sequence[str | os.PathLike] = (
     """Real pixels for checks: the 10-crop views of each photo (default: the packaged demo photo)."""
     if not photos:
         photos = [resources.files(__package__).joinpath("assets", "bird.jpg")]
-    views = [preprocess.views(load_image(Path(str(p)), **preprocess.decode_options), 10) for p in photos]
+    views = [preprocess.views(preprocess.decode(Path(str(p))), 10) for p in photos]
     return preprocess.normalize(np.concatenate(views))
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from .adm import ADM_PRESET, adm_evaluate, adm_side, count_images, first_images
-from .decode import display_name
 from .errors import InputError
 from .fid_math import (
     FD_METHODS,
@@ -29,7 +28,7 @@ from .fid_math import (
 from .fid_network import LAYERS
 from .fid_presets import DEFAULT_PRESET, FID_PRESETS
 from .fid_sensitivity import fid_sensitivity, save_heatmaps
-from .files import atomic_path
+from .files import atomic_path, display_name
 from .image_arrays import is_image_array
 from .metrics import (
     FEATURE_BACKENDS,

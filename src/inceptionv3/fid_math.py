@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decode import ImageLoadError, open_regular
 from .errors import InputError
-from .files import atomic_path
+from .files import FileReadError, atomic_path, open_regular
 from .runtime import all_reduce_sum
 
 STATS_FORMAT = "inceptionv3-fid-stats/1"
@@ -66,7 +65,7 @@ def open_npz(path: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
     """The zip behind an .npz; FIFOs and devices are refused before they are opened (``open_regular``)."""
     try:
         handle = open_regular(path, 1 << 40, "an .npz file")
-    except ImageLoadError as exc:
+    except FileReadError as exc:
         raise InputError(f"{path}: {exc.reason}") from None
     with handle:
         try:

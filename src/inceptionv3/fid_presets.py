@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageLoadError, _probe, load_image, read_file
+from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageLoadError, _probe, load_image, read_image_file
 from .errors import InputError
 from .preprocess import resize_bilinear_tf1
 
@@ -41,7 +41,7 @@ def decode_rgb_like_pil(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIX
     """H x W x 3 uint8 as ``Image.open(path).convert('RGB')`` gives it (no EXIF rotation, alpha dropped), with
     the package's guards: size limit, regular files only, decompression bombs refused from the header."""
     name = os.fspath(path)
-    data = read_file(name, max_bytes)
+    data = read_image_file(name, max_bytes)
     image = _probe(data, name, max_pixels)
     try:
         with warnings.catch_warnings():

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decode import display_name
 from .errors import InputError
 from .explain import overlay, weighted_maps
 from .fid_math import FIDStatistics
-from .files import SafeCSVWriter, atomic_path
+from .files import SafeCSVWriter, atomic_path, display_name
 from .image_arrays import ImageArray
 from .metrics import Extractor, Images
 from .visualize import render_panels

@@ -19,9 +19,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .decode import MAX_IMAGE_PIXELS, display_name, open_regular
+from .decode import MAX_IMAGE_PIXELS
 from .errors import InputError
 from .fid_math import open_npz
+from .files import display_name, open_regular
 
 IMAGE_KEY = "arr_0"
 """The member ADM's ``np.savez`` writes images to (labels, when present, go to ``arr_1``)."""
@@ -143,7 +144,7 @@ def _shape_problem(shape: tuple, fortran: bool, dtype: np.dtype) -> str | None:
 def _stream(path: str, member: str | None) -> Iterator[tuple[BinaryIO, int, bool]]:
     """(readable stream, bytes it holds, whether it is deflated) for an ``.npy`` file or an ``.npz`` member."""
     if member is None:
-        with open_regular(path, 1 << 50, "an .npy file") as handle:  # its ImageLoadError is an InputError
+        with open_regular(path, 1 << 50, "an .npy file") as handle:  # its FileReadError is an InputError
             handle.seek(0)
             yield handle, os.fstat(handle.fileno()).st_size, False
         return

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decode import ImageLoadError, display_name, find_images
+from .decode import ImageLoadError
 from .errors import DatasetError, InputError
 from .fid_math import (
     FIDStatistics,
@@ -39,7 +39,7 @@ from .fid_math import (
 )
 from .fid_network import DIMS, check_layers, forward_taps, load_fid_network
 from .fid_presets import DEFAULT_PRESET, FIDPreset, get_preset, model_preset
-from .files import atomic_path
+from .files import atomic_path, display_name, find_images
 from .image_arrays import ImageArray, is_image_array
 from .model import InceptionV3
 from .runtime import all_reduce_sum, is_main_process, rank_world, select_device, shard

@@ -262,11 +262,15 @@ class Preprocess:
         views = np.stack(out)
         return np.concatenate([views, views[:, :, ::-1]])
 
+    def decode(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+               max_bytes: int = MAX_BYTES) -> np.ndarray:
+        """Any supported input as a whole RGB photo, with this preset's decoder (``decode.load_image``)."""
+        return load_image(item, **self.decode_options, name=name, max_pixels=max_pixels, max_bytes=max_bytes)
+
     def load(self, item: ImageInput, name: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
              max_bytes: int = MAX_BYTES) -> np.ndarray:
         """Decode any supported input with this preset's decoder and crop it: a crop x crop x 3 uint8 array."""
-        return self.crop_image(load_image(item, **self.decode_options, name=name, max_pixels=max_pixels,
-                                          max_bytes=max_bytes))
+        return self.crop_image(self.decode(item, name, max_pixels, max_bytes))
 
     def normalize(self, crops: np.ndarray | torch.Tensor) -> torch.Tensor:
         """N x H x W x 3 uint8 -> N x 3 x H x W float32, with the source's own order of float operations."""

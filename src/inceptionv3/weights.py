@@ -596,11 +596,11 @@ def add_to_cache(entry: WeightsEntry, source: str | os.PathLike) -> tuple[Path, 
     """A file brought by hand (a machine without network, a copy from another one) put into the cache as the
     entry's file whose hash it matches, exactly as a download would leave it: copied to a temporary name, checked,
     renamed. A file that matches none of the entry's hashes is refused and nothing is written."""
-    from .decode import ImageLoadError, open_regular
+    from .files import FileReadError, open_regular
 
     try:
         handle = open_regular(source, 1 << 40, "a weights file")
-    except ImageLoadError as exc:
+    except FileReadError as exc:
         raise InputError(f"{source}: {exc.reason}") from None
     cache_dir().mkdir(parents=True, exist_ok=True)
     tmp = unique_temp_path(cache_dir() / entry.name, ".partial")
