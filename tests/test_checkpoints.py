@@ -403,10 +403,11 @@ def test_tf_slim_variables_map_onto_the_model(inception_batch):
         variables[f"InceptionV3/{scope}/biases"] = torch.cat([torch.zeros(1), state[f"{prefix}.bias"]]).numpy()
     variables["global_step"] = np.array(0)
 
-    from inceptionv3.checkpoints import Checkpoint, _drop_background_class, build_model
+    from inceptionv3.checkpoints import Checkpoint, build_model
+    from inceptionv3.checkpoints.base import drop_background_class
 
     notes: list[str] = []
-    converted = _drop_background_class(tf_slim_to_state_dict(variables), notes)
+    converted = drop_background_class(tf_slim_to_state_dict(variables), notes)
     model = build_model(Checkpoint(converted, "tf-slim", count_include_pad=False), aux_logits=True)
     assert len(notes) == 2
     assert torch.equal(logits(model, inception_batch), logits(source, inception_batch))
@@ -422,7 +423,7 @@ def test_torchvision_google_file_is_recognised_by_sha256_and_folded(tmp_path, mo
     torch.save(torchvision_google_style.state_dict(), path)  # torchvision's layout: a plain state dict, aux included
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     known = checkpoints.KnownFile("inception_v3_google-0cc3c7bd.pth", digest, "the test's Google file")
-    monkeypatch.setattr(checkpoints, "TRANSFORM_INPUT_FILES", (known,))
+    monkeypatch.setattr(checkpoints.layouts, "TRANSFORM_INPUT_FILES", (known,))
     reference = logits(torchvision_google_style, imagenet_batch)  # torchvision applies transform_input itself
     with caplog.at_level(logging.WARNING, logger="inceptionv3"):
         ours = get_model(path)
@@ -455,7 +456,8 @@ def test_prefix_only_known_file_needs_its_published_name(tmp_path, monkeypatch):
     named = tmp_path / "inception_v3_google-test.pth"
     torch.save({"x": torch.arange(5.0)}, named)
     prefix = hashlib.sha256(named.read_bytes()).hexdigest()[:8]
-    monkeypatch.setattr(checkpoints, "TRANSFORM_INPUT_FILES", (checkpoints.KnownFile(named.name, prefix, "old"),))
+    old = checkpoints.KnownFile(named.name, prefix, "old")
+    monkeypatch.setattr(checkpoints.layouts, "TRANSFORM_INPUT_FILES", (old,))
     assert checkpoints.recognise_transform_input_file(named).description == "old"
     renamed = shutil.copy(named, tmp_path / "renamed.pth")
     assert checkpoints.recognise_transform_input_file(Path(renamed)) is None

@@ -89,7 +89,7 @@ def test_a_tensorflow_checkpoint_is_refused_on_its_declared_shapes_before_any_re
     from inceptionv3 import CheckpointError, checkpoints
 
     prefix, _, _ = slim_checkpoint
-    monkeypatch.setattr(checkpoints, "MAX_TENSOR_NUMEL", 1000)
+    monkeypatch.setattr(checkpoints.base, "MAX_TENSOR_NUMEL", 1000)
     read = []
     import tensorflow as tf
 

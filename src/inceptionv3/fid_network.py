@@ -81,13 +81,12 @@ def convert_pytorch_fid_state_dict(state: Mapping[str, Tensor], path: str = "") 
 def read_fid_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """The file's tensors, read with ``torch.load(weights_only=True)``: never unpickles code, and reads both the
     legacy (pre-1.6) format the published file is in and the zip format."""
-    from .checkpoints import _check_torch_tensors, _torch_load, _unwrap_torch_object
+    from .checkpoints.torch_file import read_tensors
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    tensors, _ = _unwrap_torch_object(_torch_load(path), path)
-    _check_torch_tensors(tensors, path)
+    tensors, _ = read_tensors(path)
     return convert_pytorch_fid_state_dict(tensors, str(path))
 
 
