@@ -13,7 +13,9 @@ from conftest import photo_paths
 import inceptionv3.backends as backends
 from inceptionv3 import Classifier, get_model
 from inceptionv3.decode import load_image
+from inceptionv3.errors import InputError
 from inceptionv3.export import sample_batch
+from inceptionv3.files import cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +62,12 @@ def test_openvino_bf16_really_computes_in_bf16(model_and_batch):
 def test_exports_are_cached_and_a_corrupted_entry_is_rebuilt(model_and_batch, monkeypatch, caplog):
     model, batch = model_and_batch
     calls = []
-    real_export = backends.export_model
-    monkeypatch.setattr(backends, "export_model", lambda *a, **k: calls.append(a[1]) or real_export(*a, **k))
+    real_export = backends.cache.export_model
+    monkeypatch.setattr(backends.cache, "export_model", lambda *a, **k: calls.append(a[1]) or real_export(*a, **k))
     backends.make_runner(model, "onnxruntime", "fp32", torch.device("cpu"), 299)
     run = backends.make_runner(model, "onnxruntime", "fp32", torch.device("cpu"), 299)
     assert calls == ["onnx"]  # the second runner reused the cached file
-    cached = next((backends.cache_dir() / "compiled").glob("*-onnx-fp32-3x299x299/model.onnx"))
+    cached = next((cache_dir() / "compiled").glob("*-onnx-fp32-3x299x299/model.onnx"))
     cached.write_bytes(cached.read_bytes()[:1000])  # a truncated file, as a crash mid-write would leave
     with caplog.at_level(logging.WARNING, logger="inceptionv3"):
         rebuilt = backends.make_runner(model, "onnxruntime", "fp32", torch.device("cpu"), 299)
@@ -103,14 +105,14 @@ def test_concurrent_runners_build_the_export_once(model_and_batch, monkeypatch):
 
     model, batch = model_and_batch
     builds = []
-    real_export = backends.export_model
+    real_export = backends.cache.export_model
 
     def slow_export(*args, **kwargs):
         builds.append(args[1])
         time.sleep(1.0)  # widen the window in which the other thread arrives
         return real_export(*args, **kwargs)
 
-    monkeypatch.setattr(backends, "export_model", slow_export)
+    monkeypatch.setattr(backends.cache, "export_model", slow_export)
     runners = [None, None]
 
     def make(i):
@@ -148,10 +150,12 @@ def test_auto_prefers_openvino_on_cpu_and_falls_back(monkeypatch):
     assert choose(cpu, images=long_run) == "compile" and choose(cpu, "bf16", images=50_000) == "compile"
     assert choose(torch.device("cuda"), images=50_000) == "eager"
     assert choose(cpu, "int8") == "openvino"
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(InputError, match="backend must be one of"):
         backends.make_runner(torch.nn.Identity(), "tensorrt", "fp32", torch.device("cpu"), 299)
-    with pytest.raises(ValueError, match="onnxruntime runs fp32"):
+    with pytest.raises(InputError, match="onnxruntime runs fp32 here; bf16 runs on eager, compile, openvino$"):
         backends.make_runner(torch.nn.Identity(), "onnxruntime", "bf16", torch.device("cpu"), 299)
+    with pytest.raises(InputError, match="eager runs fp32, bf16 here; int8 runs on openvino, litert "):
+        backends.make_runner(torch.nn.Identity(), "eager", "int8", torch.device("cpu"), 299)
 
 
 @pytest.mark.slow
@@ -162,9 +166,9 @@ def test_int8_is_calibrated_on_real_pixels_cached_and_refused_without_data(model
     monkeypatch.setenv("INCEPTIONV3_HOME", str(shared_home))
     model, batch = model_and_batch
     cpu = torch.device("cpu")
-    with pytest.raises(ValueError, match="int8 needs calibration images"):
+    with pytest.raises(InputError, match="int8 needs calibration images"):
         backends.make_runner(model, "openvino", "int8", cpu, 299)
-    with pytest.raises(ValueError, match="int8 runs on the openvino backend"):
+    with pytest.raises(InputError, match="onnxruntime runs fp32 here; int8 runs on openvino, litert"):
         backends.make_runner(model, "onnxruntime", "int8", cpu, 299, calibration=batch)
     calibration = sample_batch(model.weights_info.preprocess, photo_paths()[:4])  # 40 real crops
     calls = []
@@ -289,7 +293,7 @@ def test_a_full_cache_disk_falls_back_to_eager_too(model_and_batch, tmp_path, mo
     def full_disk(*args, **kwargs):
         raise RuntimeError("Exception from src/core/src/pass/serialize.cpp: Can't open bin file for writing")
 
-    monkeypatch.setattr(backends, "export_model", full_disk)
+    monkeypatch.setattr(backends.cache, "export_model", full_disk)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**6, 10**6))
     with caplog.at_level(logging.WARNING, logger="inceptionv3"):
@@ -313,8 +317,8 @@ def test_a_slow_first_build_says_so_once(tmp_path, monkeypatch, caplog):
         target.with_suffix(".bin").write_bytes(b"weights")
         return target
 
-    monkeypatch.setattr(backends, "export_model", fake_export)
-    monkeypatch.setattr(backends, "load_runner", lambda path, fmt, precision=None: lambda x: x)
+    monkeypatch.setattr(backends.cache, "export_model", fake_export)
+    monkeypatch.setattr(backends.openvino, "load_runner", lambda path, fmt, precision=None: lambda x: x)
     model = InceptionV3(num_classes=10, init_weights=False).eval()
     with caplog.at_level(logging.WARNING, logger="inceptionv3"):
         for _ in range(2):
