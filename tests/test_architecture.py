@@ -62,3 +62,23 @@ def test_the_map_is_layered_so_no_import_points_up_or_closes_a_circle():
     upward = [(name, dep) for name, deps in _documented().items() for dep in deps
               if order[dep if dep in order else f"{dep}.__init__"] >= order[name]]
     assert not upward, f"these imports point up the map: {upward}"
+
+
+def test_the_documented_diffs_for_a_new_backend_and_format_match_the_code():
+    """The diffs docs/architecture.md shows as "all it takes" are the real ones: each added file is the file as it
+    is, and each added line is in the file it names."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    blocks = re.findall(r"```diff\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        sections = re.split(r"^--- .*\n\+\+\+ b/(\S+)\n", block, flags=re.M)[1:]
+        assert len(sections) == 4
+        for path, body in zip(sections[::2], sections[1::2], strict=True):
+            real = (REPO / path).read_text()
+            added = [line[1:] for line in body.splitlines() if line.startswith("+")]
+            if body.startswith("@@ -0,0"):
+                assert "\n".join(added) + "\n" == real, path
+            else:
+                assert all(line in real.splitlines() for line in added), path
+                context = [line[1:] for line in body.splitlines() if line.startswith(" ")]
+                assert all(line in real.splitlines() for line in context), path
