@@ -177,3 +177,19 @@ def test_the_tf_slim_preset_decodes_jpegs_with_the_fast_idct():
     assert fast.shape == accurate.shape and np.abs(fast.astype(int) - accurate).max() > 0
     png = SHARED_DATA / "images" / "skimage_chelsea.png"  # other formats decode as before
     assert np.array_equal(load_image(png, **PRESETS["tf-slim"].decode_options), load_image(png))
+
+
+def test_a_preset_reference_round_trips_through_its_one_spelling():
+    from inceptionv3.errors import InputError
+    from inceptionv3.preprocess import PresetRef
+
+    for spec in ("mmpretrain", "mmpretrain@75", "tf-slim@2048"):
+        assert str(PresetRef.parse(spec)) == spec
+    rescaled = PresetRef.parse("torchvision@224").resolve()
+    assert (rescaled.name, rescaled.crop, rescaled.resize) == ("torchvision@224", 224, 256)
+    assert PRESETS["torchvision"].with_crop(224) == rescaled
+    assert PRESETS["torchvision"].with_crop(299).name == "torchvision"
+    with pytest.raises(InputError, match="the crop must be a size from 75 to 2048"):
+        PresetRef.parse("mmpretrain@74")
+    with pytest.raises(InputError, match=r"'mmpretrian': no such preset \(known: keras, mmpretrain"):
+        PresetRef.parse("mmpretrian").resolve()

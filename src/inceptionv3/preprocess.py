@@ -25,6 +25,7 @@ from PIL import Image
 from .decode import MAX_BYTES, MAX_IMAGE_PIXELS, ImageInput, load_image
 from .errors import InputError
 from .imagenet import MEAN, STD
+from .model import MIN_INPUT_SIZE
 
 IMAGENET_MEAN, IMAGENET_STD = MEAN, STD
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
@@ -132,7 +133,8 @@ class Preprocess:
     def with_crop(self, crop: int) -> Preprocess:
         """The same pipeline at another crop size, keeping the resize-to-crop ratio (342/299 -> 256/224)."""
         resize = self.resize if self.order == "crop_resize" else int(crop * self.resize / self.crop)
-        name = self.name if crop == self.crop else f"{self.name}@{crop}"
+        ref = PresetRef.parse(self.name)
+        name = self.name if crop == self.crop else str(PresetRef(ref.base, crop))
         return dataclasses.replace(self, name=name, crop=crop, resize=max(resize, crop))
 
     # Geometry: pure functions of the image size, so that tests can pin the reference libraries' rounding.
@@ -341,3 +343,40 @@ PRESETS: dict[str, Preprocess] = {
         ),
     )
 }
+
+
+CROP_RANGE = (MIN_INPUT_SIZE, 2048)
+"""Crop sizes a preset reference may ask for: the network needs 75, and 2048 already costs 50 MB per image; a crafted
+20000 in a file would make every image allocate gigabytes."""
+
+
+@dataclass(frozen=True)
+class PresetRef:
+    """A preset by name, at its own crop or at another: how a file or a run records its preprocessing, written
+    ``"mmpretrain"`` or ``"mmpretrain@75"``. ``parse`` and ``str`` are the only places that know the syntax."""
+
+    base: str
+    crop: int | None = None
+
+    def __str__(self) -> str:
+        return self.base if self.crop is None else f"{self.base}@{self.crop}"
+
+    @classmethod
+    def parse(cls, spec: str) -> PresetRef:
+        """The reference ``spec`` writes; a crop outside CROP_RANGE is refused, since preprocessing allocates by
+        it. The name is checked by ``resolve``."""
+        base, sep, crop = spec.partition("@")
+        if not sep:
+            return cls(base)
+        low, high = CROP_RANGE
+        if not (crop.isascii() and crop.isdigit() and len(crop) <= 5 and low <= int(crop) <= high):
+            raise InputError(f"preprocess {spec[:40]!r}: the crop must be a size from {low} to {high}")
+        return cls(base, int(crop))
+
+    def resolve(self) -> Preprocess:
+        """The preset itself, rescaled to the crop; an unknown name is refused (a typo would otherwise fall back
+        to another preset without a word)."""
+        if self.base not in PRESETS:
+            raise InputError(f"preprocess {str(self)[:40]!r}: no such preset (known: {', '.join(sorted(PRESETS))})")
+        preset = PRESETS[self.base]
+        return preset.with_crop(self.crop) if self.crop else preset

@@ -37,14 +37,13 @@ from .checkpoints import (
     build_model,
     count_include_pad_for,
     is_tf_checkpoint_prefix,
-    preset_spec,
     read_checkpoint,
 )
 from .errors import DownloadError, InputError, UnknownModelError
 from .files import atomic_path, cache_dir, file_digest, unique_temp_path
 from .imagenet import imagenet_classes, imagenet_wnids
 from .model import InceptionV3
-from .preprocess import PRESETS, Preprocess
+from .preprocess import PRESETS, Preprocess, PresetRef
 
 log = logging.getLogger(__name__)
 
@@ -656,9 +655,10 @@ def preset_for(checkpoint: Checkpoint | None, entry: WeightsEntry | None) -> Pre
     if entry is not None:
         return entry.preprocess
     if checkpoint is not None and checkpoint.preprocess:
-        base, crop = preset_spec(checkpoint.preprocess, checkpoint.path)  # "mmpretrain@75": another crop size
-        if base in PRESETS:
-            return PRESETS[base].with_crop(crop) if crop else PRESETS[base]
+        try:
+            return PresetRef.parse(checkpoint.preprocess).resolve()  # "mmpretrain@75": another crop size
+        except InputError as exc:
+            raise CheckpointError(f"{checkpoint.path or 'checkpoint'}: {exc}") from None
     return PRESETS["torchvision"]
 
 

@@ -8,7 +8,7 @@ run code on load.
 A file may not declare more than Inception V3 holds: zip members may not unpack to much more than the file's own
 size, tensor and dataset shapes are checked before their data is read (safetensors, HDF5, TensorFlow) or before
 anything is computed from them (torch), the head may have at most :data:`MAX_CLASSES` classes, and a preset's crop
-must lie in :data:`CROP_RANGE`. So a crafted file of a few megabytes gets a one-line :class:`CheckpointError`
+must lie in ``preprocess.CROP_RANGE``. So a crafted file of a few megabytes gets a one-line :class:`CheckpointError`
 instead of exhausting memory.
 """
 
@@ -21,7 +21,6 @@ from ..files import not_regular
 from . import keras, safetensors_file, tf_checkpoint, torch_file
 from .base import (
     CANONICAL_FORMAT,
-    CROP_RANGE,
     MAX_CLASSES,
     MAX_TENSOR_NUMEL,
     SOURCES,
@@ -37,10 +36,10 @@ from .layouts import (
     TORCHVISION_GOOGLE_SHA256,
     TRANSFORM_INPUT_FILES,
     KnownFile,
+    check_preset,
     detect_source,
     fold_if_expected,
     fold_transform_input,
-    preset_spec,
     recognise_transform_input_file,
     save_canonical,
 )
@@ -84,8 +83,8 @@ def read_checkpoint(path: str | Path, source: str | None = None, transform_input
     return checkpoint
 
 
-__all__ = ["CANONICAL_FORMAT", "CROP_RANGE", "FORMATS", "MAX_CLASSES", "MAX_TENSOR_NUMEL", "SOURCES",
+__all__ = ["CANONICAL_FORMAT", "FORMATS", "MAX_CLASSES", "MAX_TENSOR_NUMEL", "SOURCES",
            "TORCHVISION_GOOGLE_SHA256", "TRANSFORM_INPUT_FILES", "Checkpoint", "CheckpointError", "CheckpointFormat",
            "KnownFile", "build_model", "check_fits", "count_include_pad_for", "detect_source", "fold_transform_input",
-           "format_for", "is_tf_checkpoint_prefix", "load_state_dict_strict", "preset_spec", "read_checkpoint",
+           "format_for", "is_tf_checkpoint_prefix", "load_state_dict_strict", "check_preset", "read_checkpoint",
            "recognise_transform_input_file", "save_canonical", "tf_slim_to_state_dict"]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from ..model import MIN_INPUT_SIZE, InceptionV3
+from ..model import InceptionV3
 
 log = logging.getLogger("inceptionv3.checkpoints")
 
@@ -50,9 +50,6 @@ MAX_UNPACK_RATIO = 4
 one may unpack to this many times its size (float weights barely compress), a zip bomb to thousands."""
 
 
-CROP_RANGE = (MIN_INPUT_SIZE, 2048)
-"""Crop sizes a file's preset may ask for (``"mmpretrain@75"``): the network needs 75, and 2048 already
-costs 50 MB per image; a crafted 20000 would make every image allocate gigabytes."""
 
 
 def count_include_pad_for(source: str) -> bool:

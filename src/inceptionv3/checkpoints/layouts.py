@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from ..files import atomic_path, file_digest
 from ..imagenet import MEAN, STD
 from ..model import InceptionV3
-from ..preprocess import PRESETS, Preprocess
-from .base import CANONICAL_FORMAT, CROP_RANGE, SOURCES, Checkpoint, drop_background_class, log
+from ..preprocess import Preprocess, PresetRef
+from .base import CANONICAL_FORMAT, SOURCES, Checkpoint, drop_background_class, log
 
 
 @dataclass(frozen=True)
@@ -142,20 +142,13 @@ def fold_if_expected(checkpoint: Checkpoint, path: Path, transform_input: bool) 
     log.warning("%s: %s", path, note)
 
 
-def preset_spec(spec: str, path: str | Path = "") -> tuple[str, int | None]:
-    """Split a file's preset, ``"mmpretrain@75"``, into its name and crop; a crop outside CROP_RANGE is
-    refused, since preprocessing allocates by it."""
-    base, sep, crop = spec.partition("@")
-    if base not in PRESETS:  # a typo would otherwise fall back to another preset without a word
-        raise CheckpointError(f"{path or 'checkpoint'}: preprocess {spec[:40]!r}: no such preset (known: "
-                              f"{', '.join(sorted(PRESETS))})")
-    if not sep:
-        return base, None
-    low, high = CROP_RANGE
-    if not (crop.isascii() and crop.isdigit() and len(crop) <= 5 and low <= int(crop) <= high):
-        raise CheckpointError(f"{path or 'checkpoint'}: preprocess {spec[:40]!r}: the crop must be a size "
-                              f"from {low} to {high}")
-    return base, int(crop)
+def check_preset(spec: str, path: str | Path) -> None:
+    """A file's preset reference (``"mmpretrain@75"``) must name a preset at a sane crop: refused here, when the
+    file is read, rather than on first use."""
+    try:
+        PresetRef.parse(spec).resolve()
+    except InputError as exc:
+        raise CheckpointError(f"{path or 'checkpoint'}: {exc}") from None
 
 
 def _from_canonical(tensors: dict[str, Tensor], metadata: Mapping[str, str], path: str) -> Checkpoint:
@@ -169,7 +162,7 @@ def _from_canonical(tensors: dict[str, Tensor], metadata: Mapping[str, str], pat
         raise CheckpointError(f"{path}: its class_names metadata is not a list of names")
     preprocess = metadata.get("preprocess") or None
     if preprocess:
-        preset_spec(preprocess, path)
+        check_preset(preprocess, path)
     pad = metadata.get("count_include_pad", "true")
     if pad not in ("true", "false"):
         raise CheckpointError(f"{path}: its count_include_pad metadata is {pad[:20]!r}, not true or false")
@@ -230,7 +223,7 @@ def save_canonical(
     if isinstance(preprocess, Preprocess):
         preprocess = preprocess.name
     if preprocess:
-        preset_spec(preprocess, path)
+        check_preset(preprocess, path)
     if class_names is not None and len(class_names) != model.num_classes:
         raise CheckpointError(f"{path}: {len(class_names)} class names for a {model.num_classes}-class model")
     metadata = {
