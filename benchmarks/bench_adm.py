@@ -111,7 +111,7 @@ def main() -> None:
         print("  " + "\n  ".join(adm_out.strip().splitlines()))
 
         from inceptionv3.adm import adm_side
-        from inceptionv3.metrics import make_extractor
+        from inceptionv3.features import make_extractor
 
         extractor = make_extractor("tf", weights, device="cpu", backend="auto", images=2 * args.images)
         pools = [adm_side(root / f"{name}.npz", extractor).pool for name in ("ref", "sample")]

@@ -20,9 +20,9 @@ from PIL import Image
 from inceptionv3.adm import adm_evaluate, adm_side
 from inceptionv3.cli import main
 from inceptionv3.errors import InputError
+from inceptionv3.features import FIDMetric, extract_features, make_extractor
 from inceptionv3.fid_math import inception_score
 from inceptionv3.image_arrays import ImageArray
-from inceptionv3.metrics import FIDMetric, extract_features, make_extractor
 
 
 def _images(n: int, seed: int, size: int = 64) -> np.ndarray:
@@ -268,8 +268,8 @@ def test_torchrun_shares_an_array_in_whole_batches_and_gathers_it_back_in_order(
     are the one-process rows in order. The network is a stub here: the sharding is what is tested."""
     from types import SimpleNamespace
 
-    from inceptionv3 import metrics
-    from inceptionv3.metrics import gather_in_order, iterate_features
+    from inceptionv3 import features
+    from inceptionv3.features import gather_in_order, iterate_features
 
     array = _images(11, seed=5, size=8)
     np.save(tmp_path / "shard.npy", array)
@@ -281,7 +281,7 @@ def test_torchrun_shares_an_array_in_whole_batches_and_gathers_it_back_in_order(
     )
     parts = []
     for rank in range(3):
-        monkeypatch.setattr(metrics, "rank_world", lambda rank=rank: (rank, 3))
+        monkeypatch.setattr(features, "rank_world", lambda rank=rank: (rank, 3))
         names, rows = [], []
         for batch_names, taps in iterate_features(source, stub, ["2048"], batch_size=2, shard=True):
             names.extend(batch_names)
@@ -328,8 +328,8 @@ def test_first_order_contributions_predict_removing_each_image_and_rank_the_wors
 def test_fid_heatmaps_rank_every_image_and_draw_the_top_ones(batches, fid_weights, tmp_path, capsys):
     import csv
 
+    from inceptionv3.features import make_extractor
     from inceptionv3.fid_sensitivity import heatmaps
-    from inceptionv3.metrics import make_extractor
 
     folder, _, sample = batches
     out = tmp_path / "maps"

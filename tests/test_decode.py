@@ -172,7 +172,7 @@ def test_each_broken_file_names_its_path_and_reason(tmp_path, photo):
             path = tmp_path / name
             with pytest.raises(ImageLoadError, match=reason) as caught:
                 load_image(path, decoder=decoder)
-            assert caught.value.source == str(path) and str(path) in str(caught.value)
+            assert caught.value.name == str(path) and str(path) in str(caught.value)
 
 
 def test_unreadable_file_says_permission_denied(tmp_path, monkeypatch, photo):
@@ -189,7 +189,7 @@ def test_unreadable_file_says_permission_denied(tmp_path, monkeypatch, photo):
     monkeypatch.setattr(builtins, "open", refusing_open)
     with pytest.raises(ImageLoadError, match="permission denied") as caught:
         load_image(path)
-    assert caught.value.source == str(path)
+    assert caught.value.name == str(path)
 
 
 def test_arrays_are_read_as_bgr(photo):

@@ -92,7 +92,7 @@ def test_fifos_sockets_and_devices_are_refused_before_they_are_opened(specials):
     for path, reason in specials.items():
         with pytest.raises(ImageLoadError, match=reason) as caught:
             _within(10, load_image, path, fifos=(fifo,))
-        assert caught.value.source == str(path) and str(caught.value) == f"{path}: {caught.value.reason}"
+        assert caught.value.name == str(path) and str(caught.value) == f"{path}: {caught.value.reason}"
     with pytest.raises(ImageLoadError, match="^/dev/null: is a character device, not a regular file$"):
         load_image("/dev/null")
 
@@ -135,10 +135,10 @@ def test_special_and_huge_files_fail_alone_among_good_ones(specials, tmp_path):
     inputs = [PHOTO, *reasons, IMAGES / "coral_cat.bmp"]
     classifier = _tiny_classifier()
     predictions = _within(60, lambda: list(classifier.predict(inputs)), fifos=(fifo,))
-    assert [p.source for p in predictions] == [str(i) for i in inputs]
+    assert [p.name for p in predictions] == [str(i) for i in inputs]
     assert [p.ok for p in predictions] == [True] + [False] * len(reasons) + [True]
     for prediction, reason in zip(predictions[1:-1], reasons.values(), strict=True):
-        assert re.search(reason, prediction.error), (prediction.source, prediction.error)
+        assert re.search(reason, prediction.error), (prediction.name, prediction.error)
     alone = [p.scores for p in classifier.predict([PHOTO, IMAGES / "coral_cat.bmp"])]
     # The same scores as without the bad files (to float rounding: the batches are made up differently).
     np.testing.assert_allclose(predictions[0].scores, alone[0], rtol=1e-6)
@@ -165,7 +165,7 @@ def test_a_2_gb_file_is_refused_by_its_size_without_being_read(tmp_path, header)
     with open(path, "ab") as handle:
         handle.truncate(2 * GIB)
     error, peak = _peak_bytes(load_image, path)
-    assert isinstance(error, ImageLoadError) and error.source == str(path)
+    assert isinstance(error, ImageLoadError) and error.name == str(path)
     assert error.reason == "larger than the 100 MB limit (max_bytes): 2,147,483,648 bytes"
     assert peak < 10 * 1024**2  # nothing near the file's size was read
 
@@ -290,7 +290,7 @@ def test_names_that_are_not_utf8_are_kept_and_can_be_printed(tmp_path):
     assert load_image(good).shape[2] == 3
     with pytest.raises(ImageLoadError) as caught:
         load_image(bad)
-    assert os.fsencode(caught.value.source) == os.fsencode(tmp_path) + b"/bad\xff.png"  # exact, for the caller
+    assert os.fsencode(caught.value.name) == os.fsencode(tmp_path) + b"/bad\xff.png"  # exact, for the caller
     message = str(caught.value)
     message.encode("utf-8")  # printable on any UTF-8 stream: no lone surrogates
     assert message.startswith(f"{tmp_path}/bad\\xff.png: not a recognised image format")

@@ -122,8 +122,8 @@ def test_predict_streams_lazily_and_in_order(trained_like_checkpoint):
     taken = list(itertools.islice(classifier.predict(endless), 9))
     assert [p.index for p in taken] == list(range(9))
     assert [p.ok for p in taken] == [True, True, True, False] * 2 + [True]
-    assert taken[3].error.startswith("not a recognised image format") and taken[3].source == "<bytes #3>"
-    assert taken[4].label == taken[0].label and taken[4].source == photos[0]
+    assert taken[3].error.startswith("not a recognised image format") and taken[3].name == "<bytes #3>"
+    assert taken[4].label == taken[0].label and taken[4].name == photos[0]
     top = taken[0].topk(3, classifier.class_names)
     assert [t[0] for t in top] == list(np.argsort(-taken[0].scores, kind="stable")[:3])
     assert top[0][1] == classifier.class_names[top[0][0]] and top[0][2] == taken[0].score
@@ -156,3 +156,15 @@ def test_get_model_objects_carry_their_preset(trained_like_checkpoint):
     buffer = io.BytesIO()
     Image.open(photo_paths()[0]).save(buffer, "PNG")
     assert classifier(buffer.getvalue())["pred_label"] == classifier([buffer.getvalue()])[0]["pred_label"]
+
+
+def test_the_old_source_attribute_still_answers_with_a_deprecation_warning():
+    """0.1.0 called an input's name ``source`` on predictions and load errors (the README printed it)."""
+    from inceptionv3.decode import ImageLoadError
+    from inceptionv3.inference import Prediction
+
+    prediction, error = Prediction(0, "a.jpg"), ImageLoadError("b.jpg", "no such file", kind="unreadable")
+    with pytest.warns(DeprecationWarning, match=r"Prediction.source is now Prediction.name"):
+        assert prediction.source == "a.jpg"
+    with pytest.warns(DeprecationWarning, match=r"ImageLoadError.source is now ImageLoadError.name"):
+        assert error.source == "b.jpg"

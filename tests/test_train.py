@@ -49,7 +49,7 @@ def test_recipes_state_their_sources_numbers():
     assert (mm.optimizer, mm.lr, mm.momentum, mm.weight_decay, mm.reference_batch) == ("sgd", 0.1, 0.9, 1e-4, 256)
     assert (mm.schedule, mm.epochs) == ("cosine", 100)
     assert finetune.from_pretrained and finetune.backbone_lr_scale < 1
-    assert all(r.source for r in RECIPES.values())
+    assert all(r.citation for r in RECIPES.values())
 
 
 def test_learning_rate_is_a_function_of_the_step():

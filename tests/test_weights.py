@@ -256,14 +256,14 @@ def test_zoo_entries_carry_published_facts():
         assert entry.params == count_parameters(model)
         assert entry.macs == count_flops(model)
         assert entry.flops_mmpretrain == count_flops(model, convention="mmpretrain")
-        assert entry.metrics or entry.name == FID_MODEL  # no top-1 was ever published for the FID graph
+        assert entry.accuracy or entry.name == FID_MODEL  # no top-1 was ever published for the FID graph
         assert entry.license and entry.origin and entry.preprocess.crop == 299
         for weight_file in entry.files:
             assert weight_file.url.startswith(("https://", "http://"))
     mm = ZOO["inception-v3_3rdparty_8xb32_in1k"]
-    assert (mm.metrics[0].top1, mm.metrics[0].top5) == (77.57, 93.58)
+    assert (mm.accuracy[0].top1, mm.accuracy[0].top5) == (77.57, 93.58)
     assert [f.source for f in mm.files] == ["mmpretrain", "torchvision"] and mm.files[1].transform_input
-    assert ZOO["inception_v3.tv_in1k"].metrics[0].top1 == 77.294
+    assert ZOO["inception_v3.tv_in1k"].accuracy[0].top1 == 77.294
 
 
 def test_class_names_are_the_shared_imagenet_list():

@@ -3,6 +3,7 @@
 from .checkpoints import CheckpointError, fold_transform_input, read_checkpoint, save_canonical
 from .decode import ImageLoadError, load_image
 from .errors import DatasetError, DownloadError, ExportError, InceptionV3Error, InputError
+from .features import Features, FIDMetric, extract_features
 from .fid_math import (
     FIDStatistics,
     FrechetDistance,
@@ -13,7 +14,6 @@ from .fid_math import (
     precision_recall,
 )
 from .inference import Classifier, Prediction, PredictionError, inference_model
-from .metrics import Features, FIDMetric, extract_features
 from .model import InceptionOutputs, InceptionV3, count_flops, count_parameters
 from .preprocess import PRESETS, Preprocess
 from .version import __version__ as __version__

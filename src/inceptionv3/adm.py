@@ -29,10 +29,7 @@ import numpy as np
 import torch
 
 from .errors import DatasetError, InputError
-from .fid_math import FIDStatistics, frechet_distance, npz_keys, precision_recall, split_score
-from .files import display_name, find_images
-from .image_arrays import ImageArray, is_image_array
-from .metrics import (
+from .features import (
     Extractor,
     Images,
     fail_together,
@@ -43,6 +40,9 @@ from .metrics import (
     iterate_features,
     make_extractor,
 )
+from .fid_math import FIDStatistics, frechet_distance, npz_keys, precision_recall, split_score
+from .files import display_name, find_images
+from .image_arrays import ImageArray, is_image_array
 from .runtime import rank_world
 from .weights import FID_SHA256
 

@@ -27,7 +27,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     for name in list_models(args.pattern):
         entry = ZOO[name]
-        top1 = f"top-1 {entry.metrics[0].top1:6.3f}" if entry.metrics else "top-1    n/a"  # the FID network
+        top1 = f"top-1 {entry.accuracy[0].top1:6.3f}" if entry.accuracy else "top-1    n/a"  # the FID network
         print(f"{name:36s} {entry.source:12s} {top1}  {entry.preprocess.name}")
     return 0
 
@@ -48,7 +48,7 @@ def model_card(name: str) -> str:
         f"  preprocessing {entry.preprocess.describe()}",
         f"                ({entry.preprocess.source_note})",
         "  metrics       " + ("\n                ".join(
-            f"top-1 {m.top1:.3f}  top-5 {m.top5:.3f}  ({m.measured_by})" for m in entry.metrics
+            f"top-1 {m.top1:.3f}  top-5 {m.top5:.3f}  ({m.measured_by})" for m in entry.accuracy
         ) or "none published"),
         f"  source        {entry.source}",
         "  files         " + "\n                ".join(

@@ -87,7 +87,8 @@ class ImageDataset:
     items: list  # paths, encoded bytes or arrays: whatever decode.load_image takes
     labels: np.ndarray
     class_names: tuple[str, ...]
-    source: str
+    origin: str
+    """Where the items came from (a folder, an annotation file, an archive), for messages."""
     names: list[str] = field(default_factory=list)
     skipped_missing: int = 0
     by_name: bool = False
@@ -95,10 +96,10 @@ class ImageDataset:
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if not self.names:
-            self.names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"{self.source}#{n}"
+            self.names = [os.fspath(i) if isinstance(i, (str, os.PathLike)) else f"{self.origin}#{n}"
                           for n, i in enumerate(self.items)]
         if not len(self.items) == len(self.labels) == len(self.names):
-            raise DatasetError(f"{display_name(self.source)}: {len(self.items)} items but {len(self.labels)} labels")
+            raise DatasetError(f"{display_name(self.origin)}: {len(self.items)} items but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -121,7 +122,7 @@ class ImageDataset:
         bad = np.flatnonzero((self.labels < 0) | (self.labels >= num_classes))
         if len(bad):
             offenders = [f"{self.names[i]} (label {self.labels[i]})" for i in bad[:_SHOW]]
-            raise DatasetError(f"{display_name(self.source)}: {len(bad)} labels outside 0..{num_classes - 1}: "
+            raise DatasetError(f"{display_name(self.origin)}: {len(bad)} labels outside 0..{num_classes - 1}: "
                                f"{_first(offenders, len(bad))}")
 
 
@@ -194,11 +195,11 @@ _BY_ORDER = "--label-by-folder-order to take the sorted folders as outputs 0, 1,
 _CLASSES = "--classes FILE (the model's class names in output order, one per line)"
 
 
-def _match_or_raise(source: str, names: Sequence[str], classes: Sequence[str], against: str,
+def _match_or_raise(origin: str, names: Sequence[str], classes: Sequence[str], against: str,
                     hint: str) -> np.ndarray:
     matched, problems = match_classes(names, classes, _wnids_for(classes))
     if problems:
-        raise DatasetError(f"{display_name(source)}: {len(problems)} of {len(names)} classes match none of "
+        raise DatasetError(f"{display_name(origin)}: {len(problems)} of {len(names)} classes match none of "
                            f"{against}: {_first(problems)}; name each by its class's wnid or name, or pass {hint}")
     return np.array(matched, dtype=np.int64)
 
@@ -453,10 +454,10 @@ def align_to_model(dataset: ImageDataset, model_classes: Sequence[str] | None, n
     names = list(dataset.class_names)
     if dataset.by_name:
         if model_classes is None and num_classes != 1000:
-            raise DatasetError(f"{display_name(dataset.source)}: the model has no class names to match the data's "
+            raise DatasetError(f"{display_name(dataset.origin)}: the model has no class names to match the data's "
                                f"{len(names)} classes against; pass {_CLASSES}, or {_BY_ORDER}")
         classes = list(model_classes) if model_classes is not None else [""] * num_classes
-        remap = _match_or_raise(dataset.source, names, classes, f"the model's {num_classes} classes",
+        remap = _match_or_raise(dataset.origin, names, classes, f"the model's {num_classes} classes",
                                 f"{_CLASSES}, or {_BY_ORDER}")
         aligned = replace(dataset, labels=remap[dataset.labels], by_name=False)
     else:

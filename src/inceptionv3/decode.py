@@ -73,19 +73,25 @@ input's."""
 
 
 class ImageLoadError(InputError):
-    """An input that cannot become an image. ``source`` names it (a path, or ``<bytes #3>``), ``reason`` says why
+    """An input that cannot become an image. ``name`` names it (a path, or ``<bytes #3>``), ``reason`` says why
     in words and ``kind`` in one of ``LOAD_ERROR_KINDS``.
 
-    ``source`` is the path exactly as given (lone surrogates included, so ``os.fsencode`` gives the file's bytes);
+    ``name`` is the path exactly as given (lone surrogates included, so ``os.fsencode`` gives the file's bytes);
     the message shows it through ``display_name``, so that it can always be printed."""
 
-    def __init__(self, source: str, reason: str, *, kind: str):
+    def __init__(self, name: str, reason: str, *, kind: str):
         if kind not in LOAD_ERROR_KINDS:
             raise ValueError(f"kind must be one of {', '.join(LOAD_ERROR_KINDS)}, got {kind!r}")
-        super().__init__(f"{display_name(source)}: {reason}")
-        self.source = source
+        super().__init__(f"{display_name(name)}: {reason}")
+        self.name = name
         self.reason = reason
         self.kind = kind
+
+    @property
+    def source(self) -> str:
+        """The old name of ``name``, kept for code written against 0.1.0."""
+        warnings.warn("ImageLoadError.source is now ImageLoadError.name", DeprecationWarning, stacklevel=2)
+        return self.name
 
 
 def describe_input(item: object, index: int | None = None) -> str:

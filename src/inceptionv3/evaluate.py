@@ -115,7 +115,7 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return counts.reshape(num_classes, num_classes)
 
 
-def metrics(scores: Scores, num_classes: int, real: list[list[int]] | None = None) -> tuple[dict, np.ndarray]:
+def accuracy_metrics(scores: Scores, num_classes: int, real: list[list[int]] | None = None) -> tuple[dict, np.ndarray]:
     """top-1/top-5 in percent, per-class accuracy, and precision, recall and F1 averaged over the classes
     that occur in the labels or the predictions (scikit-learn's ``average='macro'``, 0 where undefined)."""
     labels, predicted = scores.labels, scores.topk[:, 0]
@@ -218,7 +218,7 @@ def evaluate(members: Sequence[Classifier], dataset: ImageDataset, config: EvalC
     if config.real_labels:
         by_name = dict(zip(dataset.names, real_labels_for(dataset, config.real_labels), strict=True))
         real = [by_name[name] for name in scores.names]
-    result, matrix = metrics(scores, num_classes, real)
+    result, matrix = accuracy_metrics(scores, num_classes, real)
     world = rank_world()[1]
     report = {
         "top1": result["top1"],

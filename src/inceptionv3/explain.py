@@ -207,7 +207,7 @@ class Explanation:
     raised the target's logit: the map is all zero, not a finding of "everywhere equally"."""
 
     index: int
-    source: str
+    name: str
     heatmap: np.ndarray | None = None
     layer_map: np.ndarray | None = None
     target: int | None = None

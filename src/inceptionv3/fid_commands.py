@@ -1,5 +1,5 @@
 """The ``fid`` and ``features`` commands: argument checks before any image is read, then the library's
-:mod:`.metrics` (and :mod:`.adm` for ``fid --adm``)."""
+:mod:`.features` (and :mod:`.adm` for ``fid --adm``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ from typing import Any
 
 from .adm import ADM_PRESET, adm_evaluate, adm_side, count_images, first_images
 from .errors import InputError
+from .features import (
+    FEATURE_BACKENDS,
+    Extractor,
+    Features,
+    FolderResult,
+    check_comparable,
+    extract_features,
+    find_inputs,
+    folder_statistics,
+    is_main_process,
+    make_extractor,
+)
 from .fid_math import (
     FD_METHODS,
     FIDStatistics,
@@ -30,18 +42,6 @@ from .fid_presets import DEFAULT_PRESET, FID_PRESETS
 from .fid_sensitivity import fid_sensitivity, save_heatmaps
 from .files import atomic_path, display_name
 from .image_arrays import is_image_array
-from .metrics import (
-    FEATURE_BACKENDS,
-    Extractor,
-    Features,
-    FolderResult,
-    check_comparable,
-    extract_features,
-    find_inputs,
-    folder_statistics,
-    is_main_process,
-    make_extractor,
-)
 from .runtime import init_distributed
 from .weights import FID_SHA256
 

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .explain import overlay, weighted_maps
+from .features import Extractor, Images
 from .fid_math import FIDStatistics
 from .files import SafeCSVWriter, atomic_path, display_name
 from .image_arrays import ImageArray
-from .metrics import Extractor, Images
 from .visualize import render_panels
 
 

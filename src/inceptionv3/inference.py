@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,7 +52,8 @@ class Prediction:
     """One input's result. On failure ``error`` holds the reason and the score fields are ``None``."""
 
     index: int
-    source: str
+    name: str
+    """The input: its path as given, or its kind and position (``<bytes #3>``)."""
     scores: np.ndarray | None = None
     label: int | None = None
     score: float | None = None
@@ -64,6 +66,12 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def source(self) -> str:
+        """The old name of ``name``, kept for code written against 0.1.0."""
+        warnings.warn("Prediction.source is now Prediction.name", DeprecationWarning, stacklevel=2)
+        return self.name
+
     def topk(self, k: int, class_names: Sequence[str] | None = None) -> list[tuple[int, str | None, float]]:
         """The k best (label, class name, score), best first; ties keep the lower label first."""
         if self.scores is None:
@@ -74,7 +82,7 @@ class Prediction:
     def to_dict(self) -> dict:
         """mmpretrain's result dict: the same keys and types (``pred_class`` only when class names are known)."""
         if self.error is not None:
-            raise ImageLoadError(self.source, self.error, kind=self.error_kind or "other")
+            raise ImageLoadError(self.name, self.error, kind=self.error_kind or "other")
         result = {"pred_scores": self.scores, "pred_label": self.label, "pred_score": self.score}
         if self.class_name is not None:
             result["pred_class"] = self.class_name
@@ -86,10 +94,10 @@ class PredictionError(ImageLoadError):
     so that one bad file never costs the rest of the batch."""
 
     def __init__(self, failures: list[Prediction], results: list[dict | None]):
-        listed = "; ".join(f"{p.source}: {p.error}" for p in failures[:5])
+        listed = "; ".join(f"{p.name}: {p.error}" for p in failures[:5])
         more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
         ValueError.__init__(self, f"{len(failures)} of {len(results)} inputs failed: {listed}{more}")
-        self.source, self.reason = failures[0].source, failures[0].error
+        self.name, self.reason = failures[0].name, failures[0].error
         self.kind = failures[0].error_kind or "other"
         self.failures = failures
         self.results = results

@@ -22,7 +22,7 @@ class Recipe:
     global batch (Goyal et al. 2017), unless ``--lr`` gives it outright."""
 
     name: str
-    source: str
+    citation: str
     optimizer: str  # "rmsprop-tf" or "sgd"
     lr: float
     reference_batch: int

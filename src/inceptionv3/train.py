@@ -327,7 +327,7 @@ class Trainer:
     def _validate(self) -> None:
         """Score the weights being trained, in eager PyTorch: an exported backend would write a ~90 MB file to the
         cache at every validation, and its cache could hand back the export of the starting weights."""
-        from .evaluate import metrics, score
+        from .evaluate import accuracy_metrics, score
         from .inference import Classifier
 
         if self.val_set is None:
@@ -341,7 +341,7 @@ class Trainer:
         scores = score([classifier], self.val_set, progress=self.rank == 0)  # a bar on stderr, rank 0 only
         train_mode(self.model, self.config.freeze)
         if scores is not None:
-            result, _ = metrics(scores, self.train_set.num_classes)
+            result, _ = accuracy_metrics(scores, self.train_set.num_classes)
             self.run_dir.log({"step": self.step, "epoch": self.step / self.steps_per_epoch,
                               "val_top1": result["top1"], "val_top5": result["top5"]})
             if result["top1"] > self.best:

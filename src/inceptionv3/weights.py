@@ -81,7 +81,9 @@ def hash_from_filename(url: str) -> str:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class Accuracy:
+    """A published ImageNet-1k accuracy of an entry's weights, and who measured it."""
+
     top1: float
     top5: float
     measured_by: str
@@ -92,7 +94,7 @@ class WeightsEntry:
     name: str
     files: tuple[WeightFile, ...]
     preprocess: Preprocess
-    metrics: tuple[Metrics, ...]
+    accuracy: tuple[Accuracy, ...]
     license: str
     origin: tuple[str, ...]
     num_classes: int = 1000
@@ -149,7 +151,7 @@ ZOO: dict[str, WeightsEntry] = {
                 _file(TORCHVISION_GOOGLE, "torchvision", transform_input=True, hash=TORCHVISION_GOOGLE_HASH),
             ),
             preprocess=PRESETS["mmpretrain"],
-            metrics=(Metrics(77.57, 93.58, "mmpretrain metafile (ImageNet-1k val)"),),
+            accuracy=(Accuracy(77.57, 93.58, "mmpretrain metafile (ImageNet-1k val)"),),
             license="Apache-2.0 (mmpretrain) / BSD-3-Clause (torchvision weights)",
             origin=(
                 "https://github.com/open-mmlab/mmpretrain/blob/main/configs/inception_v3/metafile.yml",
@@ -165,9 +167,9 @@ ZOO: dict[str, WeightsEntry] = {
                       transform_input=True),
             ),
             preprocess=PRESETS["torchvision"],
-            metrics=(
-                Metrics(77.294, 93.450, "torchvision Inception_V3_Weights.IMAGENET1K_V1"),
-                Metrics(77.434, 93.474, "timm results-imagenet.csv (timm-inception preprocessing)"),
+            accuracy=(
+                Accuracy(77.294, 93.450, "torchvision Inception_V3_Weights.IMAGENET1K_V1"),
+                Accuracy(77.434, 93.474, "timm results-imagenet.csv (timm-inception preprocessing)"),
             ),
             license="BSD-3-Clause",
             origin=("https://github.com/pytorch/vision/blob/main/torchvision/models/inception.py",),
@@ -178,7 +180,7 @@ ZOO: dict[str, WeightsEntry] = {
             name="inception_v3.tf_in1k",
             files=(_file(TIMM_RELEASES + "tf_inception_v3-e0069de4.pth", "timm"),),
             preprocess=PRESETS["timm-inception"],
-            metrics=(Metrics(77.862, 93.644, "timm results-imagenet.csv"),),
+            accuracy=(Accuracy(77.862, 93.644, "timm results-imagenet.csv"),),
             license="Apache-2.0",
             origin=(
                 "https://github.com/huggingface/pytorch-image-models/blob/main/timm/models/inception_v3.py",
@@ -190,7 +192,7 @@ ZOO: dict[str, WeightsEntry] = {
             name="inception_v3.tf_adv_in1k",
             files=(_file(TIMM_RELEASES + "adv_inception_v3-9e27bd63.pth", "timm"),),
             preprocess=PRESETS["timm-inception"],
-            metrics=(Metrics(77.592, 93.730, "timm results-imagenet.csv"),),
+            accuracy=(Accuracy(77.592, 93.730, "timm results-imagenet.csv"),),
             license="Apache-2.0",
             origin=(
                 "https://github.com/huggingface/pytorch-image-models/blob/main/timm/models/inception_v3.py",
@@ -202,7 +204,7 @@ ZOO: dict[str, WeightsEntry] = {
             name="inception_v3.gluon_in1k",
             files=(_file(TIMM_RELEASES + "gluon_inception_v3-9f746940.pth", "timm"),),
             preprocess=PRESETS["timm-imagenet"],
-            metrics=(Metrics(78.806, 94.374, "timm results-imagenet.csv"),),
+            accuracy=(Accuracy(78.806, 94.374, "timm results-imagenet.csv"),),
             license="Apache-2.0",
             origin=(
                 "https://github.com/huggingface/pytorch-image-models/blob/main/timm/models/inception_v3.py",
@@ -221,7 +223,7 @@ ZOO: dict[str, WeightsEntry] = {
                 ),
             ),
             preprocess=PRESETS["keras"],
-            metrics=(Metrics(77.9, 93.7, "Keras Applications table"),),
+            accuracy=(Accuracy(77.9, 93.7, "Keras Applications table"),),
             license="Apache-2.0",
             origin=("https://github.com/keras-team/keras/blob/master/keras/src/applications/inception_v3.py",),
             notes="Average pools exclude padding (TensorFlow 'same' pooling).",
@@ -235,7 +237,7 @@ ZOO: dict[str, WeightsEntry] = {
                       "weights-inception-2015-12-05-6726825d.pth", "torch-fidelity", hash="sha256:" + FID_SHA256),
             ),
             preprocess=FID_PREPROCESS,
-            metrics=(),
+            accuracy=(),
             license="Apache-2.0",
             origin=(
                 "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz",
@@ -257,7 +259,7 @@ ZOO: dict[str, WeightsEntry] = {
                 _file("http://download.tensorflow.org/models/inception_v3_2016_08_28.tar.gz", "tf-slim", hash=None),
             ),
             preprocess=PRESETS["tf-slim"],
-            metrics=(Metrics(78.0, 93.9, "TF-slim models README"),),
+            accuracy=(Accuracy(78.0, 93.9, "TF-slim models README"),),
             license="Apache-2.0",
             origin=("https://github.com/tensorflow/models/tree/master/research/slim",),
             notes="Published without a hash and read through TensorFlow: download and extract it yourself, "
@@ -737,7 +739,7 @@ def get_model(
 
 
 __all__ = [
-    "ZOO", "WeightsEntry", "WeightFile", "Metrics", "WeightsInfo", "DownloadError", "CheckpointError",
+    "ZOO", "WeightsEntry", "WeightFile", "Accuracy", "WeightsInfo", "DownloadError", "CheckpointError",
     "list_models", "get_entry", "get_model", "download_weights", "cache_dir", "file_digest", "imagenet_classes",
     "imagenet_wnids", "FID_MODEL",
 ]

@@ -23,7 +23,7 @@ from ..version import __version__
 from ..weights import resolve_model
 from .config import ServeConfig
 from .engine import Engine, Job, Observer, QueueFullError
-from .metrics import Metrics
+from .metrics import ServerMetrics
 from .wire import ApiError, Upload, json_uploads, short
 
 DEFAULT_TOPK = 5
@@ -47,7 +47,7 @@ class Server:
             classifier = Classifier(config.model, config.weights or True, device=config.device, backend=config.backend,
                                     precision=config.precision, expected_images=10_000, decode=config.decode)
         self.classifier = classifier
-        self.metrics = Metrics()
+        self.metrics = ServerMetrics()
         observer = Observer(queue_wait=self.metrics.queue_wait.observe, inference=self.metrics.inference.observe,
                             batch_size=self.metrics.batch_size.observe)
         self.engine = Engine(classifier, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 from inceptionv3 import fid_network, get_entry, get_model
 from inceptionv3.cli import main, model_card
 from inceptionv3.errors import CheckpointError, DatasetError, DownloadError, InputError
+from inceptionv3.features import Features, extract_features, folder_statistics, make_extractor
 from inceptionv3.fid_math import (
     FIDStatistics,
     ProvenanceWarning,
@@ -38,7 +39,6 @@ from inceptionv3.fid_math import (
 )
 from inceptionv3.fid_network import LAYERS, fid_inception_v3, forward_taps, load_fid_network, read_fid_weights
 from inceptionv3.fid_presets import FID_PRESETS
-from inceptionv3.metrics import Features, extract_features, folder_statistics, make_extractor
 from inceptionv3.model import InceptionV3, count_flops, count_parameters
 from inceptionv3.weights import FID_MODEL
 
@@ -147,7 +147,7 @@ def test_the_fid_network_is_a_zoo_entry(fid_weights, capsys, tmp_path, monkeypat
     monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
     entry = get_entry(FID_MODEL)
     network = fid_inception_v3()
-    assert entry.num_classes == 1008 and entry.metrics == () and entry.preprocess.crop == 299
+    assert entry.num_classes == 1008 and entry.accuracy == () and entry.preprocess.crop == 299
     assert (entry.params, entry.macs) == (count_parameters(network), count_flops(network))
     assert entry.flops_mmpretrain == count_flops(network, convention="mmpretrain")
     assert [f.filename for f in entry.files] == [PT_NAME, FIDELITY_NAME]
@@ -303,14 +303,14 @@ def test_torchmetrics_preset_matches_torchmetrics_fid(tmp_path, torch_home, fid_
 
 
 def test_torchrun_shards_are_whole_batches_without_repeats(monkeypatch):
-    from inceptionv3 import metrics
+    from inceptionv3 import features
 
     files = [f"{i}.png" for i in range(8)]
     shards = {}
     for world in (2, 3, 4):
         for rank in range(world):
-            monkeypatch.setattr(metrics, "rank_world", lambda rank=rank, world=world: (rank, world))
-            shards[world, rank] = metrics._shard(files, batch_size=3)
+            monkeypatch.setattr(features, "rank_world", lambda rank=rank, world=world: (rank, world))
+            shards[world, rank] = features._shard(files, batch_size=3)
         assert sorted(name for r in range(world) for name in shards[world, r]) == sorted(files)
     assert shards[2, 0] == ["0.png", "1.png", "2.png", "6.png", "7.png"] and shards[2, 1] == ["3.png", "4.png", "5.png"]
     assert shards[3, 2] == ["6.png", "7.png"] and shards[4, 3] == []
@@ -363,15 +363,15 @@ def test_sharded_features_come_back_in_file_order(tmp_path, fid_weights, nine_fi
     """`features` under torchrun: each process runs its whole batches of 3 (batch b to rank b mod 2), then every
     row is gathered back into file order. Both shards are run here, then gathered through a fake all-gather: the
     result equals one unsharded run bit for bit. (The torchrun wiring itself is the fid tests' above.)"""
-    from inceptionv3 import metrics
+    from inceptionv3 import features
 
     with pytest.warns(UserWarning, match="skipped 1"):
         whole = extract_features(nine_files, ["64"], weights=fid_weights, device="cpu", batch_size=3, skip_bad=True)
     shards = []
     for rank in range(2):
-        monkeypatch.setattr(metrics, "rank_world", lambda rank=rank: (rank, 2))
-        monkeypatch.setattr(metrics, "fail_together", lambda error: None)
-        monkeypatch.setattr(metrics, "gather_in_order", lambda files, kept, arrays: (kept, arrays))
+        monkeypatch.setattr(features, "rank_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(features, "fail_together", lambda error: None)
+        monkeypatch.setattr(features, "gather_in_order", lambda files, kept, arrays: (kept, arrays))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             part = extract_features(nine_files, ["64"], weights=fid_weights, device="cpu", batch_size=3,
@@ -380,7 +380,7 @@ def test_sharded_features_come_back_in_file_order(tmp_path, fid_weights, nine_fi
     monkeypatch.undo()
     assert shards[0][0] == whole.files[:3] + whole.files[6:] and shards[1][0] == whole.files[3:6]  # 0 1 2 | 3 4 5 | 6 7
     files = [str(p) for p in sorted(nine_files.iterdir())]
-    names, arrays = metrics.gather_in_order(files, shards[1][0], shards[1][1], all_gather=lambda part: shards)
+    names, arrays = features.gather_in_order(files, shards[1][0], shards[1][1], all_gather=lambda part: shards)
     assert names == whole.files and np.array_equal(arrays["64"], whole.arrays["64"])
 
 
@@ -409,7 +409,7 @@ def test_processes_agree_on_a_failure_before_any_waits_for_the_others():
     """Three ranks (threads with a summing all-reduce): rank 1 failed; it raises its own error, the others a
     DatasetError naming rank 1, and none is left waiting. (torchrun's agent also ends the others, but only once
     one has exited: not every launcher does.)"""
-    from inceptionv3 import metrics
+    from inceptionv3 import features
 
     barrier = threading.Barrier(3, timeout=20)  # a rank that skipped the all-reduce breaks it: no hang
     slots: list = [None] * 3
@@ -419,7 +419,7 @@ def test_processes_agree_on_a_failure_before_any_waits_for_the_others():
         all_reduce = _summing_all_reduce(r, slots, barrier)
 
         try:
-            metrics._agree(DatasetError("bad file") if r == 1 else None, r, 3, all_reduce)
+            features._agree(DatasetError("bad file") if r == 1 else None, r, 3, all_reduce)
         except DatasetError as exc:
             raised[r] = str(exc)
 
@@ -430,7 +430,7 @@ def test_processes_agree_on_a_failure_before_any_waits_for_the_others():
         t.join(timeout=30)
     assert raised == ["process(es) 1 of this torchrun failed (see their error)", "bad file",
                       "process(es) 1 of this torchrun failed (see their error)"]
-    metrics._agree(None, 0, 2, lambda tensor: None)  # nobody failed: nothing raised
+    features._agree(None, 0, 2, lambda tensor: None)  # nobody failed: nothing raised
 
 
 def _small_images(folder, count: int, seed: int, size=(64, 48), suffix: str = ".png") -> None:
@@ -958,16 +958,16 @@ def test_fid_metric_equals_folder_fid_and_keeps_real_statistics(tmp_path, fid_we
 def test_feature_extraction_turns_tf32_off_and_restores_it(fid_weights, monkeypatch):
     """On Ampere and later GPUs cuDNN convolves in TF32 by default; features are extracted with full float32
     precision, and the user's setting comes back afterwards."""
-    from inceptionv3 import metrics
+    from inceptionv3 import features
 
     conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     saved = conv.fp32_precision, matmul.fp32_precision
     seen = []
-    monkeypatch.setattr(metrics, "forward_taps", lambda model, x, layers: seen.append(
+    monkeypatch.setattr(features, "forward_taps", lambda model, x, layers: seen.append(
         (conv.fp32_precision, matmul.fp32_precision)) or {"64": x.new_zeros(len(x), 64)})
     try:
         conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
-        metrics.make_extractor("tf", weights=fid_weights, device="cpu").taps(torch.zeros(1, 3, 8, 8), ["64"])
+        features.make_extractor("tf", weights=fid_weights, device="cpu").taps(torch.zeros(1, 3, 8, 8), ["64"])
         assert seen == [("ieee", "ieee")]
         assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
     finally:
