@@ -124,6 +124,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(*args: str, processes: int = 2) -> list[str]:
+    """The command that runs ``args`` (``"-m", "inceptionv3", ...`` or a script) under torchrun on this machine:
+    rendezvous on 127.0.0.1 at a free port. Run it with ``TORCHRUN_ENV``."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}", *args]
+
+
+#: One thread per process (two processes share the two cores) and gloo on the loopback interface.
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+@pytest.fixture
+def model_and_batch(trained_like_checkpoint, tmp_path, monkeypatch):
+    """The trained-like model, with its own empty cache, and the demo photo's 10-crop views as a batch."""
+    from inceptionv3 import get_model
+    from inceptionv3.export import sample_batch
+
+    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path / "home"))
+    model = get_model(trained_like_checkpoint)
+    return model, sample_batch(model.weights_info.preprocess)
+
+
 def wait_ready(base: str, deadline_s: float = 120.0) -> None:
     """Poll a server's /readyz until it answers 200, failing the test after ``deadline_s``."""
     import time

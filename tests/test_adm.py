@@ -263,7 +263,7 @@ def test_array_batches_stream_in_memory_that_follows_the_batch_not_the_file(tmp_
     assert grown_mb < 30, f"reading grew the peak by {grown_mb} MB for a {3000 * 128 * 128 * 3 >> 20} MB array"
 
 
-def test_torchrun_shares_an_array_in_whole_batches_and_gathers_it_back_in_order(monkeypatch, tmp_path):
+def test_ranks_share_an_array_in_whole_batches_and_gather_it_back_in_order(monkeypatch, tmp_path):
     """Each process reads its own whole batches of the array (batch b on rank b mod world); gathered, the rows
     are the one-process rows in order. The network is a stub here: the sharding is what is tested."""
     from types import SimpleNamespace

@@ -25,13 +25,6 @@ def shared_home(tmp_path_factory):
     return tmp_path_factory.mktemp("shared-home")
 
 
-@pytest.fixture
-def model_and_batch(trained_like_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path / "home"))
-    model = get_model(trained_like_checkpoint)
-    return model, sample_batch(model.weights_info.preprocess)
-
-
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_fp32_backends_match_eager_on_real_pixels(model_and_batch, backend, shared_home, monkeypatch):
     monkeypatch.setenv("INCEPTIONV3_HOME", str(shared_home))
@@ -311,7 +304,10 @@ def test_a_slow_first_build_says_so_once(tmp_path, monkeypatch, caplog):
 
     monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path))
 
+    exports = []
+
     def fake_export(model, fmt, target, **kwargs):
+        exports.append(fmt)
         target = Path(target)
         target.write_text("<net/>")
         target.with_suffix(".bin").write_bytes(b"weights")
@@ -326,3 +322,4 @@ def test_a_slow_first_build_says_so_once(tmp_path, monkeypatch, caplog):
     said = [r for r in caplog.records if r.getMessage().startswith(
         "building the openvino export once (about 25 s); later runs reuse it from ")]
     assert len(said) == 1 and said[0].levelno == logging.WARNING, caplog.text
+    assert exports == ["openvino"]  # built once; the second runner reused it

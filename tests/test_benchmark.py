@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from inceptionv3 import benchmark, get_model
-from inceptionv3.export import sample_batch
-
-
-@pytest.fixture
-def model_and_batch(trained_like_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("INCEPTIONV3_HOME", str(tmp_path / "home"))
-    model = get_model(trained_like_checkpoint)
-    return model, sample_batch(model.weights_info.preprocess)
+from inceptionv3 import benchmark
 
 
 def test_benchmark_reports_ratios_from_one_run(model_and_batch):

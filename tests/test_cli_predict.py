@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, photo_paths
+from conftest import REPO, TORCHRUN_ENV, photo_paths, torchrun
 from PIL import Image
 
 from inceptionv3 import inference_model
@@ -261,7 +261,8 @@ def test_a_bad_output_name_is_refused_before_the_model_loads(tmp_path, monkeypat
     assert "rows.xlsx" in capsys.readouterr().err
 
 
-def test_every_command_that_loads_weights_takes_transform_input(trained_like_checkpoint, monkeypatch):
+def test_transform_input_reaches_get_model_from_predict_and_is_a_flag_of_every_loading_command(
+        trained_like_checkpoint, monkeypatch):
     from inceptionv3 import weights
 
     seen = []
@@ -323,7 +324,6 @@ def test_torchrun_predict_writes_the_one_process_csv_byte_for_byte(trained_like_
     """Two processes under torchrun (gloo, CPU): whole batches of 2 to each, rank 0 writes every row in input
     order, the unreadable file a failed row. One process (this one, at torchrun's one thread, since thread counts
     round convolutions differently) writes the same CSV, byte for byte."""
-    import socket
     import subprocess
 
     import torch
@@ -335,14 +335,9 @@ def test_torchrun_predict_writes_the_one_process_csv_byte_for_byte(trained_like_
     (folder / "2_broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     args = ["predict", str(folder), "--weights", str(trained_like_checkpoint), "--backend", "eager", "--device", "cpu",
             "--batch-size", "2", "--workers", "1", "--allow-failures", "--quiet"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     two = tmp_path / "two.csv"
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "inceptionv3", *args,
-                           "--output", str(two)], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo"))
+    done = subprocess.run(torchrun("-m", "inceptionv3", *args, "--output", str(two)), capture_output=True, text=True,
+                          timeout=300, env=TORCHRUN_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("5 ok, 1 failed") == 1 and "2 processes" in done.stderr, done.stderr[-3000:]
     threads = torch.get_num_threads()
@@ -356,12 +351,7 @@ def test_torchrun_predict_writes_the_one_process_csv_byte_for_byte(trained_like_
     assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in folder.iterdir())
     assert [bool(r["error"]) for r in rows] == [Path(r["path"]).name == "2_broken.jpg" for r in rows]
     # An output rank 0 cannot write stops both ranks before any image is read (it was reported after the run).
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "inceptionv3", *args,
-                           "--output", str(tmp_path / "no-such-dir" / "rows.csv")], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo"))
+    done = subprocess.run(torchrun("-m", "inceptionv3", *args, "--output", str(tmp_path / "no-such-dir" / "rows.csv")),
+                          capture_output=True, text=True, timeout=300, env=TORCHRUN_ENV)
     assert done.returncode != 0 and "error: --output" in done.stderr and "No such file" in done.stderr
     assert "ok," not in done.stderr  # no image was scored

@@ -20,6 +20,7 @@ from inceptionv3.decode import (
     decode_bytes,
     load_image,
 )
+from inceptionv3.errors import InputError
 from inceptionv3.files import find_images
 
 PHOTO = SHARED_DATA / "images" / "felix_220_cheetah.jpg"
@@ -280,5 +281,5 @@ def test_classifier_decodes_exactly_on_eager_fp32_and_fast_elsewhere(trained_lik
     # 4.9 grey levels measured: mmpretrain's cv2 resize does not antialias, so the exact path aliases on the way
     # from 1600 x 1200 down to 456 x 342, and the half-size DCT decode (a box filter) aliases less
     assert a.shape == b.shape == (299, 299, 3) and 0 < np.abs(a.astype(int) - b.astype(int)).mean() < 8
-    with pytest.raises(Exception, match="decode must be one of"):
+    with pytest.raises(InputError, match="decode must be one of"):
         Classifier(exact.model, backend="eager", device="cpu", decode="quick")

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, free_port, independent_scores, photo_labels
+from conftest import SHARED_DATA, independent_scores, photo_labels, torchrun
 from PIL import Image
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -159,9 +159,7 @@ def test_two_processes_give_the_same_report_and_predictions(trained_like_checkpo
     runs = {}
     for processes in (1, 2):
         out = tmp_path / f"run{processes}"
-        launcher = ([sys.executable, "-m", "inceptionv3"] if processes == 1 else
-                    [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                     f"--master_port={free_port()}", "-m", "inceptionv3"])
+        launcher = [sys.executable, "-m", "inceptionv3"] if processes == 1 else torchrun("-m", "inceptionv3")
         subprocess.run([*launcher, *args, "--out", f"{out}.json", "--predictions", f"{out}.csv"], env=env,
                        check=True, capture_output=True, text=True, timeout=300)
         runs[processes] = (json.loads(Path(f"{out}.json").read_text()), list(csv.DictReader(open(f"{out}.csv"))))

@@ -144,7 +144,8 @@ def test_map_properties_and_the_model_left_as_it_was(model, batch):
 
 def test_a_layer_too_coarse_for_the_input_is_reported_with_an_earlier_layer_to_try(model, tmp_path):
     """On a 75-pixel input Mixed_7c is 1 x 1, so the map is flat (all zero after scaling): it used to be drawn as
-    a heatmap without a word. Now the result and the picture say so and name earlier layers; one of them works."""
+    a heatmap without a word. Now the result says so and names earlier layers (and the picture is still drawn); one
+    of them works."""
     from inceptionv3.visualize import save_explanation
 
     classifier = Classifier(model, backend="eager", device="cpu", crop_size=75)

@@ -42,7 +42,12 @@ def test_a_fixed_batch_export_is_checked_at_its_size(trained_like_checkpoint, tm
     out = tmp_path / "fixed.onnx"
     assert main(["export", str(trained_like_checkpoint), "--format", "onnx", "--batch-size", "3",
                  "--out", str(out)]) == 0
-    assert "batch sizes [3]" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "batch sizes [3]" in said and ": ok" in said
+    import onnx
+
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [3, 3, 299, 299]  # the batch is fixed at 3, not symbolic
 
 
 def test_an_export_that_disagrees_is_removed_and_fails(trained_like_checkpoint, tmp_path, capsys, monkeypatch):

@@ -13,14 +13,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import PT_NAME, free_port, photo_paths
+from conftest import PT_NAME, TORCHRUN_ENV, photo_paths, torchrun
 from PIL import Image, ImageOps
 
 from inceptionv3 import fid_network, get_entry, get_model
@@ -102,7 +101,7 @@ def test_fid_network_is_the_2015_graph_and_defaults_are_unchanged():
     assert net.Mixed_7c.pool == "max" and net.Mixed_7b.pool == "avg" and not net.Mixed_5b.count_include_pad
     default = InceptionV3(init_weights=False)
     assert default.Mixed_7c.pool == "avg" and default.count_include_pad
-    with pytest.raises(ValueError, match="pool must be"):
+    with pytest.raises(InputError, match="pool must be"):
         InceptionV3(mixed_7c_pool="min")
 
 
@@ -302,7 +301,7 @@ def test_torchmetrics_preset_matches_torchmetrics_fid(tmp_path, torch_home, fid_
     assert (FID_PRESETS["torchmetrics"].load(sorted(b.iterdir())[0]) - tf_input).abs().max() > 1e-2
 
 
-def test_torchrun_shards_are_whole_batches_without_repeats(monkeypatch):
+def test_rank_shards_are_whole_batches_without_repeats(monkeypatch):
     from inceptionv3 import features
 
     files = [f"{i}.png" for i in range(8)]
@@ -328,10 +327,9 @@ def nine_files(tmp_path_factory):
 
 
 def _torchrun_fid(folder, out, weights, *extra) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", "-m", "inceptionv3", "fid", "--save-stats", str(folder), str(out),
-               "--weights", str(weights), "--batch-size", "3", "--workers", "0", "--device", "cpu", "--quiet", *extra]
-    env = dict(os.environ, INCEPTIONV3_OFFLINE="1", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+    command = torchrun("-m", "inceptionv3", "fid", "--save-stats", str(folder), str(out), "--weights", str(weights),
+                       "--batch-size", "3", "--workers", "0", "--device", "cpu", "--quiet", *extra)
+    env = {**TORCHRUN_ENV, "INCEPTIONV3_OFFLINE": "1"}
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 

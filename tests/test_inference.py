@@ -16,6 +16,7 @@ from PIL import Image
 
 import inceptionv3.inference as inference
 from inceptionv3 import Classifier, ImageLoadError, InceptionV3, PredictionError, get_model, inference_model
+from inceptionv3.errors import InputError
 from inceptionv3.preprocess import PRESETS
 
 CLASSES = [line.split("\t")[2] for line in (SHARED_DATA / "imagenet" / "classes.tsv").read_text().splitlines()[1:]]
@@ -143,7 +144,7 @@ def test_device_choice_is_logged_and_checked(caplog):
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert device.type == expected and f"device {expected}" in caplog.text
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
+        with pytest.raises(InputError, match="CUDA is not available"):
             inference.select_device("cuda")
 
 
@@ -151,7 +152,7 @@ def test_get_model_objects_carry_their_preset(trained_like_checkpoint):
     model = get_model(trained_like_checkpoint)
     classifier = Classifier(model)
     assert classifier.preprocess is PRESETS["mmpretrain"] and len(classifier.class_names) == 1000
-    with pytest.raises(ValueError, match="class_names has 3 names but the model has 1000"):
+    with pytest.raises(InputError, match="class_names has 3 names but the model has 1000"):
         Classifier(model, class_names=["a", "b", "c"])
     buffer = io.BytesIO()
     Image.open(photo_paths()[0]).save(buffer, "PNG")

@@ -23,7 +23,7 @@ def test_flops_in_both_conventions():
     model = InceptionV3()
     assert count_flops(model) == 5_713_216_096
     assert count_flops(model, convention="mmpretrain") == 5_745_177_632
-    with pytest.raises(ValueError, match="convention"):
+    with pytest.raises(InputError, match="convention"):
         count_flops(model, convention="fvcore")
 
 
@@ -102,12 +102,12 @@ def test_any_input_of_at_least_75_works(size):
 
 @pytest.mark.parametrize("size", [(74, 299), (299, 40)])
 def test_small_inputs_get_a_clear_error(size):
-    with pytest.raises(ValueError, match="at least 75x75"):
+    with pytest.raises(InputError, match="at least 75x75"):
         InceptionV3().eval()(torch.randn(1, 3, *size))
 
 
 def test_wrong_channel_count_gets_a_clear_error():
-    with pytest.raises(ValueError, match="N x 3 x H x W"):
+    with pytest.raises(InputError, match="N x 3 x H x W"):
         InceptionV3().eval()(torch.randn(1, 1, 299, 299))
 
 

@@ -227,17 +227,23 @@ def test_open_inference_protocol_with_tritonclient(server, classifier):
 
 
 def test_metrics_count_requests_batches_and_decode_errors(server):
+    """The server is shared by the module's tests, so the counts are compared before and after this test's own
+    two requests."""
     base, _ = server
+
+    def value(text: str, series: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series))
+
+    ok, bad = 'inceptionv3_requests_total{code="200",endpoint="/v1/predict"}', "inceptionv3_decode_errors_total{"
     with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        before = client.get("/metrics").text
         client.post("/v1/predict", content=b"GIF89a junk", headers={"Content-Type": "image/gif"})
         client.post("/v1/predict", content=_jpeg(0), headers={"Content-Type": "image/jpeg"})
         text = client.get("/metrics").text
-    assert 'inceptionv3_requests_total{code="200",endpoint="/v1/predict"}' in text
-    assert 'inceptionv3_decode_errors_total{reason=' in text
-    assert "inceptionv3_batch_size_count" in text and "inceptionv3_queue_wait_seconds_bucket" in text
+    assert value(text, ok) == value(before, ok) + 1 and value(text, bad) == value(before, bad) + 1
+    batches = "inceptionv3_batch_size_count"
+    assert value(text, batches) == value(before, batches) + 1 and "inceptionv3_queue_wait_seconds_bucket" in text
     assert 'inceptionv3_model_info{backend="eager"' in text and "inceptionv3_queue_depth" in text
-    counts = [line for line in text.splitlines() if line.startswith("inceptionv3_batch_size_count")]
-    assert float(counts[0].split()[-1]) >= 1
 
 
 def test_sigterm_lets_requests_in_flight_finish(trained_like_checkpoint, tmp_path):

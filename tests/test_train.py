@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, free_port
+from conftest import SHARED_DATA, torchrun
 from PIL import Image, ImageDraw
 from safetensors import safe_open
 
@@ -24,6 +24,7 @@ from inceptionv3 import get_model, inference_model
 from inceptionv3.cli import main
 from inceptionv3.data import load_dataset, split_dataset
 from inceptionv3.decode import load_image
+from inceptionv3.errors import InputError
 from inceptionv3.recipes import (
     RECIPES,
     SyncBatchNorm2d,
@@ -227,9 +228,8 @@ def test_two_processes_match_one_process_with_twice_the_batch(trained_like_check
     with open(tmp_path / "one.log", "wb") as log:  # the one-process runs share the 2 cores with torchrun's two
         one = subprocess.Popen([sys.executable, str(script), configs("one", 8)], env=QUIET_ENV, stdout=log,
                                stderr=subprocess.STDOUT)
-        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                              "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(script),
-                              configs("two", 4)], env=QUIET_ENV, capture_output=True, timeout=900)
+        two = subprocess.run(torchrun(str(script), configs("two", 4)), env=QUIET_ENV, capture_output=True,
+                             timeout=900)
         assert one.wait(timeout=900) == 0, (tmp_path / "one.log").read_text()[-3000:]
     assert two.returncode == 0, two.stderr.decode()[-3000:]
     for recipe in DDP_LEARNING_RATES:
@@ -305,11 +305,12 @@ def test_runs_refuse_to_overwrite_and_resume_needs_the_same_world(tmp_path, caps
     state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
     state["world"] = 2
     torch.save(state, tmp_path / "run" / STATE_FILE)
-    with pytest.raises(ValueError, match="trained on 2 processes"):
+    with pytest.raises(InputError, match="trained on 2 processes"):
         Trainer.resume(tmp_path / "run")
 
 
-def test_learning_rate_scales_with_the_global_batch(tmp_path):
+def test_learning_rate_scales_with_the_batch_size(tmp_path):
+    """In one process; the torchrun test checks the global batch of two."""
     trainer = Trainer(TrainConfig(data=str(DIGITS), out=str(tmp_path / "r"), recipe="mmpretrain-8xb32",
                                   img_size=75, batch_size=64, max_steps=1, workers=1))
     assert trainer.base_lr == pytest.approx(0.1 * 64 / 256)

@@ -239,8 +239,10 @@ def test_failure_message_names_urls_cache_and_the_weights_alternative(server, is
     assert str(isolated_cache) in message and "--weights PATH" in message
 
 
-def test_zoo_name_downloads_through_the_mirror_and_loads(server, mmpretrain_file_bytes, monkeypatch):
-    """The real zoo entry end to end; the served file is ours, so only its hash check must fail."""
+def test_the_real_zoo_entry_downloads_through_the_mirror_and_refuses_a_file_of_another_hash(
+        server, mmpretrain_file_bytes, monkeypatch):
+    """The real zoo entry end to end, through the mirror: the served file is ours, not the published one, so its
+    hash check must fail (tests below load files served under test entries with their own hashes)."""
     server.files["inception-v3_3rdparty_8xb32_in1k_20220615-dcd4d910.pth"] = mmpretrain_file_bytes
     monkeypatch.setenv("INCEPTIONV3_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/good")
     with pytest.raises(DownloadError, match="hash mismatch: expected sha256:dcd4d910"):
