@@ -14,7 +14,7 @@ from PIL import Image
 from inceptionv3 import get_model
 from inceptionv3.cli import main
 from inceptionv3.errors import InputError
-from inceptionv3.explain import METHODS, grad_cam, heatmap_on_photo, overlay
+from inceptionv3.explain import METHODS, PER_CHANNEL_METHODS, forward_passes, grad_cam, heatmap_on_photo, overlay
 from inceptionv3.inference import Classifier
 from inceptionv3.preprocess import PRESETS
 
@@ -44,7 +44,7 @@ def _argmax_pixel(maps: np.ndarray) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in np.unravel_index(m.argmax(), m.shape)) for m in maps]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in PER_CHANNEL_METHODS])
 def test_maps_match_the_grad_cam_package_square_and_not(model, batch, method):
     """grad-cam 1.5.7's class of the same name with ClassifierOutputTarget on the same module object: one photo
     at 299 x 299, and for Grad-CAM also one at 224 x 160 (the resize path is shared by every method). The
@@ -83,6 +83,29 @@ def test_smoothing_matches_the_grad_cam_package(model, batch, method, aug_smooth
     assert _argmax_pixel(ours) == _argmax_pixel(expected)
     plain = grad_cam(model, x, None, method=method).maps.numpy()
     assert np.abs(ours - plain).max() > 1e-3  # smoothing changes the map: the options are not ignored
+
+
+@pytest.mark.parametrize("method", PER_CHANNEL_METHODS)
+def test_per_channel_methods_match_the_grad_cam_package_at_two_sizes_and_both_kinds_of_layer(model, batch, method):
+    """Score-CAM and Ablation-CAM run the network once per channel, so they are held to grad-cam at a 64-channel
+    layer on small inputs (96 x 96 and 80 x 112): a block (Conv2d_2b_3x3; Ablation-CAM reruns only what follows
+    it) and a module inside one (Mixed_5b.branch1x1; the whole network reruns with its output replaced)."""
+    import pytorch_grad_cam as reference
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    reference_class = {"scorecam": reference.ScoreCAM, "ablationcam": reference.AblationCAM}[method]
+    reference_model = copy.deepcopy(model)
+    for size, layer, targets in (((96, 96), "Conv2d_2b_3x3", [3, 500]), ((80, 112), "Mixed_5b.branch1x1", [7])):
+        x = torch.nn.functional.interpolate(batch[:len(targets)], size=size, mode="bilinear", align_corners=False)
+        passes = []
+        ours = grad_cam(model, x, targets, layer=layer, method=method, progress=passes.append).maps.numpy()
+        assert sum(passes) == 64 * len(targets) and len(passes) > 1  # in batches, each reported
+        with reference_class(model=reference_model, target_layers=[reference_model.get_submodule(layer)]) as cam:
+            expected = cam(x, [ClassifierOutputTarget(t) for t in targets])
+        assert np.abs(ours - expected).max() <= 1e-5  # 4e-7 measured
+        assert _argmax_pixel(ours) == _argmax_pixel(expected)
+    assert forward_passes(model, method, "Mixed_7c") == 1 + 2048 and forward_passes(model, "gradcam") == 1
+    assert all(p.grad is None for p in model.parameters()) and not model.Mixed_5b.branch1x1._forward_hooks
 
 
 def test_layer_map_matches_captum_layer_gradcam(model, batch):
@@ -259,3 +282,37 @@ def test_cli_explain_and_predict_cam_write_pictures_and_keep_going(trained_like_
     assert main([*args, "--topk", "17", "--allow-failures"]) == 0 and (out / "photo.png").is_file()
     assert main(["predict", str(good), "--weights", str(trained_like_checkpoint), "--cam"]) == 2
     assert "--save-vis" in capsys.readouterr().err
+
+
+def test_cli_explain_scores_each_map_against_a_random_one_and_runs_the_sanity_check(trained_like_checkpoint,
+                                                                                    tmp_path, capsys):
+    """--score writes each map's deletion, insertion and ROAD beside a random map's to explanations.csv and .jsonl
+    (a broken input keeps its row), prints a summary, and --sanity writes sanity.csv. At crop 96, so it is cheap."""
+    import csv
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(photo_paths()[1]).convert("RGB").save(folder / "photo.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "out"
+    assert main(["explain", str(folder), "--weights", str(trained_like_checkpoint), "--out", str(out), "--crop-size",
+                 "96", "--score", "deletion,insertion,road", "--steps", "4", "--baseline", "mean", "--sanity", "1",
+                 "--allow-failures", "--format", "npy"]) == 0
+    printed = capsys.readouterr()
+    rows = {row["input"]: row for row in csv.DictReader(open(out / "explanations.csv"))}
+    lines = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) == 2
+    broken = next(line for line in lines if line["input"].endswith("broken.png"))
+    assert broken["error"] and "deletion" not in broken  # its row stays, with the reason
+    good = next(line for line in lines if "error" not in line)
+    for score in ("deletion", "insertion", "road"):
+        assert 0 <= good[f"{score}_random"] <= 1 or score == "road"
+        assert good[f"{score}_beats_random"] in (True, False)
+    assert good["setting_baseline"] == "mean" and good["setting_steps"] == 4 and good["file"] == "photo.npy"
+    assert "faithfulness over 1 images" in printed.err and "beats random on" in printed.err
+    sanity = list(csv.DictReader(open(out / "sanity.csv")))
+    assert [row["randomised_down_to"] for row in sanity][:2] == ["fc", "Mixed_7c"]
+    assert all(-1 <= float(row["rank_correlation"]) <= 1 for row in sanity)
+    assert main(["explain", str(folder / "photo.jpg"), "--weights", str(trained_like_checkpoint), "--score",
+                 "deletion,saliency"]) == 2
+    assert "--score takes deletion, insertion, road" in capsys.readouterr().err

@@ -184,6 +184,12 @@ def test_explain_returns_the_heatmap_of_the_explanations_module(server, classifi
                              params={"method": "gradcam++", "target": "3"}).json()
         assert client.post("/v1/explain", content=photo, headers={"Content-Type": "image/jpeg"},
                            params={"method": "lime"}).status_code == 422
+        costly = client.post("/v1/explain", content=photo, headers={"Content-Type": "image/jpeg"},
+                             params={"method": "scorecam"})  # 2049 passes: over the default bound of 64
+        card = client.get("/v1/models").json()["explain"]
+    assert costly.status_code == 422 and costly.json()["error"] == (
+        "method scorecam costs 2049 network passes per image; this server allows 64 (--explain-max-passes)")
+    assert "scorecam" not in card["methods"] and "eigencam" in card["methods"] and card["passes"]["gradcam"] == 1
     reference = classifier.explain(photo, target=3, method="gradcam++")
     assert answer["target"]["class_id"] == 3 and answer["method"] == "gradcam++"
     assert answer["crop_box"] == pytest.approx(list(reference.crop_box))

@@ -392,47 +392,127 @@ def _predict_sharded(args: argparse.Namespace, entries: list[tuple[str, str | No
 # explain
 
 
-def _cmd_explain(args: argparse.Namespace) -> int:
-    import numpy as np
+def _explain_scores(value: str | None) -> tuple[str, ...]:
+    from .faithfulness import SCORES
 
-    from .decode import load_image
-    from .explain import METHODS
+    chosen = tuple(dict.fromkeys(s.strip() for s in (value or "").split(",") if s.strip()))
+    if value is not None and (not chosen or any(s not in SCORES for s in chosen)):
+        raise InputError(f"--score takes {', '.join(SCORES)}, comma-separated; got {value!r}")
+    return chosen
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .explain import METHODS, PER_CHANNEL_METHODS, forward_passes
     from .inference import Classifier
-    from .visualize import save_explanation
 
     if args.method not in METHODS:  # argparse checks it too; this keeps the API and the command in step
         raise InputError(f"--method must be one of {', '.join(METHODS)}")
+    scores = _explain_scores(args.score)
     choice = resolve_model(args.model, args.weights)
     entries = list(expand_inputs(args.inputs))
     classifier = Classifier(choice.name_or_path, choice.pretrained, device=args.device, backend="eager", workers=1,
-                            transform_input=args.transform_input, max_bytes=args.max_bytes)
+                            transform_input=args.transform_input, max_bytes=args.max_bytes, crop_size=args.crop_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()
-    ok = failed = 0
     readable = [path for path, problem in entries if not problem]
+    bar = None
+    if args.method in PER_CHANNEL_METHODS:  # thousands of passes: say so, and show them going
+        passes = forward_passes(classifier.model, args.method, args.layer, args.aug_smooth) - 1
+        print(f"{args.method} at {args.layer}: {passes} passes per image", file=sys.stderr)
+        bar = tqdm(total=passes * len(readable), unit="pass", disable=not sys.stderr.isatty())
     explanations = classifier.explain_many(readable, args.target, args.method, layer=args.layer, topk=args.topk,
-                                           aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
+                                           aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth,
+                                           progress=bar.update if bar else None)
+    rows = _explain_rows(args, classifier, choice, entries, explanations, scores, out)
+    if bar:
+        bar.close()
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out / "explanations.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = SafeCSVWriter(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.get(c, "") for c in columns])
+    with open(out / "explanations.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, default=float) + "\n" for row in rows)
+    ok = sum(1 for row in rows if not row.get("error"))
+    if scores and ok:
+        _print_score_summary(rows, scores)
+    explained = [path for (path, _), row in zip(entries, rows, strict=True) if not row.get("error")]
+    if args.sanity and explained:
+        _print_sanity(args, classifier, explained[:args.sanity], out)
+    print(f"{ok} ok, {len(rows) - ok} failed (written to {display_name(out)}: pictures, explanations.csv and "
+          ".jsonl)", file=sys.stderr)
+    return 1 if len(rows) > ok and not args.allow_failures else 0
+
+
+def _explain_rows(args, classifier, choice, entries, explanations, scores, out: Path) -> list[dict]:
+    """One row per input: what was explained, where the picture went, and the faithfulness scores asked for."""
+    import numpy as np
+
+    from .decode import load_image
+    from .visualize import save_explanation
+
+    used: set[str] = set()
+    rows = []
     for path, problem in entries:
+        row: dict = {"input": display_name(path)}
+        rows.append(row)
         if problem:
             print(f"{display_name(path)}\n  error: {problem}")
-            failed += 1
+            row["error"] = problem
             continue
         e = next(explanations)
         print(f"{display_name(path)}\n  {e.describe()}")
         if not e.ok:
-            failed += 1
+            row["error"] = e.error
             continue
-        ok += 1
-        target = _unique_png(out, path, used)
+        picture = _unique_png(out, path, used)
         if args.format == "npy":
-            np.save(target.with_suffix(".npy"), e.heatmap.astype(np.float32))
+            picture = picture.with_suffix(".npy")
+            np.save(picture, e.heatmap.astype(np.float32))
         else:
-            save_explanation(target, load_image(path, **classifier.preprocess.decode_options,
-                                                max_bytes=args.max_bytes),
+            save_explanation(picture, load_image(path, **classifier.preprocess.decode_options,
+                                                 max_bytes=args.max_bytes),
                              e, title=f"{display_name(Path(path).name)} | {choice.label}")
-    print(f"{ok} ok, {failed} failed (written to {display_name(out)})", file=sys.stderr)
-    return 1 if failed and not args.allow_failures else 0
+        row.update({"target": e.target, "target_name": e.target_name, "target_score": e.target_score,
+                    "method": e.method, "layer": e.layer, "empty": e.empty, "file": picture.name})
+        if scores and not e.empty:
+            result = classifier.faithfulness(e, scores, baseline=args.baseline, steps=args.steps, seed=args.seed)
+            row.update(result.row())
+            row.update({f"setting_{k}": v for k, v in result.settings.items() if k != "target"})
+            print("  " + ", ".join(f"{s} {result.scores[s]:.4f} (random {result.random[s]:.4f}"
+                                   f"{', beaten' if result.beats_random(s) else ', NOT beaten'})" for s in scores))
+    return rows
+
+
+def _print_score_summary(rows: list[dict], scores: tuple[str, ...]) -> None:
+    import numpy as np
+
+    scored = [row for row in rows if scores[0] in row]
+    print(f"faithfulness over {len(scored)} images:", file=sys.stderr)
+    for s in scores:
+        ours = np.mean([row[s] for row in scored])
+        chance = np.mean([row[f"{s}_random"] for row in scored])
+        wins = sum(bool(row[f"{s}_beats_random"]) for row in scored)
+        print(f"  {s:9s} mean {ours:.4f}, random map {chance:.4f}; the map beats random on {wins} of {len(scored)}",
+              file=sys.stderr)
+
+
+def _print_sanity(args, classifier, paths: list[str], out: Path) -> None:
+    """The model-randomisation check on the first images: each step's rank correlation with the original map."""
+    with open(out / "sanity.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = SafeCSVWriter(handle)
+        writer.writerow(["input", "randomised_down_to", "rank_correlation"])
+        for path in paths:
+            steps = classifier.sanity(path, args.target, args.method, layer=args.layer, seed=args.seed)
+            print(f"sanity (cascading randomisation) of {display_name(path)}:", file=sys.stderr)
+            for name, rho in steps:
+                writer.writerow([display_name(path), name, f"{rho:.6f}"])
+                print(f"  down to {name:14s} rank correlation {rho:+.3f}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -724,13 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--target", default="top1", help="top1 (default), a class index or a class name")
     p.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam",
-                   help="gradcam (default), gradcam++, hirescam, xgradcam, layercam (each from the target's gradient) "
-                   "or eigencam (the layer's first principal component, whatever the target)")
+                   help="gradcam (default), gradcam++, hirescam, xgradcam, layercam (each from the target's gradient), "
+                   "eigencam (the layer's first principal component, whatever the target), scorecam or ablationcam "
+                   "(one pass per channel of the layer: 2048 at Mixed_7c)")
     p.add_argument("--aug-smooth", action="store_true", help="grad-cam's test-time smoothing: 6 passes (flipped, "
                    "input x 0.9, 1, 1.1), averaged")
     p.add_argument("--eigen-smooth", action="store_true", help="grad-cam's eigen smoothing: the first principal "
                    "component of the weighted channels instead of their sum")
     p.add_argument("--layer", default="Mixed_7c", help="module to explain at, by dotted name (default Mixed_7c)")
+    p.add_argument("--crop-size", type=int, help="override the preset's crop (warns below 299 on ImageNet weights)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--out", default="explanations", help="folder for the pictures (default ./explanations)")
     p.add_argument("--format", choices=("png", "npy"), default="png",
@@ -738,6 +820,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--max-bytes", type=int, default=MAX_BYTES,
                    help=f"refuse input files larger than this (default {MAX_BYTES // 1024**2} MB)")
+    p.add_argument("--score", metavar="deletion,insertion,road",
+                   help="faithfulness scores of each map, beside a random map's (columns of explanations.csv)")
+    p.add_argument("--baseline", choices=("blur", "mean", "zeros"), default="blur",
+                   help="what deleted pixels become, for deletion and insertion (default blur)")
+    p.add_argument("--steps", type=int, default=50, help="deletion and insertion steps (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random maps, ROAD's noise and --sanity")
+    p.add_argument("--sanity", type=int, nargs="?", const=2, default=0, metavar="N",
+                   help="the model-randomisation check on the first N images (default 2): written to sanity.csv")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some inputs could not be read")
     p.set_defaults(func=_cmd_explain)
 

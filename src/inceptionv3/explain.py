@@ -7,7 +7,10 @@ to float rounding:
    et al.'s alpha-weighted positive gradients (Grad-CAM++, eps 1e-6) or by the activation-weighted gradient
    (XGrad-CAM, eps 1e-7) and summed; or gradient times activation summed over channels at each position
    (HiResCAM; LayerCAM with the positive gradients only); or the projection on the first principal component of
-   the positions' channel vectors (EigenCAM, no gradient);
+   the positions' channel vectors (EigenCAM, no gradient); or, without gradients, channel weights from running the
+   network once per channel (Score-CAM: the input masked by the channel's upsampled, min-max scaled map, the
+   target logits softmaxed over channels; Ablation-CAM: the relative drop of the target logit when the channel is
+   zeroed);
 2. ReLU;
 3. min-max scaling, ``(m - min) / (1e-7 + max)``;
 4. a bilinear (half-pixel) resize to the input size;
@@ -18,11 +21,16 @@ without autograd up to the layer; there a hook hands the rest of the network a d
 and turns recording on. So the graph covers the head alone (an explanation costs about one forward pass and
 memory stays that of inference), frozen parameters work, and no parameter's ``.grad`` is touched. The hook is
 removed, and the model's train/eval mode and the caller's grad mode restored, in ``finally``.
+
+Score-CAM and Ablation-CAM run the network K times for a layer of K channels (2048 at Mixed_7c), in batches, one
+batch in memory at a time. Ablation-CAM at a block of the network (``Mixed_7c``) reruns only what follows it
+(``InceptionV3.forward_from``), so it costs K passes of the head, not of the whole network as in grad-cam.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,9 +41,15 @@ from torch import nn
 from .errors import InputError
 
 DEFAULT_LAYER = "Mixed_7c"
-METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam")
 """Each as grad-cam 1.5.7's class of that name computes it (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM,
-EigenCAM); all but EigenCAM use the target's gradient at the layer, EigenCAM the layer's first principal component."""
+EigenCAM, ScoreCAM, AblationCAM)."""
+GRADIENT_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam")
+PER_CHANNEL_METHODS = ("scorecam", "ablationcam")
+"""Methods that run the network once per channel of the layer, so their cost grows with its width."""
+BATCH_SIZES = {"scorecam": 16, "ablationcam": 32}  # grad-cam's defaults: the same batches give the same rounding
+_SCORECAM_EPS = 1e-8  # grad-cam's ScoreCAM
+_ABLATION_OFFSET = 1e7  # grad-cam's AblationLayer, for a layer whose output can be negative
 _XGRAD_EPS = 1e-7  # grad-cam's XGradCAM
 _SCALE_EPS = 1e-7  # grad-cam's scale_cam_image
 _PLUSPLUS_EPS = 1e-6  # grad-cam's GradCAMPlusPlus
@@ -135,19 +149,22 @@ AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None, *, layer: str = DEFAULT_LAYER,
-             method: str = "gradcam", aug_smooth: bool = False, eigen_smooth: bool = False) -> CamMaps:
+             method: str = "gradcam", aug_smooth: bool = False, eigen_smooth: bool = False,
+             batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> CamMaps:
     """Maps for a normalised N x 3 x H x W batch; ``targets`` are class indices (default: each image's top-1).
     Each image's map depends on that image alone (the model runs in eval mode). ``aug_smooth`` and
     ``eigen_smooth`` are grad-cam's options of those names: six passes averaged (each with its own top-1 when no
-    target is given, as grad-cam does), and principal components instead of channel sums."""
+    target is given, as grad-cam does), and principal components instead of channel sums. ``batch_size`` (Score-CAM
+    and Ablation-CAM: the per-channel passes run together; grad-cam's 16 and 32 by default) bounds their memory, and
+    ``progress`` is called with the number of passes done after each batch."""
     if method not in METHODS:
         raise InputError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if not aug_smooth:
-        return _one_cam(model, x, targets, layer, method, eigen_smooth)
+        return _one_cam(model, x, targets, layer, method, eigen_smooth, batch_size, progress)
     runs = []
     for flip, factor in AUGMENTATIONS:
         augmented = (torch.flip(x, dims=[3]) if flip else x) * factor
-        cam = _one_cam(model, augmented, targets, layer, method, eigen_smooth)
+        cam = _one_cam(model, augmented, targets, layer, method, eigen_smooth, batch_size, progress)
         if flip:
             cam.maps, cam.layer_maps = torch.flip(cam.maps, dims=[2]), torch.flip(cam.layer_maps, dims=[2])
         runs.append(cam)
@@ -158,16 +175,20 @@ def grad_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None = None
 
 
 def _one_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None, layer: str, method: str,
-             eigen_smooth: bool) -> CamMaps:
+             eigen_smooth: bool, batch_size: int | None = None,
+             progress: Callable[[int], None] | None = None) -> CamMaps:
     module = find_layer(model, layer)
     captured: list[torch.Tensor | None] = []
+    needs_grad = method in GRADIENT_METHODS
 
     def hook(_module: nn.Module, _inputs: tuple, output: object) -> torch.Tensor | None:
         if not isinstance(output, torch.Tensor) or output.ndim != 4:
             captured.append(None)
             return None
-        torch.set_grad_enabled(True)  # record the graph from here on only: the layers before need none
-        leaf = output.detach().requires_grad_(True)
+        leaf = output.detach()
+        if needs_grad:
+            torch.set_grad_enabled(True)  # record the graph from here on only: the layers before need none
+            leaf.requires_grad_(True)
         captured.append(leaf)
         return leaf
 
@@ -177,6 +198,7 @@ def _one_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None, layer
         model.eval()
         with torch.inference_mode(False), torch.no_grad():  # no_grad's exit restores the caller's grad mode
             logits = model(x.clone() if x.is_inference() else x)
+            handle.remove()
             if not captured or captured[-1] is None:
                 raise InputError(f"--layer {layer!r} does not output an N x C x h x w feature map")
             activations = captured[-1]
@@ -185,16 +207,108 @@ def _one_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None, layer
                 targets = logits.argmax(dim=1).tolist()
             if len(targets) != n or any(not 0 <= int(t) < classes for t in targets):
                 raise InputError(f"targets must be {n} class indices in [0, {classes}), got {targets}")
+            targets = [int(t) for t in targets]
             chosen = logits[torch.arange(n), torch.as_tensor(targets, dtype=torch.long, device=logits.device)]
-            gradients = None if method == "eigencam" else torch.autograd.grad(chosen.sum(), activations)[0]
+            gradients = torch.autograd.grad(chosen.sum(), activations)[0] if needs_grad else None
+            torch.set_grad_enabled(False)
+            activations, logits = activations.detach(), logits.detach()
+            weights = None
+            if method == "scorecam":
+                weights = _score_weights(model, x, activations, targets, batch_size or BATCH_SIZES[method], progress)
+            elif method == "ablationcam":
+                weights = _ablation_weights(model, x, layer, module, activations, chosen.detach(), targets,
+                                            batch_size or BATCH_SIZES[method], progress)
     finally:
         handle.remove()
         model.train(was_training)
-    activations, logits = activations.detach().float().cpu(), logits.detach().float()
-    raw = layer_maps(activations, None if gradients is None else gradients.float().cpu(), method, eigen_smooth)
+    activations, logits = activations.float().cpu(), logits.float()
+    if weights is not None:
+        weighted = weights[:, :, None, None] * activations
+        raw = torch.from_numpy(_first_component(weighted.numpy())) if eigen_smooth else weighted.sum(dim=1)
+    else:
+        raw = layer_maps(activations, None if gradients is None else gradients.float().cpu(), method, eigen_smooth)
     maps, positive = scaled_maps(raw, tuple(x.shape[-2:]))
     empty = [bool(m.max() <= 0) for m in positive]
-    return CamMaps(maps, positive, [int(t) for t in targets], logits.cpu(), empty)
+    return CamMaps(maps, positive, targets, logits.cpu(), empty)
+
+
+def _score_weights(model: nn.Module, x: torch.Tensor, activations: torch.Tensor, targets: list[int],
+                   batch_size: int, progress: Callable[[int], None] | None) -> torch.Tensor:
+    """Score-CAM's N x K weights: each channel's map, upsampled (bilinear, corners aligned) and min-max scaled
+    (eps 1e-8), masks the input; the target's logits over the K masked inputs are softmaxed. Upsampled one batch
+    of channels at a time, so memory holds one batch of masked inputs, not N x K of them."""
+    n, k = activations.shape[:2]
+    scores = torch.empty(n, k)
+    for i in range(n):
+        for start in range(0, k, batch_size):
+            up = F.interpolate(activations[i:i + 1, start:start + batch_size], size=tuple(x.shape[-2:]),
+                               mode="bilinear", align_corners=True)[0]
+            low, high = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
+            masked = x[i][None] * ((up - low) / (high - low + _SCORECAM_EPS))[:, None]
+            scores[i, start:start + len(up)] = model(masked)[:, targets[i]].float().cpu()
+            if progress:
+                progress(len(up))
+    return torch.softmax(scores, dim=-1)
+
+
+def _ablation_weights(model: nn.Module, x: torch.Tensor, layer: str, module: nn.Module, activations: torch.Tensor,
+                      original: torch.Tensor, targets: list[int], batch_size: int,
+                      progress: Callable[[int], None] | None) -> torch.Tensor:
+    """Ablation-CAM's N x K weights, ``(original - ablated) / original`` of the target logit, each channel in turn
+    set to 0 (to the layer's minimum less 1e7 where the output can be negative). A block of ``feature_stages``
+    reruns only what follows it; a module inside a block reruns the network with the module's output replaced."""
+    n, k = activations.shape[:2]
+    stages = model.feature_stages() if hasattr(model, "feature_stages") else []
+    ablated = torch.empty(n, k)
+    for i in range(n):
+        cached = activations[i:i + 1]
+        low = float(cached.min())
+        value = 0.0 if low == 0 else low - _ABLATION_OFFSET
+        for start in range(0, k, batch_size):
+            count = min(batch_size, k - start)
+            batch = cached.repeat(count, 1, 1, 1)
+            batch[torch.arange(count), torch.arange(start, start + count)] = value
+            if layer in stages:
+                logits = model.forward_from(layer, batch)
+            else:
+                handle = module.register_forward_hook(lambda _m, _i, _o, batch=batch: batch)
+                try:
+                    logits = model(x[i][None].repeat(count, 1, 1, 1))
+                finally:
+                    handle.remove()
+            ablated[i, start:start + count] = logits[:, targets[i]].float().cpu()
+            if progress:
+                progress(count)
+    original = original.float().cpu()[:, None]
+    return (original - ablated) / original
+
+
+def channel_count(model: nn.Module, layer: str) -> int:
+    """How many channels ``layer`` outputs (how many passes Score-CAM and Ablation-CAM make there), from one pass
+    on a 75-pixel input (the smallest the network takes: a few milliseconds)."""
+    module = find_layer(model, layer)
+    seen: list[int] = []
+    handle = module.register_forward_hook(
+        lambda _m, _i, out: seen.append(int(out.shape[1])) if torch.is_tensor(out) and out.ndim == 4 else None)
+    was_training = model.training
+    try:
+        parameter = next(model.parameters(), None)
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 75, 75, device=parameter.device if parameter is not None else "cpu"))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not seen:
+        raise InputError(f"--layer {layer!r} does not output an N x C x h x w feature map")
+    return seen[-1]
+
+
+def forward_passes(model: nn.Module, method: str, layer: str = DEFAULT_LAYER, aug_smooth: bool = False) -> int:
+    """Passes of the network (or of what follows the layer, for Ablation-CAM at a block) one explanation costs:
+    1 for the gradient methods and EigenCAM, 1 + the layer's channels for Score-CAM and Ablation-CAM; x6 with
+    ``aug_smooth``. Servers bound explanations by it."""
+    per_image = 1 + (channel_count(model, layer) if method in PER_CHANNEL_METHODS else 0)
+    return per_image * (len(AUGMENTATIONS) if aug_smooth else 1)
 
 
 @dataclass

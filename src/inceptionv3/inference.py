@@ -15,7 +15,7 @@ import logging
 import os
 import warnings
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from .weights import DEFAULT_MODEL, get_model, resolve_model
 
 if TYPE_CHECKING:
     from .explain import Explanation
+    from .faithfulness import Faithfulness
 
 logger = logging.getLogger("inceptionv3")
 
@@ -331,8 +332,9 @@ class Classifier:
 
     def explain_many(self, inputs: Iterable[ImageInput], target: int | str | None = None,
                      method: str = "gradcam", *, layer: str | None = None, topk: int = 5,
-                     **smooth: bool) -> Iterator[Explanation]:
-        """:meth:`explain` for each input in turn (one forward and one backward through the head each)."""
+                     **options) -> Iterator[Explanation]:
+        """:meth:`explain` for each input in turn; ``options`` are :meth:`explain_decoded`'s (the smoothings,
+        ``progress``)."""
         from .explain import Explanation, resolve_target
 
         index = resolve_target(target, self.class_names, self.num_classes)  # a bad target fails before decoding
@@ -344,12 +346,14 @@ class Classifier:
                 yield Explanation(position, name, method=method, layer=layer or "", error=exc.reason)
                 continue
             yield self.explain_decoded(rgb, index, method, layer=layer, topk=topk, name=name, position=position,
-                                       **smooth)
+                                       **options)
 
     def explain_decoded(self, rgb: np.ndarray, target: int | str | None = None, method: str = "gradcam", *,
                         layer: str | None = None, topk: int = 5, name: str = "<image>",
-                        position: int = 0, aug_smooth: bool = False, eigen_smooth: bool = False) -> Explanation:
-        """:meth:`explain` of an image already decoded to H x W x 3 uint8 RGB (the server decodes elsewhere)."""
+                        position: int = 0, aug_smooth: bool = False, eigen_smooth: bool = False,
+                        progress: Callable[[int], None] | None = None) -> Explanation:
+        """:meth:`explain` of an image already decoded to H x W x 3 uint8 RGB (the server decodes elsewhere).
+        ``progress`` is called with the passes done, for the methods that run the network once per channel."""
         from .explain import DEFAULT_LAYER, Explanation, grad_cam, overlay, resolve_target
 
         layer = layer or DEFAULT_LAYER
@@ -361,7 +365,7 @@ class Classifier:
         crop = self.preprocess.crop_image(rgb)
         x = self.preprocess.normalize(crop[None]).to(self.device)
         cam = grad_cam(self.model, x, None if index is None else [index], layer=layer, method=method,
-                       aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+                       aug_smooth=aug_smooth, eigen_smooth=eigen_smooth, progress=progress)
         scores = torch.softmax(cam.logits[0], dim=0).numpy()
         if not np.isfinite(scores).all():
             return Explanation(position, name, method=method, layer=layer, error=NON_FINITE_OUTPUT)
@@ -374,6 +378,36 @@ class Classifier:
             overlay=None if cam.empty[0] else overlay(crop, heatmap),
             crop_box=self.preprocess.source_box(*rgb.shape[:2]), image_size=(int(rgb.shape[0]), int(rgb.shape[1])),
             empty=cam.empty[0], method=method, layer=layer, note=note)
+
+    def faithfulness(self, explanation: Explanation, scores: Sequence[str] = ("deletion", "insertion", "road"), *,
+                     baseline: str = "blur", steps: int = 50, seed: int = 0) -> Faithfulness:
+        """How far ``explanation``'s map can be trusted: the deletion, insertion and ROAD scores of its heatmap on its
+        crop for its target, each beside the same score for a random map (:mod:`.faithfulness`). Run on the eager
+        float32 model, as the explanation was."""
+        from .faithfulness import faithfulness
+
+        if not explanation.ok or explanation.crop is None or explanation.heatmap is None:
+            raise InputError(f"{explanation.name}: no map to score ({explanation.error or 'empty explanation'})")
+        return faithfulness(self.model, self.preprocess.normalize, explanation.crop, explanation.heatmap,
+                            explanation.target, scores, baseline=baseline, steps=steps, seed=seed, device=self.device)
+
+    def sanity(self, image: ImageInput, target: int | str | None = None, method: str = "gradcam", *,
+               layer: str | None = None, steps: int | None = None, seed: int = 0) -> list[tuple[str, float]]:
+        """Adebayo et al.'s model-randomisation check on one image: the rank correlation of the map with the map of
+        a copy whose blocks are re-initialised one more at a time from the top (``faithfulness.sanity``). The
+        target stays the original model's, so every map explains the same class."""
+        from .explain import DEFAULT_LAYER, grad_cam
+        from .faithfulness import sanity
+
+        explained = self.explain(image, target, method, layer=layer)
+        if not explained.ok:
+            raise InputError(f"{explained.name}: {explained.error}")
+        x = self.preprocess.normalize(explained.crop[None]).to(self.device)
+
+        def explain(model: torch.nn.Module) -> np.ndarray:
+            return grad_cam(model, x, [explained.target], layer=layer or DEFAULT_LAYER, method=method).maps[0].numpy()
+
+        return sanity(self.model, explain, steps, seed)
 
     def _as_dict(self, prediction: Prediction, topk: int | None) -> dict:
         result = prediction.to_dict()

@@ -351,6 +351,17 @@ class InceptionV3(nn.Module):
                 hook.remove()
         return {tap: out[tap] for tap in wanted}
 
+    @torch.jit.unused
+    def forward_from(self, stage: str, x: Tensor) -> Tensor:
+        """Logits from ``stage``'s output: the stages after it, then the head. Methods that change a block's
+        output many times (Ablation-CAM) rerun only what lies after it."""
+        stages = self.feature_stages()
+        if stage not in stages:
+            raise InputError(f"unknown stage {stage!r}: one of {', '.join(stages)}")
+        for name in stages[stages.index(stage) + 1:]:
+            x = getattr(self, name)(x)
+        return self.forward_head(x)
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Global pool, dropout and fc; ``pre_logits=True`` stops at the 2048-d pooled vector (FID)."""
         # N x 2048 x 8 x 8

@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..decode import ImageLoadError
-from ..explain import METHODS
+from ..explain import DEFAULT_LAYER, METHODS, forward_passes
 from ..inference import Classifier, Prediction
 from ..version import __version__
 from ..weights import resolve_model
@@ -48,6 +48,8 @@ class Server:
                                     precision=config.precision, expected_images=10_000, decode=config.decode)
         self.classifier = classifier
         self.metrics = ServerMetrics()
+        #: What each method costs here (measured before the model thread starts, which then owns the model).
+        self.explain_passes = {m: forward_passes(classifier.model, m, DEFAULT_LAYER) for m in METHODS}
         observer = Observer(queue_wait=self.metrics.queue_wait.observe, inference=self.metrics.inference.observe,
                             batch_size=self.metrics.batch_size.observe)
         self.engine = Engine(classifier, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
@@ -245,7 +247,9 @@ class Server:
                        "max_files": self.config.max_files, "max_batch": self.config.max_batch,
                        "max_delay_ms": self.config.max_delay_ms, "queue_size": self.config.queue_size,
                        "timeout_s": self.config.timeout_s},
-            "explain": {"methods": list(METHODS), "note": None if (c.backend, c.precision) == ("eager", "fp32")
+            "explain": {"methods": [m for m in METHODS if self.explain_passes[m] <= self.config.explain_max_passes],
+                        "passes": self.explain_passes,
+                        "note": None if (c.backend, c.precision) == ("eager", "fp32")
                         else "explanations run on the eager fp32 model"}}
 
 

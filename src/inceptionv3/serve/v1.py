@@ -85,6 +85,9 @@ def router(server: Server) -> APIRouter:
         method = query.get("method", parameters.get("method", "gradcam"))
         if method not in METHODS:
             raise ApiError(422, f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if server.explain_passes[method] > server.config.explain_max_passes:
+            raise ApiError(422, f"method {method} costs {server.explain_passes[method]} network passes per image; this "
+                           f"server allows {server.config.explain_max_passes} (--explain-max-passes)")
         try:
             index = resolve_target(query.get("target", parameters.get("target")), server.classifier.class_names,
                                    server.classifier.num_classes)
