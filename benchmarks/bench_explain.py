@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from inceptionv3 import InceptionV3
-from inceptionv3.explain import METHODS, grad_cam
+from inceptionv3.explain import METHODS, PER_CHANNEL_METHODS, grad_cam
 
 
 def build() -> InceptionV3:
@@ -66,6 +66,24 @@ def peak(kind: str, batch: int) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mib"]
 
 
+def faithfulness_cost(model: InceptionV3, t_forward: float) -> None:
+    """One map's scores at 299 (each with its random map): deletion and insertion at 50 steps, and ROAD."""
+    import numpy as np
+
+    from inceptionv3.faithfulness import faithfulness
+    from inceptionv3.preprocess import PRESETS
+
+    preprocess = PRESETS["mmpretrain"]
+    crop = np.random.default_rng(0).integers(0, 256, (299, 299, 3), dtype=np.uint8)
+    heatmap = grad_cam(model, preprocess.normalize(crop[None])).maps[0].numpy()
+    for scores in (("deletion", "insertion"), ("road",)):
+        start = time.perf_counter()
+        faithfulness(model, preprocess.normalize, crop, heatmap, 0, scores, steps=50)
+        took = time.perf_counter() - start
+        print(f"  --score {','.join(scores)}: {took:.1f} s per image, random map included "
+              f"({took / t_forward:.0f}x the forward)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -101,8 +119,21 @@ def main() -> None:
           f"({t_ours / t_forward:.2f}x the forward); grad-cam package {t_theirs * 1e3:.1f} ms "
           f"({t_theirs / t_forward:.2f}x)")
     for method in METHODS:
-        t_method = median_time(lambda method=method: grad_cam(model, x, method=method), args.repeats)
+        if method in PER_CHANNEL_METHODS:  # minutes each: one call, no warm-up
+            start = time.perf_counter()
+            grad_cam(model, x, method=method)
+            t_method = time.perf_counter() - start
+        else:
+            t_method = median_time(lambda method=method: grad_cam(model, x, method=method), args.repeats)
         print(f"  --method {method}: {t_method * 1e3:.1f} ms ({t_method / t_forward:.2f}x the forward)")
+    start = time.perf_counter()
+    from pytorch_grad_cam import AblationCAM
+
+    with AblationCAM(model=model, target_layers=[model.Mixed_7c]) as cam:
+        cam(x, None)
+    t_ablation = time.perf_counter() - start
+    print(f"  grad-cam package AblationCAM: {t_ablation * 1e3:.1f} ms ({t_ablation / t_forward:.2f}x the forward)")
+    faithfulness_cost(model, t_forward)
     rows = {kind: peak(kind, args.batch) for kind in ("forward", "ours", "grad-cam")}
     print(f"peak RSS at batch {args.batch}: forward only {rows['forward']:.0f} MiB; Grad-CAM ours "
           f"{rows['ours']:.0f} MiB; grad-cam package {rows['grad-cam']:.0f} MiB")
