@@ -199,6 +199,43 @@ def test_explain_returns_the_heatmap_of_the_explanations_module(server, classifi
     assert coloured.mode == "RGBA" and coloured.size == (299, 299)
 
 
+def test_features_are_the_features_commands_for_the_same_bytes(server, trained_like_checkpoint, tmp_path):
+    """/v1/features and v2's features output against `inceptionv3 features --model` on the same JPEG files, in
+    float32 and float16; bad taps and dtypes are 422s that say what is allowed."""
+    from inceptionv3.cli import main
+
+    base, _ = server
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = [_jpeg(i) for i in (2, 3)]
+    for i, data in enumerate(photos):
+        (folder / f"{i}.jpg").write_bytes(data)
+    assert main(["features", str(folder), "--model", str(trained_like_checkpoint), "--out", str(tmp_path / "f.npz"),
+                 "--layers", "2048", "768", "--workers", "0", "--quiet"]) == 0
+    expected = np.load(tmp_path / "f.npz")
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
+        files = [("files", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
+        both = client.post("/v1/features", files=files, params={"taps": "2048,768"}).json()["results"]
+        half = client.post("/v1/features", content=photos[0], headers={"Content-Type": "image/jpeg"},
+                           params={"dtype": "float16"}).json()
+        v2 = client.post("/v2/models/inceptionv3/infer", json={
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                        "data": [base64.b64encode(p).decode() for p in photos]}],
+            "outputs": [{"name": "features"}, {"name": "probabilities", "parameters": {"classification": 2}}]}).json()
+        bad_tap = client.post("/v1/features", content=photos[0], headers={"Content-Type": "image/jpeg"},
+                              params={"taps": "pool5"})
+        bad_dtype = client.post("/v1/features", content=photos[0], headers={"Content-Type": "image/jpeg"},
+                                params={"dtype": "int8"})
+    for i, row in enumerate(both):
+        for tap in ("2048", "768"):
+            assert np.abs(np.array(row["features"][tap]) - expected[tap][i]).max() <= 1e-5, tap
+    assert half["dtype"] == "float16" and half["features"]["2048"] == expected["2048"][0].astype(np.float16).tolist()
+    features, probabilities = v2["outputs"][1], v2["outputs"][0]
+    assert features["name"] == "features" and features["shape"] == [2, 2048] and probabilities["shape"] == [2, 2]
+    assert np.abs(np.array(features["data"]).reshape(2, 2048) - expected["2048"]).max() <= 1e-5
+    assert bad_tap.status_code == bad_dtype.status_code == 422 and "taps must be some of 64, 192" in bad_tap.text
+
+
 def test_open_inference_protocol_with_tritonclient(server, classifier):
     """tritonclient (PyPI) against /v2: liveness, readiness, metadata, then inference with base64 JSON and with the
     binary extension (raw bytes), FP32 probabilities and top-k classification."""

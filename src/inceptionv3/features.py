@@ -17,7 +17,6 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from .fid_presets import DEFAULT_PRESET, FIDPreset, get_preset, model_preset
 from .files import atomic_path, display_name, find_images
 from .image_arrays import ImageArray, is_image_array
 from .model import InceptionV3
-from .runtime import all_reduce_sum, is_main_process, rank_world, select_device, shard
+from .runtime import all_reduce_sum, full_fp32, is_main_process, rank_world, select_device, shard
 from .version import versions
 from .weights import FID_MODEL
 
@@ -112,22 +111,6 @@ class Extractor:
         joined = self._runners[key](x.cpu()).float()
         sizes = [self.model.num_classes if layer.startswith("logits") else DIMS[layer] for layer in key]
         return dict(zip(key, joined.split(sizes, dim=1), strict=True))
-
-
-@contextmanager
-def full_fp32() -> Iterator[None]:
-    """TF32 off for convolutions and matmuls while features are extracted: on Ampere and later GPUs cuDNN
-    convolves in TF32 by default (10-bit mantissas), which moves FID by far more than float32 rounding does.
-    The settings are restored afterwards; on a CPU they change nothing."""
-    settings = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
-    saved = [setting.fp32_precision for setting in settings]
-    try:
-        for setting in settings:
-            setting.fp32_precision = "ieee"
-        yield
-    finally:
-        for setting, value in zip(settings, saved, strict=True):
-            setting.fp32_precision = value
 
 
 def make_extractor(preset: str | None = None, weights: str | os.PathLike | None = None,

@@ -29,7 +29,7 @@ from .decode import DECODE_MODES, MAX_BYTES, MAX_IMAGE_PIXELS, ImageInput, Image
 from .errors import InputError
 from .imagenet import imagenet_classes
 from .preprocess import PRESETS, VIEW_COUNTS, Preprocess, warn_if_small_crop
-from .runtime import select_device
+from .runtime import full_fp32, select_device
 from .weights import DEFAULT_MODEL, get_model, resolve_model
 
 if TYPE_CHECKING:
@@ -235,6 +235,20 @@ class Classifier:
         results = [Prediction(i, name) for i, name in enumerate(names)]
         self._score_into(results, views, batch_size)
         return results
+
+    def embed_views(self, views: Sequence[np.ndarray], taps: Sequence[str] = ("2048",)) -> list[dict[str, np.ndarray]]:
+        """Feature vectors of images from views cut by :meth:`load_views`: each tap of ``fid_network.LAYERS``
+        (``"2048"``: the pooled vector before the classifier), float32, averaged over an image's views. The eager
+        float32 model computes them, whatever the backend, as ``inceptionv3 features --model`` does, so the same
+        bytes give the same numbers."""
+        from .fid_network import forward_taps
+
+        stacked = self.preprocess.normalize(np.concatenate(views)).to(self.device)
+        with torch.inference_mode(), full_fp32():
+            found = {tap: value.float().cpu().numpy() for tap, value in forward_taps(self.model, stacked, taps).items()}
+        per_image = len(stacked) // len(views)
+        return [{tap: value[i * per_image:(i + 1) * per_image].mean(axis=0) for tap, value in found.items()}
+                for i in range(len(views))]
 
     def _score_into(self, predictions: list[Prediction], views: Sequence[np.ndarray], batch_size: int | None) -> None:
         """Fill each prediction with the scores of its views (or the non-finite error)."""

@@ -27,7 +27,7 @@ class QueueFullError(Exception):
 
 @dataclass
 class Job:
-    kind: str  # "predict" (the views of Classifier.load_views) or "explain" (rgb: the decoded photo)
+    kind: str  # "predict" or "features" (the views of Classifier.load_views), or "explain" (the decoded photo)
     image: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
     future: Future = field(default_factory=Future)
@@ -101,8 +101,8 @@ class Engine:
             job = self.queue.get()
             if job is None:
                 break
-            if job.kind == "explain":
-                self._explain(job)
+            if job.kind != "predict":
+                self._alone(job)
                 continue
             batch, later = [job], []
             deadline = time.monotonic() + self.max_delay
@@ -115,10 +115,10 @@ class Engine:
                 if nxt is None:
                     stopping = True
                     break
-                (later if nxt.kind == "explain" else batch).append(nxt)
+                (batch if nxt.kind == "predict" else later).append(nxt)
             self._predict(batch)
             for job in later:
-                self._explain(job)
+                self._alone(job)
 
     def _start(self, jobs: list[Job]) -> list[Job]:
         """The jobs still wanted (a request that timed out cancelled its future), with their queue wait noted."""
@@ -147,12 +147,16 @@ class Engine:
         for job, prediction in zip(jobs, predictions, strict=True):
             job.future.set_result(prediction)
 
-    def _explain(self, job: Job) -> None:
+    def _alone(self, job: Job) -> None:
+        """An explanation (``explain``) or an image's features (``features``), one job at a time."""
         if not self._start([job]):
             return
         started = time.monotonic()
         try:
-            result = self.classifier.explain_decoded(job.image, **job.params)
+            if job.kind == "explain":
+                result = self.classifier.explain_decoded(job.image, **job.params)
+            else:
+                result = self.classifier.embed_views([job.image], **job.params)[0]
         except Exception as exc:
             job.future.set_exception(exc)
             return

@@ -160,7 +160,7 @@ class Server:
         deadline = time.monotonic() + self.config.timeout_s
         loop = asyncio.get_running_loop()
         self.decoding += 1
-        decoding = loop.run_in_executor(self.pool, self.decode, upload, kind == "predict")
+        decoding = loop.run_in_executor(self.pool, self.decode, upload, kind != "explain")
         decoding.add_done_callback(self._decoded)  # when the thread is done, even after a timeout or a disconnect
         try:
             image = await asyncio.wait_for(asyncio.shield(decoding), self.config.timeout_s)
@@ -220,6 +220,21 @@ class Server:
         if prediction.class_name is not None:
             out["pred_class"] = prediction.class_name
         return out
+
+    def feature_request(self, taps: Any, dtype: Any) -> tuple[list[str], str]:
+        """The taps (a list, or a comma-separated string; default the pooled ``2048``) and the float type
+        (``float32`` or ``float16``) of a features request, or a 422 naming the choices."""
+        from ..fid_network import LAYERS
+
+        if taps is None:
+            taps = ["2048"]
+        if isinstance(taps, str):
+            taps = [t.strip() for t in taps.split(",") if t.strip()]
+        if not isinstance(taps, list) or not taps or not all(isinstance(t, str) and t in LAYERS for t in taps):
+            raise ApiError(422, f"taps must be some of {', '.join(LAYERS)}, got {short(taps)}")
+        if dtype not in (None, "float32", "float16"):
+            raise ApiError(422, f"dtype must be float32 or float16, got {short(dtype)}")
+        return list(dict.fromkeys(taps)), dtype or "float32"
 
     def topk(self, value: Any) -> int:
         """A JSON integer or a string of ASCII digits; 2.9, true, "1_0", "¹" and Infinity are refused (``int``

@@ -1,11 +1,12 @@
-"""The v1 API and the page: ``POST /v1/predict`` (one image or several), ``POST /v1/explain`` (one image, a
-heatmap), ``GET /v1/models`` (the model card) and ``GET /`` (the page that calls them)."""
+"""The v1 API and the page: ``POST /v1/predict`` (one image or several), ``POST /v1/features`` (feature vectors),
+``POST /v1/explain`` (one image, a heatmap), ``GET /v1/models`` (the model card) and ``GET /`` (the page)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -17,7 +18,7 @@ from PIL import Image
 from ..errors import InputError
 from ..explain import METHODS, Explanation, jet, resolve_target
 from .server import Server
-from .wire import ApiError
+from .wire import ApiError, Upload
 
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
                "script-src 'unsafe-inline'; connect-src 'self'")
@@ -44,6 +45,24 @@ def explanation_body(e: Explanation) -> dict[str, Any]:
         "heatmap_values_png": _png(np.uint8(np.round(e.heatmap * 255)))}
 
 
+def _answer(uploads: list[Upload], outcomes: list, many: bool, body: Callable[[Any], dict]) -> JSONResponse:
+    """One image's answer, or ``{"results": [...]}`` in input order where a bad image gets its error and status in
+    its place while the others are answered."""
+    if not many:
+        if isinstance(outcomes[0], BaseException):
+            raise outcomes[0]
+        return JSONResponse(body(outcomes[0]))
+    results = []
+    for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
+        if isinstance(outcome, ApiError):
+            results.append({"index": i, "name": upload.name, "error": outcome.message, "status": outcome.status})
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            results.append({"index": i, "name": upload.name, **body(outcome)})
+    return JSONResponse({"results": results})
+
+
 def router(server: Server) -> APIRouter:
     routes = APIRouter()
     page = resources.files("inceptionv3.serve").joinpath("page.html").read_text(encoding="utf-8")
@@ -61,19 +80,20 @@ def router(server: Server) -> APIRouter:
         uploads, parameters, many = await server.uploads(request)
         k = server.topk(request.query_params.get("topk", parameters.get("top_k", parameters.get("topk"))))
         outcomes = await asyncio.gather(*(server.run(u, "predict") for u in uploads), return_exceptions=True)
-        if not many:
-            if isinstance(outcomes[0], BaseException):
-                raise outcomes[0]
-            return JSONResponse(server.predictions(outcomes[0], k))
-        results = []
-        for i, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True)):
-            if isinstance(outcome, ApiError):
-                results.append({"index": i, "name": upload.name, "error": outcome.message, "status": outcome.status})
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                results.append({"index": i, "name": upload.name, **server.predictions(outcome, k)})
-        return JSONResponse({"results": results})
+        return _answer(uploads, outcomes, many, lambda prediction: server.predictions(prediction, k))
+
+    @routes.post("/v1/features")
+    async def features(request: Request) -> JSONResponse:
+        """Feature vectors (the pooled 2048-d one by default), as ``inceptionv3 features --model`` computes them."""
+        uploads, parameters, many = await server.uploads(request)
+        query = request.query_params
+        taps, dtype = server.feature_request(query.get("taps", parameters.get("taps")),
+                                             query.get("dtype", parameters.get("dtype")))
+        outcomes = await asyncio.gather(*(server.run(u, "features", {"taps": taps}) for u in uploads),
+                                        return_exceptions=True)
+
+        return _answer(uploads, outcomes, many, lambda found: {
+            "features": {tap: found[tap].astype(dtype).tolist() for tap in taps}, "dtype": dtype})
 
     @routes.post("/v1/explain")
     async def explain(request: Request) -> JSONResponse:

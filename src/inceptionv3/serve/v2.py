@@ -5,7 +5,9 @@ One model, named by ``--name`` (default ``inceptionv3``): input ``image``, datat
 an encoded image (base64 strings in JSON; raw bytes with Triton's binary-data extension, where the JSON header
 is the first ``Inference-Header-Content-Length`` bytes of the body). Output ``probabilities``, FP32 [N, classes];
 with Triton's classification extension (``"parameters": {"classification": k}`` on the requested output) it is
-BYTES [N, k] instead, each element ``"score:index:label"``, best first. Outputs are always JSON.
+BYTES [N, k] instead, each element ``"score:index:label"``, best first. Output ``features``, FP32 (or FP16 with
+``"parameters": {"datatype": "FP16"}``) [N, 2048]: the pooled vector before the classifier. Outputs are always
+JSON.
 """
 
 from __future__ import annotations
@@ -89,21 +91,35 @@ def parse_infer(body: bytes, header_length: str | None, max_items: int) -> tuple
     return request, images
 
 
-def classification_k(request_json: dict[str, Any], topk) -> int | None:
-    """The k of Triton's classification extension on the requested output, or None for probabilities."""
-    outputs = request_json.get("outputs") or []
+def requested_outputs(request_json: dict[str, Any], topk) -> dict[str, Any]:
+    """The outputs asked for, by name: ``probabilities`` (the value: Triton's classification k, or None for the
+    FP32 scores) and ``features`` (the value: its datatype, FP32 or FP16). No ``outputs``: the probabilities."""
+    outputs = request_json.get("outputs") or [{"name": "probabilities"}]
     if not isinstance(outputs, list):
         raise ApiError(400, "outputs must be a list")
-    k = None
+    chosen: dict[str, Any] = {}
     for output in outputs:
-        if not isinstance(output, dict) or output.get("name") != "probabilities":
-            raise ApiError(400, f"unknown output {output!r}: this model has 'probabilities'")
-        if not isinstance(output.get("parameters") or {}, dict):
+        if not isinstance(output, dict) or output.get("name") not in ("probabilities", "features"):
+            raise ApiError(400, f"unknown output {output!r}: this model has 'probabilities' and 'features'")
+        parameters = output.get("parameters") or {}
+        if not isinstance(parameters, dict):
             raise ApiError(400, "an output's parameters must be an object")
-        value = (output.get("parameters") or {}).get("classification")
-        if value is not None:
-            k = topk(value)
-    return k
+        if output["name"] == "features":
+            datatype = parameters.get("datatype", "FP32")
+            if datatype not in ("FP32", "FP16"):
+                raise ApiError(400, f"output 'features' comes as FP32 or FP16, not {datatype!r}")
+            chosen["features"] = datatype
+        else:
+            value = parameters.get("classification")
+            chosen["probabilities"] = None if value is None else topk(value)
+    return chosen
+
+
+def features_tensor(found: list[dict], datatype: str) -> dict[str, Any]:
+    """The ``features`` output: the pooled 2048-d vector of each image, [N, 2048]."""
+    dtype = {"FP32": "float32", "FP16": "float16"}[datatype]
+    return {"name": "features", "datatype": datatype, "shape": [len(found), len(found[0]["2048"])],
+            "data": [float(v) for f in found for v in f["2048"].astype(dtype)]}
 
 
 def output_tensor(predictions: list, k: int | None, class_names) -> dict[str, Any]:
@@ -136,7 +152,8 @@ def router(server: Server) -> APIRouter:
         return {"name": name, "versions": ["1"], "platform": "pytorch_inceptionv3",
                 "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "probabilities", "datatype": "FP32",
-                             "shape": [-1, server.classifier.num_classes]}]}
+                             "shape": [-1, server.classifier.num_classes]},
+                            {"name": "features", "datatype": "FP32", "shape": [-1, 2048]}]}
 
     @routes.get("/v2/models/{model}/ready")
     async def model_ready(model: str) -> JSONResponse:
@@ -150,11 +167,16 @@ def router(server: Server) -> APIRouter:
         body = await server.body(request)
         request_json, images = await asyncio.to_thread(  # off the event loop: JSON bodies run to megabytes
             parse_infer, body, request.headers.get("inference-header-content-length"), server.config.max_files)
-        k = classification_k(request_json, server.topk)
+        chosen = requested_outputs(request_json, server.topk)
         uploads = [Upload(f"image[{i}]", data) for i, data in enumerate(images)]
-        predictions = await asyncio.gather(*(server.run(u, "predict") for u in uploads))
-        response: dict[str, Any] = {"model_name": name, "model_version": "1",
-                                    "outputs": [output_tensor(predictions, k, server.classifier.class_names)]}
+        outputs = []
+        if "probabilities" in chosen:
+            predictions = await asyncio.gather(*(server.run(u, "predict") for u in uploads))
+            outputs.append(output_tensor(predictions, chosen["probabilities"], server.classifier.class_names))
+        if "features" in chosen:
+            found = await asyncio.gather(*(server.run(u, "features", {"taps": ["2048"]}) for u in uploads))
+            outputs.append(features_tensor(found, chosen["features"]))
+        response: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": outputs}
         if "id" in request_json:
             response["id"] = request_json["id"]
         return JSONResponse(response)
@@ -162,4 +184,4 @@ def router(server: Server) -> APIRouter:
     return routes
 
 
-__all__ = ["classification_k", "output_tensor", "parse_infer", "router"]
+__all__ = ["features_tensor", "output_tensor", "parse_infer", "requested_outputs", "router"]
