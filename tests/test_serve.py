@@ -622,3 +622,25 @@ def test_decoding_counts_against_the_backlog_and_the_deadline(server, monkeypatc
     while state.decoding and time.monotonic() < deadline:
         time.sleep(0.05)
     assert state.decoding == 0
+
+
+def test_access_log_is_one_json_line_per_request_and_the_repository_lists_the_model(classifier, caplog):
+    """--access-log: time, request id, method, route template, status, milliseconds, client; never the key."""
+    import json
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    app = create_app(ServeConfig(access_log=True, api_key="secret-key", name="birds"), classifier)
+    with TestClient(app) as client, caplog.at_level(logging.INFO, logger="inceptionv3.access"):
+        assert app.state.server.engine.ready.wait(60)
+        client.get("/readyz")  # open path: no key needed
+        refused = client.post("/v2/repository/index")
+        index = client.post("/v2/repository/index", headers={"Authorization": "Bearer secret-key",
+                                                              "X-Request-ID": "req-42"})
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "inceptionv3.access"]
+    assert [(line["route"], line["status"]) for line in lines] == [
+        ("/readyz", 200), ("/v2/repository/index", 401), ("/v2/repository/index", 200)]
+    assert lines[2]["request_id"] == "req-42" and lines[2]["method"] == "POST" and lines[2]["ms"] >= 0
+    assert "secret-key" not in caplog.text and refused.status_code == 401
+    assert index.json() == [{"name": "birds", "version": "1", "state": "READY"}]

@@ -31,6 +31,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     config = config_from(ServeConfig, args, api_key=args.api_key or env_api_key())
+    if config.access_log:  # one JSON object per line, alone on its line (the CLI's format prefixes names)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access = logging.getLogger("inceptionv3.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     if args.ray:
         from .ray import run
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import re
@@ -33,6 +34,7 @@ from .server import Server, error_response
 from .wire import ApiError
 
 logger = logging.getLogger("inceptionv3")
+access_logger = logging.getLogger("inceptionv3.access")
 
 def _route_template(routes: list[BaseRoute], scope: dict) -> str:
     """The metrics label of a request: its route's template (``/v2/models/{model}/infer``), or ``unmatched``, so that
@@ -82,14 +84,17 @@ def _add_middleware(app: FastAPI, server: Server, routes: list[BaseRoute]) -> No
         if not _authorised(request, server.config.api_key):
             response = error_response(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                       {"WWW-Authenticate": "Bearer"})
-            response.headers["X-Request-ID"] = request_id
-            server.metrics.requests.labels(endpoint=endpoint, code="401").inc()
-            return response
-        response = await call_next(request)  # ApiError becomes its JSON answer in the handler below
+        else:
+            response = await call_next(request)  # ApiError becomes its JSON answer in the handler below
+            server.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
         response.headers["X-Request-ID"] = request_id
         response.headers["X-Served-By"] = served_by
         server.metrics.requests.labels(endpoint=endpoint, code=str(response.status_code)).inc()
-        server.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
+        if server.config.access_log:
+            access_logger.info(json.dumps({
+                "time": round(time.time(), 3), "request_id": request_id, "method": request.method, "route": endpoint,
+                "status": response.status_code, "ms": round((time.monotonic() - started) * 1000, 2),
+                "client": request.client.host if request.client else None}))
         return response
 
 

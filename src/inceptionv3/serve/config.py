@@ -40,6 +40,8 @@ class ServeConfig:
     name: str = option("inceptionv3", help="the model's name in the v2 protocol")
     explain_max_passes: int = option(64, help="most network passes one explanation may cost (422 above): 1 for "
                                      "gradcam and its kin, 2049 for scorecam and ablationcam at Mixed_7c")
+    access_log: bool = option(False, help="one JSON line per request on stderr: time, request id, method, route, "
+                              "status, milliseconds, client (never a body or a key)")
     ready_before_start: bool = False
     """Finish the warm-up before the app starts (behind a proxy that routes to a replica once it has started)."""
 

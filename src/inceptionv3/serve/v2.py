@@ -144,7 +144,15 @@ def router(server: Server) -> APIRouter:
 
     @routes.get("/v2")
     async def server_metadata() -> dict:
-        return {"name": "inceptionv3", "version": __version__, "extensions": ["classification", "binary_tensor_data"]}
+        return {"name": "inceptionv3", "version": __version__,
+                "extensions": ["classification", "binary_tensor_data", "model_repository"]}
+
+    @routes.post("/v2/repository/index")
+    async def repository_index() -> list:
+        """Triton's model-repository extension: the models this server has, and whether each is ready."""
+        ready = server.not_ready() is None
+        return [{"name": name, "version": "1", "state": "READY" if ready else "UNAVAILABLE",
+                 **({} if ready else {"reason": server.not_ready()})}]
 
     @routes.get("/v2/models/{model}")
     async def model_metadata(model: str) -> dict:
