@@ -206,12 +206,14 @@ if dist.is_initialized():
 #: rates rounding stays at rounding size (1 thread against 2, same process: 2e-10 at most), while every path of
 #: each recipe still runs (clipping, smoothing, EMA, the schedules, the backbone's lower rate, synchronised BN)
 #: and any arithmetic difference between the runs shows: float32 BN statistics gave 4.8e-7 here.
-DDP_LEARNING_RATES = {"paper": 1e-4, "mmpretrain-8xb32": 1e-7, "finetune": 1e-6}
+# mmpretrain-8xb32 (plain SGD) is left out: finetune runs the same optimizer with parameter groups on top, and
+# each recipe costs a third of this test's 40 s.
+DDP_LEARNING_RATES = {"paper": 1e-4, "finetune": 1e-6}
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_twice_the_batch(trained_like_checkpoint, tmp_path):
-    """2 processes x 4 images against 1 x 8, 3 steps of every recipe in float64 (fp32 rounding alone would grow
+    """2 processes x 4 images against 1 x 8, 3 steps of the paper and fine-tuning recipes in float64 (fp32 rounding alone would grow
     past any useful bound): every tensor agrees to 1e-9, BN buffers, EMA and optimizer state included."""
     script = tmp_path / "run_recipes.py"
     script.write_text(RUN_RECIPES)
