@@ -644,3 +644,41 @@ def test_access_log_is_one_json_line_per_request_and_the_repository_lists_the_mo
     assert lines[2]["request_id"] == "req-42" and lines[2]["method"] == "POST" and lines[2]["ms"] >= 0
     assert "secret-key" not in caplog.text and refused.status_code == 401
     assert index.json() == [{"name": "birds", "version": "1", "state": "READY"}]
+
+
+def test_each_api_key_gets_its_own_concurrency_limit(classifier):
+    """--api-key a,b --max-concurrency 1: while a's upload is still arriving, a's next request gets 429 with
+    Retry-After, b is answered, and a is answered again once its first request is done."""
+    import asyncio
+
+    app = create_app(ServeConfig(api_key="key-a, key-b", max_concurrency=1), classifier)
+
+    async def scenario():
+        arrived = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow_body():
+            yield b"\xff\xd8"
+            arrived.set()
+            await release.wait()
+            yield b"not really a jpeg"
+
+        def auth(key: str) -> dict:
+            return {"Authorization": f"Bearer {key}"}
+
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = asyncio.create_task(client.post("/v1/predict", content=slow_body(),
+                                                    headers={**auth("key-a"), "Content-Type": "image/jpeg"}))
+            await asyncio.wait_for(arrived.wait(), 10)
+            busy = await client.get("/v1/models", headers=auth("key-a"))
+            other = await client.get("/v1/models", headers=auth("key-b"))
+            wrong = await client.get("/v1/models", headers=auth("key-c"))
+            release.set()
+            await first
+            again = await client.get("/v1/models", headers=auth("key-a"))
+        return busy, other, wrong, again
+
+    busy, other, wrong, again = asyncio.run(scenario())
+    assert busy.status_code == 429 and busy.headers["Retry-After"] == "1" and "--max-concurrency 1" in busy.text
+    assert other.status_code == 200 and again.status_code == 200 and wrong.status_code == 401

@@ -18,6 +18,7 @@ import re
 import socket
 import time
 import uuid
+from collections import Counter
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -64,16 +65,24 @@ def _lifespan(server: Server):
     return lifespan
 
 
-def _authorised(request: Request, api_key: str | None) -> bool:
-    if not api_key or request.url.path in health.OPEN_PATHS:
-        return True
+def _client_key(request: Request, api_keys: str | None) -> str | None:
+    """The key the request carries, if it is one of ``api_keys`` (comma-separated); "" where none is needed (no
+    keys set, or an open path); None when it is missing or wrong. Every key is compared in constant time."""
+    if not api_keys or request.url.path in health.OPEN_PATHS:
+        return ""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+    given = token.strip().encode()
+    matched = None
+    for key in (k.strip() for k in api_keys.split(",") if k.strip()):
+        if hmac.compare_digest(given, key.encode()) and scheme.lower() == "bearer":
+            matched = key
+    return matched
 
 
 def _add_middleware(app: FastAPI, server: Server, routes: list[BaseRoute]) -> None:
     """Request ids, the API key, and a count and latency per route template and status."""
     served_by = f"{socket.gethostname()}:{os.getpid()}"  # which process answered (replicas behind a proxy)
+    in_flight: Counter[str] = Counter()  # requests being answered, per API key (changed on the event loop only)
 
     @app.middleware("http")
     async def around(request: Request, call_next):
@@ -81,11 +90,20 @@ def _add_middleware(app: FastAPI, server: Server, routes: list[BaseRoute]) -> No
         given = request.headers.get("x-request-id", "")
         request_id = given if re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", given) else uuid.uuid4().hex
         endpoint = _route_template(routes, request.scope)
-        if not _authorised(request, server.config.api_key):
+        key = _client_key(request, server.config.api_key)
+        limit = server.config.max_concurrency
+        if key is None:
             response = error_response(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                       {"WWW-Authenticate": "Bearer"})
+        elif key and limit and in_flight[key] >= limit:
+            response = error_response(429, f"this key has {in_flight[key]} requests in flight, the most allowed "
+                                      f"(--max-concurrency {limit})", {"Retry-After": "1"})
         else:
-            response = await call_next(request)  # ApiError becomes its JSON answer in the handler below
+            in_flight[key] += 1
+            try:
+                response = await call_next(request)  # ApiError becomes its JSON answer in the handler below
+            finally:
+                in_flight[key] -= 1
             server.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
         response.headers["X-Request-ID"] = request_id
         response.headers["X-Served-By"] = served_by

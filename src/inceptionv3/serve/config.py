@@ -35,11 +35,14 @@ class ServeConfig:
     max_pixels: int = option(40_000_000, help="largest upload in pixels (400 above)")
     max_files: int = option(16, help="most images per request")
     timeout_s: float = option(30.0, help="408 when a body takes longer to arrive, 504 when a result does")
-    api_key: str | None = option(help="require 'Authorization: Bearer KEY'; prefer setting INCEPTIONV3_API_KEY, "
+    api_key: str | None = option(help="require 'Authorization: Bearer KEY' (several keys: comma-separated, one per "
+                                 "client); prefer setting INCEPTIONV3_API_KEY, "
                                  "since command lines show in ps")
     name: str = option("inceptionv3", help="the model's name in the v2 protocol")
     explain_max_passes: int = option(64, help="most network passes one explanation may cost (422 above): 1 for "
                                      "gradcam and its kin, 2049 for scorecam and ablationcam at Mixed_7c")
+    max_concurrency: int | None = option(help="with --api-key: most requests in flight per key (429 above), so "
+                                         "that one client cannot take the whole queue")
     access_log: bool = option(False, help="one JSON line per request on stderr: time, request id, method, route, "
                               "status, milliseconds, client (never a body or a key)")
     ready_before_start: bool = False
