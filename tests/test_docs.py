@@ -36,7 +36,7 @@ from PIL import Image
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 CODE = {"bash": "shell", "python": "python"}
-NOT_CODE = {"text", "yaml", "json"}
+NOT_CODE = {"text", "yaml", "json", "diff"}  # diffs: tests/test_architecture.py checks them against the code
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 MARKER = re.compile(r"<!-- not run by the docs tests: (.+?) -->\s*$")
 SHOWN_FAILURE = re.compile(r'#\s*exits (\d+): "([^"]+)"')  # a command a doc shows failing, and what it prints

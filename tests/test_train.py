@@ -213,8 +213,9 @@ DDP_LEARNING_RATES = {"paper": 1e-4, "finetune": 1e-6}
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_twice_the_batch(trained_like_checkpoint, tmp_path):
-    """2 processes x 4 images against 1 x 8, 3 steps of the paper and fine-tuning recipes in float64 (fp32 rounding alone would grow
-    past any useful bound): every tensor agrees to 1e-9, BN buffers, EMA and optimizer state included."""
+    """2 processes x 4 images against 1 x 8, 3 steps of the paper and fine-tuning recipes in float64 (fp32
+    rounding alone would grow past any useful bound): every tensor agrees to 1e-9, BN buffers, EMA and optimizer
+    state included."""
     script = tmp_path / "run_recipes.py"
     script.write_text(RUN_RECIPES)
 
