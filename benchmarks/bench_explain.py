@@ -3,6 +3,8 @@ memory at batch 16, ours against the grad-cam package on the same model, one run
 
     .venv/bin/python benchmarks/bench_explain.py [--repeats 10] [--threads N]
 
+Score-CAM and Ablation-CAM at Mixed_7c run 2,048 passes each, so they are timed once (several minutes).
+
 Each figure is a median over ``--repeats`` calls after one warm-up call; peak memory is the peak RSS of a fresh
 process that builds the model and runs one call at batch 16 (ru_maxrss), so the model's own footprint is in every
 figure, including the forward-only one it is compared with.
@@ -52,6 +54,8 @@ def child(kind: str, batch: int) -> None:
             model(x)
     elif kind == "ours":
         grad_cam(model, x)
+    elif kind == "scorecam":  # the peak does not depend on the layer's width (one batch of passes at a time)
+        grad_cam(model, x, method="scorecam", layer="Conv2d_2a_3x3")
     else:
         from pytorch_grad_cam import GradCAM
 
@@ -137,6 +141,7 @@ def main() -> None:
     rows = {kind: peak(kind, args.batch) for kind in ("forward", "ours", "grad-cam")}
     print(f"peak RSS at batch {args.batch}: forward only {rows['forward']:.0f} MiB; Grad-CAM ours "
           f"{rows['ours']:.0f} MiB; grad-cam package {rows['grad-cam']:.0f} MiB")
+    print(f"peak RSS of Score-CAM on a batch of 8 (its passes 16 at a time): {peak('scorecam', 8):.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def test_every_read_endpoint_answers_and_requests_carry_an_id(server):
         assert client.get("/readyz").status_code == 200
         card = client.get("/v1/models").json()
         assert card["num_classes"] == 1000 and card["backend"] == "eager" and card["limits"]["max_files"] == 4
-        assert client.get("/v2").json()["extensions"] == ["classification", "binary_tensor_data"]
+        assert client.get("/v2").json()["extensions"] == ["classification", "binary_tensor_data", "model_repository"]
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").json() == {"ready": True}
         meta = client.get("/v2/models/inceptionv3").json()
