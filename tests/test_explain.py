@@ -287,7 +287,8 @@ def test_cli_explain_and_predict_cam_write_pictures_and_keep_going(trained_like_
 def test_cli_explain_scores_each_map_against_a_random_one_and_runs_the_sanity_check(trained_like_checkpoint,
                                                                                     tmp_path, capsys):
     """--score writes each map's deletion, insertion and ROAD beside a random map's to explanations.csv and .jsonl
-    (a broken input keeps its row), prints a summary, and --sanity writes sanity.csv. At crop 96, so it is cheap."""
+    (a broken input keeps its row), prints a summary, and --sanity writes sanity.csv. At crop 96, so it is cheap
+    (at Mixed_6e: Mixed_7c is 1 x 1 there, a flat map, which is not scored)."""
     import csv
 
     folder = tmp_path / "in"
@@ -296,8 +297,8 @@ def test_cli_explain_scores_each_map_against_a_random_one_and_runs_the_sanity_ch
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     out = tmp_path / "out"
     assert main(["explain", str(folder), "--weights", str(trained_like_checkpoint), "--out", str(out), "--crop-size",
-                 "96", "--score", "deletion,insertion,road", "--steps", "4", "--baseline", "mean", "--sanity", "1",
-                 "--allow-failures", "--format", "npy"]) == 0
+                 "96", "--layer", "Mixed_6e", "--score", "deletion,insertion,road", "--steps", "4", "--baseline",
+                 "mean", "--sanity", "1", "--allow-failures", "--format", "npy"]) == 0
     printed = capsys.readouterr()
     rows = {row["input"]: row for row in csv.DictReader(open(out / "explanations.csv"))}
     lines = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
@@ -316,3 +317,5 @@ def test_cli_explain_scores_each_map_against_a_random_one_and_runs_the_sanity_ch
     assert main(["explain", str(folder / "photo.jpg"), "--weights", str(trained_like_checkpoint), "--score",
                  "deletion,saliency"]) == 2
     assert "--score takes deletion, insertion, road" in capsys.readouterr().err
+    assert main(["explain", str(folder / "photo.jpg"), "--score", "deletion", "--steps", "0"]) == 2
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err  # before any model is loaded

@@ -157,3 +157,32 @@ def test_a_cam_that_fails_midway_leaves_no_hook_grad_or_mode_behind(model, small
         assert trained.training and torch.is_grad_enabled()  # the caller's mode, as it was
         assert all(not m._forward_hooks for m in trained.modules())
         assert all(p.grad is None for p in trained.parameters())
+
+
+def test_morf_counts_a_deeper_drop_as_better_and_a_fully_tied_map_imputes_without_nan(small):
+    from inceptionv3.faithfulness import Faithfulness
+
+    result = Faithfulness({"morf": -0.3, "road": 0.2}, {"morf": -0.1, "road": 0.05})
+    assert result.beats_random("morf") and result.beats_random("road")
+    assert result.row()["morf_beats_random"] is True
+    flat = np.zeros((96, 96), np.float32)  # every pixel tied: grad-cam's rule imputes them all
+    imputed = impute(small[0], np.float32(flat < np.percentile(flat, 10)), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(imputed).all() and imputed.abs().max() < 0.1  # noise around the mean, not NaN
+
+
+def test_a_layer_whose_next_operation_works_in_place_can_be_explained(model, small):
+    """BasicConv2d applies its ReLU in place to its BatchNorm's output: the map of a .bn layer used to fail (a leaf
+    that requires grad modified in place) or, without gradients, to read the activations after the ReLU. grad-cam
+    reads them after the ReLU on a CPU (its ``.cpu().detach()`` shares the storage the ReLU then overwrites; on a
+    GPU it copies), so its .bn map is ours at the block's output, and ours at .bn is the BatchNorm's own."""
+    import pytorch_grad_cam as reference
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer = "Mixed_5b.branch1x1.bn"
+    assert torch.isfinite(grad_cam(model, small[:1], [3], layer=layer).maps).all()
+    ours = grad_cam(model, small[:1], [3], layer=layer, method="eigencam").maps.numpy()
+    reference_model = copy.deepcopy(model)
+    with reference.EigenCAM(model=reference_model, target_layers=[reference_model.get_submodule(layer)]) as cam:
+        expected = cam(small[:1], [ClassifierOutputTarget(3)])
+    after_relu = grad_cam(model, small[:1], [3], layer="Mixed_5b.branch1x1", method="eigencam").maps.numpy()
+    assert np.abs(after_relu - expected).max() <= 1e-5 and np.abs(ours - expected).max() > 0.05

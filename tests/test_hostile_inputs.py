@@ -471,3 +471,12 @@ def test_a_float_tiff_with_nan_pixels_is_an_error_not_black(tmp_path):
         load_image(tmp_path / "nan.tif", decoder="pil")
     with pytest.raises(ImageLoadError, match="NaN or inf"):
         load_image(tmp_path / "nan.tif")
+
+
+def test_a_name_with_a_nul_byte_is_a_clear_error():
+    from inceptionv3.files import FileReadError, read_file
+
+    with pytest.raises(FileReadError, match="not a valid file name"):
+        read_file("photo\x00.jpg", 1000, "an image file")
+    with pytest.raises(ImageLoadError, match="not a valid file name"):
+        load_image("photo\x00.jpg")

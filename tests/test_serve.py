@@ -20,6 +20,7 @@ import pytest
 from conftest import free_port, photo_paths, wait_ready
 from PIL import Image
 
+from inceptionv3.errors import InputError
 from inceptionv3.inference import Classifier
 from inceptionv3.serve.app import ServeConfig, create_app
 
@@ -682,3 +683,37 @@ def test_each_api_key_gets_its_own_concurrency_limit(classifier):
     busy, other, wrong, again = asyncio.run(scenario())
     assert busy.status_code == 429 and busy.headers["Retry-After"] == "1" and "--max-concurrency 1" in busy.text
     assert other.status_code == 200 and again.status_code == 200 and wrong.status_code == 401
+
+
+def test_a_bug_non_finite_features_and_a_failed_warm_up_are_answered_not_hung(classifier, monkeypatch):
+    """An unexpected exception in a route is a 500 that still carries its request id; an image whose features are
+    not finite gets the CLI's words; a warm-up that fails makes a ready_before_start app fail at once (it waited
+    600 s for a readiness that could never come)."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from inceptionv3.inference import NON_FINITE_OUTPUT
+
+    app = create_app(ServeConfig(), classifier)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert app.state.server.engine.ready.wait(60)
+        monkeypatch.setattr(app.state.server, "card", lambda: 1 / 0)
+        broken = client.get("/v1/models", headers={"X-Request-ID": "bug-1"})
+        monkeypatch.setattr(classifier, "embed_views", lambda views, taps: [{"2048": np.full(2048, np.nan)}])
+        features = client.post("/v1/features", content=_jpeg(0), headers={"Content-Type": "image/jpeg"})
+    assert broken.status_code == 500 and broken.headers["X-Request-ID"] == "bug-1"
+    assert broken.json() == {"error": "internal error (ZeroDivisionError); the server's log has the details"}
+    assert features.status_code == 500 and features.json()["error"] == f"<body>: {NON_FINITE_OUTPUT}"
+
+    def fail(batch):
+        raise RuntimeError("no memory for the warm-up")
+
+    monkeypatch.setattr(classifier, "scores", fail)
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the model failed to start: no memory for the warm-up"):
+        with TestClient(create_app(ServeConfig(ready_before_start=True), classifier)):
+            pass
+    assert time.monotonic() - started < 30
+    with pytest.raises(InputError, match="--max-concurrency must be at least 1"):
+        create_app(ServeConfig(api_key="k", max_concurrency=0), classifier)

@@ -431,3 +431,23 @@ def test_training_curves_stay_on_logged_steps_and_keep_labels_apart(run, tmp_pat
     assert not _overlapping(drawn), _overlapping(drawn)
     with Image.open(tmp_path / "curves.png") as picture:
         assert picture.size == (1500, 480)
+
+
+def test_the_saved_rng_is_the_training_rngs_before_validation_draws(tmp_path, monkeypatch):
+    """Validation builds a model for best.safetensors, which draws from the RNG; the state saved beside it must be
+    the one training continues from, or a resumed run draws other dropout masks."""
+    seen = []
+    real = Trainer._validate
+
+    def validate(self):
+        seen.append(torch.get_rng_state())
+        real(self)
+
+    monkeypatch.setattr(Trainer, "_validate", validate)
+    config = TrainConfig(data=str(DIGITS), out=str(tmp_path / "run"), recipe="mmpretrain-8xb32", img_size=75,
+                         batch_size=8, max_steps=1, val_split=0.02, workers=1)
+    Trainer(config).run()
+    saved = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)["rng"][0][0]
+    assert len(seen) == 1 and torch.equal(saved, seen[0])
+    with pytest.raises(InputError, match="--log-every must be at least 1"):
+        Trainer(TrainConfig(data=str(DIGITS), out=str(tmp_path / "other"), log_every=0))

@@ -406,12 +406,19 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .explain import METHODS, PER_CHANNEL_METHODS, forward_passes
+    from .explain import AUGMENTATIONS, METHODS, PER_CHANNEL_METHODS, channel_count
     from .inference import Classifier
 
     if args.method not in METHODS:  # argparse checks it too; this keeps the API and the command in step
         raise InputError(f"--method must be one of {', '.join(METHODS)}")
     scores = _explain_scores(args.score)
+    if scores and args.steps < 1:
+        raise InputError(f"--steps must be at least 1, got {args.steps}")
+    if "road" in scores:
+        import importlib.util
+
+        if importlib.util.find_spec("scipy") is None:
+            raise InputError("the road score needs scipy: pip install -e '.[explain]' in the clone")
     choice = resolve_model(args.model, args.weights)
     entries = list(expand_inputs(args.inputs))
     classifier = Classifier(choice.name_or_path, choice.pretrained, device=args.device, backend="eager", workers=1,
@@ -421,15 +428,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     readable = [path for path, problem in entries if not problem]
     bar = None
     if args.method in PER_CHANNEL_METHODS:  # thousands of passes: say so, and show them going
-        passes = forward_passes(classifier.model, args.method, args.layer, args.aug_smooth) - 1
+        passes = channel_count(classifier.model, args.layer) * (len(AUGMENTATIONS) if args.aug_smooth else 1)
         print(f"{args.method} at {args.layer}: {passes} passes per image", file=sys.stderr)
         bar = tqdm(total=passes * len(readable), unit="pass", disable=not sys.stderr.isatty())
     explanations = classifier.explain_many(readable, args.target, args.method, layer=args.layer, topk=args.topk,
                                            aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth,
                                            progress=bar.update if bar else None)
-    rows = _explain_rows(args, classifier, choice, entries, explanations, scores, out)
-    if bar:
-        bar.close()
+    try:
+        rows = _explain_rows(args, classifier, choice, entries, explanations, scores, out)
+    finally:
+        if bar:
+            bar.close()
     columns = list(dict.fromkeys(key for row in rows for key in row))
     with open(out / "explanations.csv", "w", newline="", encoding="utf-8") as handle:
         writer = SafeCSVWriter(handle)
@@ -480,7 +489,7 @@ def _explain_rows(args, classifier, choice, entries, explanations, scores, out: 
                              e, title=f"{display_name(Path(path).name)} | {choice.label}")
         row.update({"target": e.target, "target_name": e.target_name, "target_score": e.target_score,
                     "method": e.method, "layer": e.layer, "empty": e.empty, "file": picture.name})
-        if scores and not e.empty:
+        if scores and not e.empty and not e.flat:  # a flat or empty map ranks nothing: no score to give
             result = classifier.faithfulness(e, scores, baseline=args.baseline, steps=args.steps, seed=args.seed)
             row.update(result.row())
             row.update({f"setting_{k}": v for k, v in result.settings.items() if k != "target"})
@@ -493,6 +502,8 @@ def _print_score_summary(rows: list[dict], scores: tuple[str, ...]) -> None:
     import numpy as np
 
     scored = [row for row in rows if scores[0] in row]
+    if not scored:
+        return
     print(f"faithfulness over {len(scored)} images:", file=sys.stderr)
     for s in scores:
         ours = np.mean([row[s] for row in scored])
@@ -508,10 +519,11 @@ def _print_sanity(args, classifier, paths: list[str], out: Path) -> None:
         writer = SafeCSVWriter(handle)
         writer.writerow(["input", "randomised_down_to", "rank_correlation"])
         for path in paths:
-            steps = classifier.sanity(path, args.target, args.method, layer=args.layer, seed=args.seed)
+            steps = classifier.sanity(path, args.target, args.method, layer=args.layer, seed=args.seed,
+                                      aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
             print(f"sanity (cascading randomisation) of {display_name(path)}:", file=sys.stderr)
             for name, rho in steps:
-                writer.writerow([display_name(path), name, f"{rho:.6f}"])
+                writer.writerow([display_name(path), name, round(rho, 6)])
                 print(f"  down to {name:14s} rank correlation {rho:+.3f}", file=sys.stderr)
 
 

@@ -190,7 +190,7 @@ def _one_cam(model: nn.Module, x: torch.Tensor, targets: list[int] | None, layer
             torch.set_grad_enabled(True)  # record the graph from here on only: the layers before need none
             leaf.requires_grad_(True)
         captured.append(leaf)
-        return leaf
+        return leaf.clone()  # the next layer may work in place (BasicConv2d's ReLU after a .bn layer)
 
     was_training = model.training
     handle = module.register_forward_hook(hook)

@@ -39,7 +39,7 @@ ROAD_NOISE = 0.01
 #: in this order, so the same order gives the same bits).
 NEIGHBOURS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
               ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
-LOWER_IS_BETTER = frozenset({"deletion"})
+LOWER_IS_BETTER = frozenset({"deletion", "morf"})  # a drop of the probability, the deeper the better
 
 ScoreFn = Callable[[torch.Tensor], np.ndarray]
 """A normalised N x 3 x H x W batch -> the target's softmax probability for each image."""
@@ -140,6 +140,8 @@ def impute(image: torch.Tensor, keep: np.ndarray, noise: float = ROAD_NOISE,
     missing = np.flatnonzero(flat_keep == 0)
     if missing.size == 0:
         return image.clone()
+    if missing.size == flat_keep.size:  # nothing to impute from (a map with this many ties): the mean, 0, plus noise
+        return noise * torch.randn(image.shape, generator=generator)
     unknown = np.zeros(flat_keep.size, dtype=np.int64)
     unknown[missing] = np.arange(missing.size)
     rows, cols, values = [], [], []

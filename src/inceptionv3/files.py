@@ -120,6 +120,8 @@ def open_regular(path: str | os.PathLike, max_bytes: int, what: str) -> BinaryIO
     except (FileNotFoundError, NotADirectoryError):
         reason = "broken symlink" if os.path.islink(name) else "no such file"
         raise FileReadError(name, reason, kind="unreadable") from None
+    except ValueError:  # a NUL byte in the name: no such path can exist
+        raise FileReadError(name, "not a valid file name (it holds a NUL byte)", kind="unreadable") from None
     except IsADirectoryError:
         raise FileReadError(name, f"is a directory, not {what}", kind="unreadable") from None
     except PermissionError:

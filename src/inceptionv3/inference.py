@@ -243,9 +243,14 @@ class Classifier:
         bytes give the same numbers."""
         from .fid_network import forward_taps
 
-        stacked = self.preprocess.normalize(np.concatenate(views)).to(self.device)
+        stacked = np.concatenate(views)
+        parts: list[dict[str, np.ndarray]] = []
         with torch.inference_mode(), full_fp32():
-            found = {tap: value.float().cpu().numpy() for tap, value in forward_taps(self.model, stacked, taps).items()}
+            for start in range(0, len(stacked), self.batch_size):
+                batch = self.preprocess.normalize(stacked[start:start + self.batch_size]).to(self.device)
+                parts.append({tap: value.float().cpu().numpy()
+                              for tap, value in forward_taps(self.model, batch, taps).items()})
+        found = {tap: np.concatenate([part[tap] for part in parts]) for tap in parts[0]}
         per_image = len(stacked) // len(views)
         return [{tap: value[i * per_image:(i + 1) * per_image].mean(axis=0) for tap, value in found.items()}
                 for i in range(len(views))]
@@ -406,20 +411,22 @@ class Classifier:
                             explanation.target, scores, baseline=baseline, steps=steps, seed=seed, device=self.device)
 
     def sanity(self, image: ImageInput, target: int | str | None = None, method: str = "gradcam", *,
-               layer: str | None = None, steps: int | None = None, seed: int = 0) -> list[tuple[str, float]]:
+               layer: str | None = None, steps: int | None = None, seed: int = 0,
+               **smooth: bool) -> list[tuple[str, float]]:
         """Adebayo et al.'s model-randomisation check on one image: the rank correlation of the map with the map of
         a copy whose blocks are re-initialised one more at a time from the top (``faithfulness.sanity``). The
         target stays the original model's, so every map explains the same class."""
         from .explain import DEFAULT_LAYER, grad_cam
         from .faithfulness import sanity
 
-        explained = self.explain(image, target, method, layer=layer)
+        explained = self.explain(image, target, method, layer=layer, **smooth)
         if not explained.ok:
             raise InputError(f"{explained.name}: {explained.error}")
         x = self.preprocess.normalize(explained.crop[None]).to(self.device)
 
         def explain(model: torch.nn.Module) -> np.ndarray:
-            return grad_cam(model, x, [explained.target], layer=layer or DEFAULT_LAYER, method=method).maps[0].numpy()
+            return grad_cam(model, x, [explained.target], layer=layer or DEFAULT_LAYER, method=method,
+                            **smooth).maps[0].numpy()
 
         return sanity(self.model, explain, steps, seed)
 

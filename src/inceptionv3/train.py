@@ -211,6 +211,9 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resuming: bool = False):
         c = self.config = config
+        for name in ("batch_size", "log_every", "save_every"):
+            if getattr(c, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
         self.recipe = RECIPES[c.recipe]
         self.rank, self.world = rank_world()
         self.device = select_device(c.device or None)
@@ -310,12 +313,14 @@ class Trainer:
                     window_start, window_images, losses = time.perf_counter(), 0, []
                 epoch_end, last = self.step % self.steps_per_epoch == 0, self.step == self.total_steps
                 # Validation and saving must not draw from the training RNG (building a model for the saved
-                # file would), or a resumed run, which skips them, would draw different dropout masks.
+                # file would), or a resumed run, which skips them, would draw different dropout masks; and the
+                # state saved is the training RNG's as it is here, before validation builds anything.
+                rng = self._rng_state()
                 with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     if epoch_end or last:
                         self._validate()
                     if epoch_end or last or self.step % c.save_every == 0:
-                        self._save()
+                        self._save(rng)
         bar.close()
         if self.rank == 0:
             from .visualize import save_curves
@@ -367,8 +372,10 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         self.run_dir.save_weights(model, name, list(self.train_set.class_names), self.preprocess.name)
 
-    def _save(self) -> None:
-        rng = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else [])
+    def _rng_state(self) -> list[torch.Tensor]:
+        return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else [])
+
+    def _save(self, rng: list[torch.Tensor]) -> None:
         rngs = [rng]
         if self.world > 1:
             rngs = [None] * self.world
@@ -397,10 +404,10 @@ class Trainer:
         if trainer.ema is not None:
             trainer.ema.module.load_state_dict(state["ema"])
             trainer.ema.updates = state["ema_updates"]
-        cpu_rng, *cuda_rng = state["rng"][trainer.rank]
-        torch.set_rng_state(cpu_rng)
+        cpu_rng, *cuda_rng = state["rng"][trainer.rank]  # loaded onto the device: RNG states must be CPU tensors
+        torch.set_rng_state(cpu_rng.cpu())
         if cuda_rng and trainer.device.type == "cuda":
-            torch.cuda.set_rng_state(cuda_rng[0], trainer.device)
+            torch.cuda.set_rng_state(cuda_rng[0].cpu(), trainer.device)
         trainer.step, trainer.best = state["step"], state["best"]
         if trainer.step < trainer.total_steps:  # a finished run is left as it is
             trainer.run_dir.cut_log(trainer.step)

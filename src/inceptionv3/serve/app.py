@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
+from ..errors import InputError
 from ..inference import Classifier
 from ..version import __version__
 from . import health, v1, v2
@@ -56,7 +57,7 @@ def _lifespan(server: Server):
     async def lifespan(_app: FastAPI):
         server.engine.start()
         if server.config.ready_before_start:
-            await asyncio.to_thread(server.engine.ready.wait, 600)
+            await asyncio.to_thread(server.engine.settled.wait, 600)
             if server.engine.failed is not None:
                 raise RuntimeError(f"the model failed to start: {server.engine.failed}")
         yield
@@ -102,6 +103,10 @@ def _add_middleware(app: FastAPI, server: Server, routes: list[BaseRoute]) -> No
             in_flight[key] += 1
             try:
                 response = await call_next(request)  # ApiError becomes its JSON answer in the handler below
+            except Exception as exc:  # a bug: answered here, so that it too carries its id and is counted
+                logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+                response = error_response(500, f"internal error ({type(exc).__name__}); the server's log has the "
+                                          "details")
             finally:
                 in_flight[key] -= 1
             server.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
@@ -139,7 +144,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def create_app(config: ServeConfig | None = None, classifier: Classifier | None = None) -> FastAPI:
     """The app: one ``Server`` behind the health, v1 and v2 routers."""
-    server = Server(config or ServeConfig(), classifier)
+    config = config or ServeConfig()
+    if config.max_concurrency is not None and config.max_concurrency < 1:
+        raise InputError(f"--max-concurrency must be at least 1, got {config.max_concurrency}")
+    server = Server(config, classifier)
     app = FastAPI(title="inceptionv3", version=__version__, lifespan=_lifespan(server), docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.server = server

@@ -34,6 +34,10 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
 
 
+class NonFiniteOutput(ValueError):
+    """An image's features are not finite (NaN or inf weights): that image's error, as for its scores."""
+
+
 @dataclass
 class Observer:
     """Hooks for metrics (the app fills them in); no-ops by default."""
@@ -52,6 +56,8 @@ class Engine:
         self.queue: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, queue_size))
         self.observer = observer or Observer()
         self.ready = threading.Event()
+        self.settled = threading.Event()
+        """Set once the warm-up has ended either way: ready, or ``failed``."""
         self.failed: BaseException | None = None
         self.unhealthy: str | None = None
         """Why readiness is refused although the model runs (its output on the warm-up batch was not finite)."""
@@ -94,8 +100,10 @@ class Engine:
             self._warm_up()
         except BaseException as exc:  # reported by /readyz and the model card; the server stays live
             self.failed = exc
+            self.settled.set()
             return
         self.ready.set()
+        self.settled.set()
         stopping = False
         while not stopping:
             job = self.queue.get()
@@ -157,6 +165,8 @@ class Engine:
                 result = self.classifier.explain_decoded(job.image, **job.params)
             else:
                 result = self.classifier.embed_views([job.image], **job.params)[0]
+                if not all(np.isfinite(v).all() for v in result.values()):
+                    raise NonFiniteOutput(NON_FINITE_OUTPUT)
         except Exception as exc:
             job.future.set_exception(exc)
             return
@@ -165,4 +175,4 @@ class Engine:
         job.future.set_result(result)
 
 
-__all__ = ["Engine", "Job", "Observer", "QueueFullError"]
+__all__ = ["Engine", "Job", "NonFiniteOutput", "Observer", "QueueFullError"]

@@ -17,12 +17,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..decode import ImageLoadError
+from ..errors import InputError
 from ..explain import DEFAULT_LAYER, METHODS, forward_passes
 from ..inference import Classifier, Prediction
 from ..version import __version__
 from ..weights import resolve_model
 from .config import ServeConfig
-from .engine import Engine, Job, Observer, QueueFullError
+from .engine import Engine, Job, NonFiniteOutput, Observer, QueueFullError
 from .metrics import ServerMetrics
 from .wire import ApiError, Upload, json_uploads, short
 
@@ -38,6 +39,14 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def _passes(model, method: str) -> float:
+    """What ``method`` costs on this model at the default layer; infinite (never allowed) where it cannot run."""
+    try:
+        return forward_passes(model, method, DEFAULT_LAYER)
+    except InputError:
+        return float("inf")
+
+
 class Server:
     """The state behind the routes: the classifier, the engine, the decode pool and the metrics."""
 
@@ -49,7 +58,7 @@ class Server:
         self.classifier = classifier
         self.metrics = ServerMetrics()
         #: What each method costs here (measured before the model thread starts, which then owns the model).
-        self.explain_passes = {m: forward_passes(classifier.model, m, DEFAULT_LAYER) for m in METHODS}
+        self.explain_passes = {m: _passes(classifier.model, m) for m in METHODS}
         observer = Observer(queue_wait=self.metrics.queue_wait.observe, inference=self.metrics.inference.observe,
                             batch_size=self.metrics.batch_size.observe)
         self.engine = Engine(classifier, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
@@ -190,6 +199,8 @@ class Server:
         except TimeoutError:
             future.cancel()
             raise ApiError(504, f"no result within --timeout-s {self.config.timeout_s:g}") from None
+        except NonFiniteOutput as exc:
+            raise ApiError(500, f"{upload.name}: {exc}") from None
         if isinstance(result, Prediction) and not result.ok:
             raise ApiError(500, f"{upload.name}: {result.error}")
         return result
