@@ -112,6 +112,8 @@ def open_regular(path: str | os.PathLike, max_bytes: int, what: str) -> BinaryIO
     with ``O_NONBLOCK`` and checked again with ``fstat``, so a file swapped for a FIFO in between cannot hang us.
     """
     name = os.fspath(path)
+    if "\x00" in name:  # no such path can exist, and the OS calls would raise a bare ValueError
+        raise FileReadError(name, "not a valid file name (it holds a NUL byte)", kind="unreadable")
     try:
         problem = not_regular(name, os.stat(name).st_mode, what)
         if problem:
@@ -120,8 +122,6 @@ def open_regular(path: str | os.PathLike, max_bytes: int, what: str) -> BinaryIO
     except (FileNotFoundError, NotADirectoryError):
         reason = "broken symlink" if os.path.islink(name) else "no such file"
         raise FileReadError(name, reason, kind="unreadable") from None
-    except ValueError:  # a NUL byte in the name: no such path can exist
-        raise FileReadError(name, "not a valid file name (it holds a NUL byte)", kind="unreadable") from None
     except IsADirectoryError:
         raise FileReadError(name, f"is a directory, not {what}", kind="unreadable") from None
     except PermissionError:
