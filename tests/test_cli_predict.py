@@ -336,16 +336,17 @@ def test_torchrun_predict_writes_the_one_process_csv_byte_for_byte(trained_like_
     args = ["predict", str(folder), "--weights", str(trained_like_checkpoint), "--backend", "eager", "--device", "cpu",
             "--batch-size", "2", "--workers", "1", "--allow-failures", "--quiet"]
     two = tmp_path / "two.csv"
-    done = subprocess.run(torchrun("-m", "inceptionv3", *args, "--output", str(two)), capture_output=True, text=True,
-                          timeout=300, env=TORCHRUN_ENV)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count("5 ok, 1 failed") == 1 and "2 processes" in done.stderr, done.stderr[-3000:]
+    running = subprocess.Popen(torchrun("-m", "inceptionv3", *args, "--output", str(two)), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)  # beside the one-process run
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert main([*args, "--output", str(tmp_path / "one.csv")]) == 0
     finally:
         torch.set_num_threads(threads)
+    _, stderr = running.communicate(timeout=300)
+    assert running.returncode == 0, stderr[-3000:]
+    assert stderr.count("5 ok, 1 failed") == 1 and "2 processes" in stderr, stderr[-3000:]
     assert two.read_bytes() == (tmp_path / "one.csv").read_bytes()
     rows = list(csv.DictReader(io.StringIO(two.read_text())))
     assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in folder.iterdir())

@@ -156,13 +156,17 @@ def test_two_processes_give_the_same_report_and_predictions(trained_like_checkpo
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     args = ["test", "--data", str(labelled / "val"), "--ann", str(labelled / "val.txt"), "--limit", "11",
             "--weights", str(trained_like_checkpoint), "--batch-size", "4", "--quiet"]
-    runs = {}
-    for processes in (1, 2):
-        out = tmp_path / f"run{processes}"
-        launcher = [sys.executable, "-m", "inceptionv3"] if processes == 1 else torchrun("-m", "inceptionv3")
-        subprocess.run([*launcher, *args, "--out", f"{out}.json", "--predictions", f"{out}.csv"], env=env,
-                       check=True, capture_output=True, text=True, timeout=300)
-        runs[processes] = (json.loads(Path(f"{out}.json").read_text()), list(csv.DictReader(open(f"{out}.csv"))))
+    def outputs(processes: int) -> list[str]:
+        return ["--out", str(tmp_path / f"run{processes}.json"), "--predictions", str(tmp_path / f"run{processes}.csv")]
+
+    # side by side: the one-process run takes one thread while torchrun's two processes start
+    alone = subprocess.Popen([sys.executable, "-m", "inceptionv3", *args, *outputs(1)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    subprocess.run([*torchrun("-m", "inceptionv3"), *args, *outputs(2)], env=env, check=True, capture_output=True,
+                   text=True, timeout=300)
+    assert alone.wait(timeout=300) == 0, alone.stderr.read()[-3000:]
+    runs = {processes: (json.loads((tmp_path / f"run{processes}.json").read_text()),
+                        list(csv.DictReader(open(tmp_path / f"run{processes}.csv")))) for processes in (1, 2)}
     one, two = runs[1], runs[2]
     assert two[0]["processes"] == 2 and one[0]["processes"] == 1
     assert one[0]["metrics"] == two[0]["metrics"] and one[0]["data"]["images"] == two[0]["data"]["images"] == 11

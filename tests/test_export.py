@@ -126,9 +126,9 @@ def test_int8_export_is_calibrated_and_checked_by_top1_agreement(trained_like_ch
     with torch.no_grad():  # the check's own slices: batch sizes 1 and 7
         same = [run(batch[:n]).argmax(1) == model(batch[:n]).argmax(1) for n in (1, 7)]
     assert f"top-1 agreement {100 * float(torch.cat(same).float().mean()):.1f} %" in printed
-    # Every view of the 13 photos the calibration never saw: calibrated on the 8 real photos the int8 model keeps
-    # 0.59 of the top-1 answers; calibrated on noise images instead (reading no real pixels), 0.32.
-    unseen = sample_batch(model.weights_info.preprocess, photo_paths()[8:])
+    # Every view of 10 photos the calibration never saw (13 measured: calibrated on the 8 real photos the int8 model
+    # kept 0.59 of the top-1 answers; calibrated on noise images instead, reading no real pixels, 0.32).
+    unseen = sample_batch(model.weights_info.preprocess, photo_paths()[8:18])
     with torch.no_grad():
         kept = torch.cat([run(views).argmax(1) == model(views).argmax(1) for views in unseen.split(10)])
     assert len(kept) >= 100 and float(kept.float().mean()) >= 0.45, float(kept.float().mean())

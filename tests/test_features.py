@@ -326,11 +326,12 @@ def nine_files(tmp_path_factory):
     return folder
 
 
-def _torchrun_fid(folder, out, weights, *extra) -> subprocess.CompletedProcess:
+def _torchrun_fid(folder, out, weights, *extra) -> subprocess.Popen:
+    """``fid --save-stats`` under torchrun, started: ``communicate()`` waits for it."""
     command = torchrun("-m", "inceptionv3", "fid", "--save-stats", str(folder), str(out), "--weights", str(weights),
                        "--batch-size", "3", "--workers", "0", "--device", "cpu", "--quiet", *extra)
     env = {**TORCHRUN_ENV, "INCEPTIONV3_OFFLINE": "1"}
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow  # a torchrun launch
@@ -339,11 +340,7 @@ def test_torchrun_statistics_equal_one_process(tmp_path, fid_weights, nine_files
     (5 and 3 good images: nothing padded in twice; the broken file skipped); one process in this test computes them
     alone. Same batches, so the same float32 features: mean and covariance agree to 1e-12."""
     out = tmp_path / "two.npz"
-    done = _torchrun_fid(nine_files, out, fid_weights, "--skip-bad")
-    assert done.returncode == 0, done.stderr[-3000:]
-    # one report: the two processes joined one group (alone, each would be its own rank 0 and print)
-    assert done.stdout.count("saved statistics of 8 images") == 1, done.stdout
-    two = FIDStatistics.load(out)
+    running = _torchrun_fid(nine_files, out, fid_weights, "--skip-bad")  # while this process computes its own
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun process ran: convolutions round differently across thread counts
     try:
@@ -352,6 +349,11 @@ def test_torchrun_statistics_equal_one_process(tmp_path, fid_weights, nine_files
                                     skip_bad=True).stats
     finally:
         torch.set_num_threads(threads)
+    stdout, stderr = running.communicate(timeout=300)
+    assert running.returncode == 0, stderr[-3000:]
+    # one report: the two processes joined one group (alone, each would be its own rank 0 and print)
+    assert stdout.count("saved statistics of 8 images") == 1, stdout
+    two = FIDStatistics.load(out)
     assert two.n == one.n == 8 and two.meta["skipped"] == 1 and two.meta["files_digest"] == one.meta["files_digest"]
     assert np.abs(two.mu - one.mu).max() <= 1e-12 * np.abs(one.mu).max()
     assert np.abs(two.covariance() - one.sigma).max() <= 1e-12 * np.abs(one.sigma).max()
@@ -387,8 +389,9 @@ def test_torchrun_stops_when_one_process_meets_a_bad_file(tmp_path, fid_weights,
     """Only one process's share holds the broken file: the run ends (no process left waiting in an all-reduce)
     with the typed error naming it, and nothing is written."""
     done = _torchrun_fid(nine_files, tmp_path / "none.npz", fid_weights)
+    _, stderr = done.communicate(timeout=300)
     assert done.returncode != 0
-    assert "1 unreadable image(s)" in done.stderr and "zz_broken.png" in done.stderr and "--skip-bad" in done.stderr
+    assert "1 unreadable image(s)" in stderr and "zz_broken.png" in stderr and "--skip-bad" in stderr
     assert not (tmp_path / "none.npz").exists()
 
 
