@@ -128,10 +128,10 @@ def test_a_map_of_known_evidence_finds_it_and_beats_random_and_deletion_matches_
     peak = np.array(np.unravel_index(explained.heatmap.argmax(), inside.shape))
     box = np.argwhere(inside)
     assert (box.min(0) - 20 <= peak).all() and (peak <= box.max(0) + 20).all()  # within one cell of the layer
-    result = classifier.faithfulness(explained, ("deletion", "insertion"), baseline="zeros", steps=10)
+    result = classifier.faithfulness(explained, ("deletion", "insertion"), baseline="zeros", steps=5)
     assert result.beats_random("deletion") and result.scores["deletion"] < result.random["deletion"] - 0.1
-    assert result.settings == {"target": 1, "random_seed": 0, "baseline": "zeros", "steps": 10}
-    by_hand = _deletion_by_hand(classifier.model, classifier.preprocess, explained.crop, explained.heatmap, 1, 10)
+    assert result.settings == {"target": 1, "random_seed": 0, "baseline": "zeros", "steps": 5}
+    by_hand = _deletion_by_hand(classifier.model, classifier.preprocess, explained.crop, explained.heatmap, 1, 5)
     assert result.scores["deletion"] == pytest.approx(by_hand, abs=1e-5)
     assert area(np.array([1.0, 0.5, 0.0])) == pytest.approx(0.5)
 

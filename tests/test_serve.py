@@ -632,7 +632,7 @@ def test_access_log_is_one_json_line_per_request_and_the_repository_lists_the_mo
 
     from fastapi.testclient import TestClient
 
-    app = create_app(ServeConfig(access_log=True, api_key="secret-key", name="birds"), classifier)
+    app = create_app(ServeConfig(access_log=True, api_key="secret-key", name="birds", max_batch=1), classifier)
     with TestClient(app) as client, caplog.at_level(logging.INFO, logger="inceptionv3.access"):
         assert app.state.server.engine.ready.wait(60)
         client.get("/readyz")  # open path: no key needed
@@ -695,7 +695,7 @@ def test_a_bug_non_finite_features_and_a_failed_warm_up_are_answered_not_hung(cl
 
     from inceptionv3.inference import NON_FINITE_OUTPUT
 
-    app = create_app(ServeConfig(), classifier)
+    app = create_app(ServeConfig(max_batch=1), classifier)  # a warm-up of one image
     with TestClient(app, raise_server_exceptions=False) as client:
         assert app.state.server.engine.ready.wait(60)
         monkeypatch.setattr(app.state.server, "card", lambda: 1 / 0)
@@ -712,7 +712,7 @@ def test_a_bug_non_finite_features_and_a_failed_warm_up_are_answered_not_hung(cl
     monkeypatch.setattr(classifier, "scores", fail)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="the model failed to start: no memory for the warm-up"):
-        with TestClient(create_app(ServeConfig(ready_before_start=True), classifier)):
+        with TestClient(create_app(ServeConfig(ready_before_start=True, max_batch=1), classifier)):
             pass
     assert time.monotonic() - started < 30
     with pytest.raises(InputError, match="--max-concurrency must be at least 1"):

@@ -218,6 +218,8 @@ def iterate_features(images: Images, extractor: Extractor, layers: Sequence[str]
         yield from _iterate_array(images, extractor, layers, batch_size, workers, progress, shard)
         return
     names = _shard(images, batch_size) if shard else [os.fspath(f) for f in images]
+    if len(names) <= batch_size:  # one batch: no decoding to overlap with the network, so no workers to start
+        workers = 0
     loader = torch.utils.data.DataLoader(_Images(names, extractor.preset), batch_size=batch_size,
                                          num_workers=max(0, workers), collate_fn=_as_list)
     bad: list[str] = []
