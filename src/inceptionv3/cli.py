@@ -392,12 +392,14 @@ def _predict_sharded(args: argparse.Namespace, entries: list[tuple[str, str | No
 # explain
 
 
-def _explain_scores(value: str | None) -> tuple[str, ...]:
-    from .faithfulness import SCORES
+def _explain_scores(value: str | None, steps: int) -> tuple[str, ...]:
+    """``--score a,b``: the scores, checked (with ``--steps`` and scipy) before any image is explained."""
+    from .faithfulness import check_request
 
-    chosen = tuple(dict.fromkeys(s.strip() for s in (value or "").split(",") if s.strip()))
-    if value is not None and (not chosen or any(s not in SCORES for s in chosen)):
-        raise InputError(f"--score takes {', '.join(SCORES)}, comma-separated; got {value!r}")
+    if value is None:
+        return ()
+    chosen = tuple(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
+    check_request(chosen, steps)
     return chosen
 
 
@@ -411,14 +413,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if args.method not in METHODS:  # argparse checks it too; this keeps the API and the command in step
         raise InputError(f"--method must be one of {', '.join(METHODS)}")
-    scores = _explain_scores(args.score)
-    if scores and args.steps < 1:
-        raise InputError(f"--steps must be at least 1, got {args.steps}")
-    if "road" in scores:
-        import importlib.util
-
-        if importlib.util.find_spec("scipy") is None:
-            raise InputError("the road score needs scipy: pip install -e '.[explain]' in the clone")
+    scores = _explain_scores(args.score, args.steps)
     choice = resolve_model(args.model, args.weights)
     entries = list(expand_inputs(args.inputs))
     classifier = Classifier(choice.name_or_path, choice.pretrained, device=args.device, backend="eager", workers=1,

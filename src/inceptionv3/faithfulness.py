@@ -67,6 +67,23 @@ class Faithfulness:
         return out
 
 
+def check_request(scores: Sequence[str], steps: int = 50) -> None:
+    """The scores asked for, the steps, and scipy for ROAD: refused before any image is explained."""
+    if not scores or any(s not in SCORES for s in scores):
+        raise InputError(f"--score takes {', '.join(SCORES)}, comma-separated; got {', '.join(scores) or 'none'}")
+    if ("deletion" in scores or "insertion" in scores) and steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}")
+    if "road" in scores:
+        _require_scipy()
+
+
+def _require_scipy() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        raise InputError("the road score needs scipy: pip install -e '.[explain]' in the clone")
+
+
 def target_probability(model: nn.Module, target: int, batch_size: int = 16) -> ScoreFn:
     """The scorer the scores use: eval mode, no autograd, ``batch_size`` images at a time."""
     def score(batch: torch.Tensor) -> np.ndarray:
@@ -175,10 +192,7 @@ def road(score: ScoreFn, image: torch.Tensor, heatmap: np.ndarray,
     """ROAD for one normalised 3 x H x W image: the mean probability change with the most relevant pixels imputed
     (``morf``), with the least relevant imputed (``lerf``), and ``road`` = (lerf - morf) / 2. LeRF runs first, as
     in grad-cam's ROADCombined, so a generator seeded as grad-cam's global one draws the same noise."""
-    try:
-        import scipy  # noqa: F401
-    except ImportError:
-        raise InputError("the road score needs scipy: pip install -e '.[explain]' in the clone") from None
+    _require_scipy()
     before = score(image[None])[0]
     changes = {}
     for name, ranked in (("lerf", 1 - heatmap), ("morf", heatmap)):
@@ -196,9 +210,7 @@ def faithfulness(model: nn.Module, normalize: Callable[[np.ndarray], torch.Tenso
                  heatmap: np.ndarray, target: int, scores: Sequence[str] = SCORES, *, baseline: str = "blur",
                  steps: int = 50, seed: int = 0, device: torch.device | str = "cpu") -> Faithfulness:
     """The chosen ``scores`` of one map over its H x W x 3 uint8 crop, and of a random map (seeded by ``seed``)."""
-    unknown = [s for s in scores if s not in SCORES]
-    if unknown or not scores:
-        raise InputError(f"--score takes {', '.join(SCORES)} (comma-separated), got {', '.join(scores) or 'none'}")
+    check_request(scores, steps)
     score = target_probability(model, target)
     device_score: ScoreFn = lambda batch: score(batch.to(device))  # noqa: E731
     settings: dict[str, object] = {"target": int(target), "random_seed": seed}
@@ -268,6 +280,7 @@ def sanity(model: nn.Module, explain: Callable[[nn.Module], np.ndarray], steps: 
     return out
 
 
-__all__ = ["BASELINES", "ROAD_PERCENTILES", "SCORES", "Faithfulness", "area", "baseline_image", "faithfulness",
+__all__ = ["BASELINES", "ROAD_PERCENTILES", "SCORES", "Faithfulness", "area", "baseline_image", "check_request",
+           "faithfulness",
            "impute", "perturbation_curves", "random_map", "rank_correlation", "road", "sanity", "sanity_steps",
            "target_probability"]
