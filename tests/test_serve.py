@@ -717,3 +717,15 @@ def test_a_bug_non_finite_features_and_a_failed_warm_up_are_answered_not_hung(cl
     assert time.monotonic() - started < 30
     with pytest.raises(InputError, match="--max-concurrency must be at least 1"):
         create_app(ServeConfig(api_key="k", max_concurrency=0), classifier)
+
+
+def test_a_method_that_cannot_run_at_the_default_layer_is_left_out_not_made_infinite():
+    """The model card is strict JSON: a method that cannot run on a model without Mixed_7c used to cost
+    float('inf') passes, which no JSON answer can carry."""
+    import torch
+
+    from inceptionv3.serve.server import _passes
+
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 10))
+    assert _passes(tiny, "scorecam") is None and _passes(tiny, "gradcam") == 1

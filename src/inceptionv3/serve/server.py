@@ -39,12 +39,12 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _passes(model, method: str) -> float:
-    """What ``method`` costs on this model at the default layer; infinite (never allowed) where it cannot run."""
+def _passes(model, method: str) -> int | None:
+    """What ``method`` costs on this model at the default layer; None where it cannot run there."""
     try:
         return forward_passes(model, method, DEFAULT_LAYER)
     except InputError:
-        return float("inf")
+        return None
 
 
 class Server:
@@ -58,7 +58,7 @@ class Server:
         self.classifier = classifier
         self.metrics = ServerMetrics()
         #: What each method costs here (measured before the model thread starts, which then owns the model).
-        self.explain_passes = {m: _passes(classifier.model, m) for m in METHODS}
+        self.explain_passes = {m: p for m in METHODS if (p := _passes(classifier.model, m)) is not None}
         observer = Observer(queue_wait=self.metrics.queue_wait.observe, inference=self.metrics.inference.observe,
                             batch_size=self.metrics.batch_size.observe)
         self.engine = Engine(classifier, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
@@ -273,7 +273,7 @@ class Server:
                        "max_files": self.config.max_files, "max_batch": self.config.max_batch,
                        "max_delay_ms": self.config.max_delay_ms, "queue_size": self.config.queue_size,
                        "timeout_s": self.config.timeout_s},
-            "explain": {"methods": [m for m in METHODS if self.explain_passes[m] <= self.config.explain_max_passes],
+            "explain": {"methods": [m for m, p in self.explain_passes.items() if p <= self.config.explain_max_passes],
                         "passes": self.explain_passes,
                         "note": None if (c.backend, c.precision) == ("eager", "fp32")
                         else "explanations run on the eager fp32 model"}}

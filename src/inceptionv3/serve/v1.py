@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
 from ..errors import InputError
-from ..explain import METHODS, Explanation, jet, resolve_target
+from ..explain import DEFAULT_LAYER, METHODS, Explanation, jet, resolve_target
 from .server import Server
 from .wire import ApiError, Upload
 
@@ -105,6 +105,8 @@ def router(server: Server) -> APIRouter:
         method = query.get("method", parameters.get("method", "gradcam"))
         if method not in METHODS:
             raise ApiError(422, f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if method not in server.explain_passes:
+            raise ApiError(422, f"method {method} cannot run at {DEFAULT_LAYER} on this model")
         if server.explain_passes[method] > server.config.explain_max_passes:
             raise ApiError(422, f"method {method} costs {server.explain_passes[method]} network passes per image; this "
                            f"server allows {server.config.explain_max_passes} (--explain-max-passes)")
