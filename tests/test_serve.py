@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from conftest import free_port, photo_paths, wait_ready
 from PIL import Image
 
@@ -33,22 +34,41 @@ def classifier(trained_like_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def server(classifier):
-    """uvicorn in a thread of this process, on a free loopback port; stopped at the end of the module."""
+def rolled(trained_like_checkpoint, tmp_path_factory):
+    """A second model: the same checkpoint with its classifier's rows rolled by one, so that its scores for class
+    i + 1 are the first model's for class i."""
+    state = torch.load(trained_like_checkpoint, weights_only=True)
+    for key in ("backbone.fc.weight", "backbone.fc.bias"):
+        state["state_dict"][key] = state["state_dict"][key].roll(1, dims=0)
+    path = tmp_path_factory.mktemp("rolled") / "rolled.pth"
+    torch.save(state, path)
+    return Classifier(path, backend="eager", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def app(classifier, rolled):
+    """Two models (``inceptionv3``, the default, and ``rolled``) over REST and gRPC: uvicorn in a thread of this
+    process, on free loopback ports; stopped at the end of the module."""
     import uvicorn
 
-    config = ServeConfig(max_batch=4, max_pixels=2_000_000, max_files=4, max_body_mb=2.0, timeout_s=30.0)
-    app = create_app(config, classifier)
+    config = ServeConfig(max_batch=4, max_pixels=2_000_000, max_files=4, max_body_mb=2.0, timeout_s=30.0,
+                         grpc_port=0)
+    app = create_app(config, {"inceptionv3": classifier, "rolled": rolled})
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base)
-    yield base, app.state.server
+    app.state.base = f"http://127.0.0.1:{port}"
+    wait_ready(app.state.base)
+    yield app
     uv.should_exit = True
     thread.join(30)
     assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    return app.state.base, app.state.server
 
 
 def _jpeg(index: int, size: tuple[int, int] | None = None) -> bytes:
@@ -270,6 +290,207 @@ def test_open_inference_protocol_with_tritonclient(server, classifier):
         client.close()
 
 
+def _triton_grpc(app):
+    import tritonclient.grpc as triton_grpc
+
+    return triton_grpc, triton_grpc.InferenceServerClient(f"127.0.0.1:{app.state.grpc_port}")
+
+
+def test_grpc_answers_as_rest_does_for_the_same_bytes_with_tritonclient(app, classifier):
+    """tritonclient's gRPC client: liveness, readiness, metadata and the repository, then inference of raw BYTES
+    with FP32 probabilities, top-k classification and FP16 features, each equal to the REST answer for the same
+    bytes; the second model answers with its own (rolled) scores."""
+    triton_grpc, client = _triton_grpc(app)
+    photos = [_jpeg(i) for i in (5, 6)]
+    try:
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("rolled")
+        meta = client.get_model_metadata("inceptionv3", as_json=True)
+        assert [o["name"] for o in meta["outputs"]] == ["probabilities", "features"]
+        assert client.get_server_metadata(as_json=True)["extensions"] == ["classification", "binary_tensor_data",
+                                                                         "model_repository"]
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert [(m["name"], m["state"]) for m in index] == [("inceptionv3", "READY"), ("rolled", "READY")]
+        image = triton_grpc.InferInput("image", [2], "BYTES")
+        image.set_data_from_numpy(np.array(photos, dtype=object))
+        outputs = [triton_grpc.InferRequestedOutput("probabilities"), triton_grpc.InferRequestedOutput("features")]
+        outputs[1]._get_tensor().parameters["datatype"].string_param = "FP16"  # this client has no setter for it
+        result = client.infer("inceptionv3", [image], outputs=outputs, request_id="r-1")
+        probabilities = result.as_numpy("probabilities")
+        assert result.get_response().id == "r-1" and probabilities.dtype == np.float32
+        rest = httpx.post(f"{app.state.base}/v2/models/inceptionv3/infer", timeout=TIMEOUT, json={
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [2],
+                        "data": [base64.b64encode(p).decode() for p in photos]}],
+            "outputs": [{"name": "probabilities"}, {"name": "features"}]}).json()["outputs"]
+        assert np.abs(probabilities - np.array(rest[0]["data"]).reshape(2, 1000)).max() <= 1e-5
+        features = result.as_numpy("features")
+        assert features.dtype == np.float16
+        assert np.abs(features - np.array(rest[1]["data"]).reshape(2, 2048)).max() <= 1e-2
+        top = client.infer("rolled", [image], outputs=[triton_grpc.InferRequestedOutput("probabilities",
+                                                                                         class_count=3)])
+        for row, photo in zip(top.as_numpy("probabilities"), photos, strict=True):
+            ids = [int(entry.decode().split(":")[1]) for entry in row]
+            assert ids == [(label + 1) % 1000 for label, _ in _expected(classifier, photo, 3)]
+    finally:
+        client.close()
+
+
+def test_grpc_refusals_are_status_codes_with_rests_messages(app, monkeypatch):
+    """Each limit and error as its gRPC code: a bad image and a wrong input (INVALID_ARGUMENT), an unknown model
+    (NOT_FOUND), a message over --max-body-mb and a key over --max-concurrency (RESOURCE_EXHAUSTED), a full queue
+    (UNAVAILABLE), the caller's deadline (DEADLINE_EXCEEDED), and a missing key (UNAUTHENTICATED) while the probes
+    stay open."""
+
+    from inceptionv3.serve.engine import QueueFullError
+
+    triton_grpc, client = _triton_grpc(app)
+    models = app.state.models
+
+    def code(call, *args, **kwargs):
+        with pytest.raises(triton_grpc.InferenceServerException) as caught:
+            call(*args, **kwargs)
+        return caught.value.status(), caught.value.message()
+
+    def image(items):
+        tensor = triton_grpc.InferInput("image", [len(items)], "BYTES")
+        tensor.set_data_from_numpy(np.array(items, dtype=object))
+        return tensor
+
+    try:
+        status, message = code(client.infer, "inceptionv3", [image([b"\xff\xd8junk"])])
+        assert status == "StatusCode.INVALID_ARGUMENT" and "image[0]" in message
+        wrong = triton_grpc.InferInput("pixels", [1], "FP32")
+        wrong.set_data_from_numpy(np.zeros(1, np.float32))
+        assert code(client.infer, "inceptionv3", [wrong])[0] == "StatusCode.INVALID_ARGUMENT"
+        status, message = code(client.infer, "resnet", [image([_jpeg(0)])])
+        assert status == "StatusCode.NOT_FOUND" and "'inceptionv3', 'rolled'" in message
+        assert code(client.infer, "inceptionv3", [image([b"\0" * (3 * 1024 * 1024)])])[0] == \
+            "StatusCode.RESOURCE_EXHAUSTED"
+        assert code(client.infer, "inceptionv3", [image([_jpeg(0)] * 5)])[0] == "StatusCode.INVALID_ARGUMENT"
+        with monkeypatch.context() as patch:
+            patch.setattr(models.servers["rolled"].engine, "submit", lambda job: (_ for _ in ()).throw(QueueFullError))
+            status, message = code(client.infer, "rolled", [image([_jpeg(0)])])
+            assert status == "StatusCode.UNAVAILABLE" and "queue" in message
+            slow = models.servers["rolled"].decode
+            patch.setattr(models.servers["rolled"], "decode", lambda *a: (time.sleep(0.5), slow(*a))[1])
+            assert code(client.infer, "rolled", [image([_jpeg(0)])], client_timeout=0.2)[0] == \
+                "StatusCode.DEADLINE_EXCEEDED"
+        with monkeypatch.context() as patch:
+            patch.setattr(models.config, "api_key", "k1,k2")
+            patch.setattr(models.config, "max_concurrency", 1)
+            assert code(client.get_model_metadata, "inceptionv3")[0] == "StatusCode.UNAUTHENTICATED"
+            assert client.is_server_ready() and client.is_model_ready("inceptionv3")  # the probes stay open
+            assert client.get_model_metadata("inceptionv3", headers={"authorization": "Bearer k2"}).name == \
+                "inceptionv3"
+            patch.setitem(models.in_flight, "k1", 1)
+            status, message = code(client.get_model_metadata, "inceptionv3", headers={"authorization": "Bearer k1"})
+            assert status == "StatusCode.RESOURCE_EXHAUSTED" and "--max-concurrency 1" in message
+        metrics = httpx.get(f"{app.state.base}/metrics", timeout=TIMEOUT).text
+        assert 'code="NOT_FOUND",endpoint="grpc:/inference.GRPCInferenceService/ModelInfer"' in metrics
+    finally:
+        client.close()
+
+
+def test_grpc_health_and_reflection_with_grpcs_own_clients(app):
+    """grpc.health.v1 (grpcio-health-checking's stub): SERVING for the server and each model, NOT_FOUND for a name
+    it does not serve. Reflection (grpcio-reflection's client database) lists the services and gives the
+    ModelInfer method's types."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(f"127.0.0.1:{app.state.grpc_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "inference.GRPCInferenceService", "rolled"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as missing:
+            health.Check(health_pb2.HealthCheckRequest(service="resnet"), timeout=TIMEOUT)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= set(database.get_services())
+        from google.protobuf.descriptor_pool import DescriptorPool
+
+        method = DescriptorPool(database).FindServiceByName("inference.GRPCInferenceService").methods_by_name[
+            "ModelInfer"]
+        assert (method.input_type.full_name, method.output_type.full_name) == (
+            "inference.ModelInferRequest", "inference.ModelInferResponse")
+
+
+def test_grpc_messages_are_tritonclients_field_for_field():
+    """Every message of the service, built from protos.py's table, against tritonclient's generated copy: the same
+    field names, numbers, types, repetition and message types, nested types included."""
+    import tritonclient.grpc.service_pb2 as theirs
+
+    from inceptionv3.serve import protos
+
+    def fields(descriptor) -> dict:
+        out = {}
+        for f in descriptor.fields:
+            out[f.name] = (f.number, f.type, f.is_repeated, f.message_type.full_name if f.message_type else None,
+                           f.containing_oneof.name if f.containing_oneof else None)
+        for nested in descriptor.nested_types:
+            out[nested.name] = fields(nested)
+        return out
+
+    compared = []
+    for name in protos.INFERENCE:
+        if "." not in name:  # nested messages are compared within their parents
+            ours = protos.POOL.FindMessageTypeByName(f"inference.{name}")
+            assert fields(ours) == fields(theirs.DESCRIPTOR.message_types_by_name[name]), name
+            compared.append(name)
+    assert {"ModelInferRequest", "ModelInferResponse", "InferParameter", "RepositoryIndexResponse"} <= set(compared)
+    service = theirs.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    for method in protos.POOL.FindServiceByName("inference.GRPCInferenceService").methods:
+        assert (method.input_type.name, method.output_type.name) == (
+            service.methods_by_name[method.name].input_type.name, service.methods_by_name[method.name].output_type.name)
+
+
+def test_two_models_each_answer_with_their_own_scores_and_metrics(app, classifier):
+    """?model= picks a model on v1 (the first is the default), /v2/models/{name} on v2; each model's metrics carry
+    its name; an unknown name is a 404 that lists the served ones."""
+    photo = _jpeg(2)
+    best = _expected(classifier, photo, 1)[0][0]
+    with httpx.Client(base_url=app.state.base, timeout=TIMEOUT) as client:
+        default = client.post("/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"}).json()
+        rolled = client.post("/v1/predict?model=rolled", content=photo, headers={"Content-Type": "image/jpeg"}).json()
+        body = {"inputs": base64.b64encode(photo).decode(), "parameters": {"model": "rolled"}}
+        assert client.post("/v1/predict", json=body).json()["pred_label"] == (best + 1) % 1000
+        assert default["pred_label"] == best and rolled["pred_label"] == (best + 1) % 1000
+        assert rolled["pred_score"] == pytest.approx(default["pred_score"], abs=1e-6)
+        v2 = client.post("/v2/models/rolled/infer", json={"inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(photo).decode()]}]}).json()
+        assert v2["model_name"] == "rolled" and int(np.argmax(v2["outputs"][0]["data"])) == (best + 1) % 1000
+        cards = client.get("/v1/models").json(), client.get("/v1/models/rolled").json()
+        assert [c["name"] for c in cards] == ["inceptionv3", "rolled"] and cards[0]["models"] == ["inceptionv3",
+                                                                                                 "rolled"]
+        unknown = client.post("/v1/predict?model=resnet", content=photo, headers={"Content-Type": "image/jpeg"})
+        assert unknown.status_code == 404 and "'inceptionv3', 'rolled'" in unknown.json()["error"]
+        metrics = client.get("/metrics").text
+    assert 'inceptionv3_batch_size_count{model="rolled"}' in metrics
+    assert 'inceptionv3_model_info{backend="eager",device="cpu",model="rolled"' in metrics
+
+
+def test_model_names_come_from_the_zoo_the_file_or_name_equals(tmp_path):
+    """One model is --name; several are each NAME=, else the zoo name, else the file's stem; clashes, bad names and
+    --weights beside several models are refused before anything loads."""
+    from inceptionv3.serve.config import model_specs
+
+    assert [s.name for s in model_specs(ServeConfig())] == ["inceptionv3"]
+    assert [(s.name, s.model) for s in model_specs(ServeConfig(model=["inception_v3.tv_in1k"], name="x"))] == [
+        ("x", "inception_v3.tv_in1k")]
+    specs = model_specs(ServeConfig(model=["inception_v3.tv_in1k", str(tmp_path / "mine.pth"), "b=other.pth"]))
+    assert [(s.name, s.model) for s in specs] == [("inception_v3.tv_in1k", "inception_v3.tv_in1k"),
+                                                  ("mine", str(tmp_path / "mine.pth")), ("b", "other.pth")]
+    for config, words in ((ServeConfig(model=["a.pth", "x/a.pth"]), "share a name"),
+                          (ServeConfig(model=["a/b=c.pth", "d.pth"]), "must be 1 to 64"),
+                          (ServeConfig(model=["a.pth", "b.pth"], weights="w.pth"), "--weights goes with one")):
+        with pytest.raises(InputError, match=words):
+            model_specs(config)
+
+
 def test_metrics_count_requests_batches_and_decode_errors(server):
     """The server is shared by the module's tests, so the counts are compared before and after this test's own
     two requests."""
@@ -333,14 +554,15 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 def test_web_page_in_headless_chromium(server, tmp_path):
     """The page in Debian's chromium: a real photo dropped on it gives 5 sorted bars whose top label is
-    /v1/predict's for the same file, and a heatmap that renders; an oversize file shows the 413 message."""
+    /v1/predict's for the same file, and a heatmap that renders; picking the second model gives that model's answer;
+    an oversize file shows the 413 message."""
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM.exists(), "install Debian's chromium (apt-get install chromium); .ci/run does it"
     base, _ = server
     photo = _jpeg(8)
-    expected = httpx.post(f"{base}/v1/predict", content=photo, headers={"Content-Type": "image/jpeg"},
-                          timeout=TIMEOUT).json()["pred_class"]
+    expected, rolled = (httpx.post(f"{base}/v1/predict{query}", content=photo, headers={"Content-Type": "image/jpeg"},
+                                   timeout=TIMEOUT).json()["pred_class"] for query in ("", "?model=rolled"))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
@@ -387,6 +609,13 @@ def test_web_page_in_headless_chromium(server, tmp_path):
             assert box["width"] > 50 and box["height"] > 50
             page.screenshot(path=str(tmp_path / "page.png"))
             print(f"screenshot: {tmp_path / 'page.png'}")
+            # The second model, picked on the page, scores the photo on show again with its own answer.
+            page.evaluate("() => { document.getElementById('bars').innerHTML = ''; }")
+            page.select_option("#model", "rolled")
+            page.wait_for_selector("#bars li:nth-child(5)", timeout=TIMEOUT * 1000)
+            assert page.eval_on_selector("#bars li", "i => i.dataset.label") == rolled
+            page.wait_for_selector("#card:has-text('\"name\": \"rolled\"')", state="attached",
+                                   timeout=TIMEOUT * 1000)  # in the closed "model card" details
             page.set_input_files("#file", files=[{"name": "huge.jpg", "mimeType": "image/jpeg",
                                                   "buffer": b"\xff\xd8" + b"\0" * (3 * 1024 * 1024)}])
             page.wait_for_selector("#message:has-text('too large')", timeout=TIMEOUT * 1000)

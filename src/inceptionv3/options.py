@@ -16,7 +16,7 @@ def option(default: Any = None, *, help: str = "", choices: tuple[str, ...] | No
 
 def add_flags(parser: argparse.ArgumentParser, config_class: type, skip: tuple[str, ...] = ()) -> None:
     """One flag per field made with :func:`option`, typed from its annotation; a boolean is ``--name`` /
-    ``--no-name``."""
+    ``--no-name``, and a list is a flag given once per item."""
     for f in dataclasses.fields(config_class):
         if f.name in skip or "help" not in f.metadata:
             continue
@@ -24,6 +24,8 @@ def add_flags(parser: argparse.ArgumentParser, config_class: type, skip: tuple[s
         help_text, choices = f.metadata["help"], f.metadata.get("choices")
         if kind == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        elif kind.startswith("list"):  # repeated: --model A --model B
+            parser.add_argument(flag, action="append", default=f.default, help=help_text)
         else:
             convert = int if kind.startswith("int") else float if kind.startswith("float") else str
             parser.add_argument(flag, type=convert, default=f.default, choices=choices, help=help_text)

@@ -1,4 +1,5 @@
-"""``inceptionv3 serve``: the HTTP server (FastAPI on uvicorn, one model thread). Needs the ``serve`` extra."""
+"""``inceptionv3 serve``: the HTTP server (FastAPI on uvicorn, a model thread per model; gRPC beside it with
+``--grpc-port``). Needs the ``serve`` extra (and ``grpc`` for gRPC)."""
 
 from __future__ import annotations
 
@@ -45,11 +46,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"{config_dict(config)}", file=sys.stderr)
         run(config, args.replicas, args.host, args.port, args.ray_address, args.cpus_per_replica)
         return 0
-    app = create_app(config)
-    server = app.state.server
-    print(f"serving {server.model_label} ({server.classifier.preprocess.name}, {server.classifier.backend} "
-          f"{server.classifier.precision} on {server.classifier.device}) at http://{args.host}:{args.port}/ "
-          f"with {config_dict(config)}", file=sys.stderr)
+    app = create_app(config, grpc_host=args.host)
+    for server in app.state.models.servers.values():
+        c = server.classifier
+        print(f"serving {server.model_label} as {server.name!r} ({c.preprocess.name}, {c.backend} {c.precision} on "
+              f"{c.device})", file=sys.stderr)
+    grpc = f" and grpc://{args.host}:{config.grpc_port}" if config.grpc_port is not None else ""
+    print(f"at http://{args.host}:{args.port}/{grpc} with {config_dict(config)}", file=sys.stderr)
     _run_draining(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                  timeout_graceful_shutdown=args.grace_s, access_log=args.log_level == "debug",
                                  limit_concurrency=args.max_connections, timeout_keep_alive=5))

@@ -10,7 +10,6 @@ fetches URLs: images come in the request body only.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import re
 import socket
 import time
 import uuid
-from collections import Counter
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -32,7 +31,7 @@ from ..inference import Classifier
 from ..version import __version__
 from . import health, v1, v2
 from .config import ServeConfig
-from .server import Server, error_response
+from .server import Models, Server, error_response
 from .wire import ApiError
 
 logger = logging.getLogger("inceptionv3")
@@ -51,39 +50,38 @@ def _route_template(routes: list[BaseRoute], scope: dict) -> str:
     return partial or "unmatched"
 
 
-def _lifespan(server: Server):
-    """The engine starts (and warms up) with the app and drains when it ends."""
+def _lifespan(models: Models, app: FastAPI, grpc_host: str):
+    """The model threads start (and warm up) with the app, and the gRPC server with them (``--grpc-port``); all
+    drain when it ends."""
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        server.engine.start()
-        if server.config.ready_before_start:
-            await asyncio.to_thread(server.engine.settled.wait, 600)
-            if server.engine.failed is not None:
-                raise RuntimeError(f"the model failed to start: {server.engine.failed}")
+        models.start()
+        if models.config.ready_before_start:
+            failed = await asyncio.to_thread(models.settle, 600)
+            if failed is not None:
+                raise RuntimeError(f"the model failed to start: {failed}")
+        grpc_server = None
+        if models.config.grpc_port is not None:
+            from .grpc_v2 import start_grpc
+
+            grpc_server, app.state.grpc_port = await start_grpc(models, models.config.grpc_port, grpc_host)
         yield
-        server.engine.stop()
-        server.pool.shutdown(wait=True)
+        if grpc_server is not None:
+            await grpc_server.stop(grace=5)
+        models.stop()
     return lifespan
 
 
-def _client_key(request: Request, api_keys: str | None) -> str | None:
-    """The key the request carries, if it is one of ``api_keys`` (comma-separated); "" where none is needed (no
-    keys set, or an open path); None when it is missing or wrong. Every key is compared in constant time."""
-    if not api_keys or request.url.path in health.OPEN_PATHS:
-        return ""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = token.strip().encode()
-    matched = None
-    for key in (k.strip() for k in api_keys.split(",") if k.strip()):
-        if hmac.compare_digest(given, key.encode()) and scheme.lower() == "bearer":
-            matched = key
-    return matched
+def _model_of(request: Request, models: Models) -> str:
+    """The metrics label of a request's model: the path's ``{model}`` or ``?model=``, once known to be served."""
+    name = request.scope.get("path_params", {}).get("model") or request.query_params.get("model")
+    return name if name in models.servers else models.default.name
 
 
-def _add_middleware(app: FastAPI, server: Server, routes: list[BaseRoute]) -> None:
+def _add_middleware(app: FastAPI, models: Models, routes: list[BaseRoute]) -> None:
     """Request ids, the API key, and a count and latency per route template and status."""
     served_by = f"{socket.gethostname()}:{os.getpid()}"  # which process answered (replicas behind a proxy)
-    in_flight: Counter[str] = Counter()  # requests being answered, per API key (changed on the event loop only)
+    config = models.config
 
     @app.middleware("http")
     async def around(request: Request, call_next):
@@ -91,16 +89,14 @@ def _add_middleware(app: FastAPI, server: Server, routes: list[BaseRoute]) -> No
         given = request.headers.get("x-request-id", "")
         request_id = given if re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", given) else uuid.uuid4().hex
         endpoint = _route_template(routes, request.scope)
-        key = _client_key(request, server.config.api_key)
-        limit = server.config.max_concurrency
+        key = models.client_key(request.headers.get("authorization", ""), request.url.path)
         if key is None:
             response = error_response(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                       {"WWW-Authenticate": "Bearer"})
-        elif key and limit and in_flight[key] >= limit:
-            response = error_response(429, f"this key has {in_flight[key]} requests in flight, the most allowed "
-                                      f"(--max-concurrency {limit})", {"Retry-After": "1"})
+        elif (why := models.over_limit(key)) is not None:
+            response = error_response(429, why, {"Retry-After": "1"})
         else:
-            in_flight[key] += 1
+            models.in_flight[key] += 1
             try:
                 response = await call_next(request)  # ApiError becomes its JSON answer in the handler below
             except Exception as exc:  # a bug: answered here, so that it too carries its id and is counted
@@ -108,15 +104,16 @@ def _add_middleware(app: FastAPI, server: Server, routes: list[BaseRoute]) -> No
                 response = error_response(500, f"internal error ({type(exc).__name__}); the server's log has the "
                                           "details")
             finally:
-                in_flight[key] -= 1
-            server.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
+                models.in_flight[key] -= 1
+            models.metrics.latency.labels(endpoint=endpoint).observe(time.monotonic() - started)
         response.headers["X-Request-ID"] = request_id
         response.headers["X-Served-By"] = served_by
-        server.metrics.requests.labels(endpoint=endpoint, code=str(response.status_code)).inc()
-        if server.config.access_log:
+        models.metrics.requests.labels(endpoint=endpoint, code=str(response.status_code)).inc()
+        if config.access_log:
             access_logger.info(json.dumps({
                 "time": round(time.time(), 3), "request_id": request_id, "method": request.method, "route": endpoint,
-                "status": response.status_code, "ms": round((time.monotonic() - started) * 1000, 2),
+                "model": _model_of(request, models), "status": response.status_code,
+                "ms": round((time.monotonic() - started) * 1000, 2),
                 "client": request.client.host if request.client else None}))
         return response
 
@@ -142,21 +139,31 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error ({type(exc).__name__}); the server's log has the details")
 
 
-def create_app(config: ServeConfig | None = None, classifier: Classifier | None = None) -> FastAPI:
-    """The app: one ``Server`` behind the health, v1 and v2 routers."""
+def create_app(config: ServeConfig | None = None, classifier: Classifier | Mapping[str, Classifier] | None = None,
+               grpc_host: str = "127.0.0.1") -> FastAPI:
+    """The app: the models (one ``Server`` each) behind the health, v1 and v2 routers, and with ``--grpc-port`` the
+    v2 protocol over gRPC on ``grpc_host`` (the port it got is ``app.state.grpc_port``). ``classifier``: one,
+    already built, or several by their v2 names; by default each ``--model`` is loaded."""
     config = config or ServeConfig()
     if config.max_concurrency is not None and config.max_concurrency < 1:
         raise InputError(f"--max-concurrency must be at least 1, got {config.max_concurrency}")
-    server = Server(config, classifier)
-    app = FastAPI(title="inceptionv3", version=__version__, lifespan=_lifespan(server), docs_url=None,
-                  redoc_url=None, openapi_url=None)
-    app.state.server = server
-    routers = [module.router(server) for module in (health, v1, v2)]
+    if config.grpc_port is not None:
+        try:
+            from . import grpc_v2  # noqa: F401
+        except ImportError as exc:
+            raise InputError(f"--grpc-port needs the grpc extra: pip install -e '.[serve,grpc]' in the clone "
+                             f"({exc})") from None
+    models = Models.build(config, classifier)
+    app = FastAPI(title="inceptionv3", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.lifespan_context = _lifespan(models, app, grpc_host)
+    app.state.models = models
+    app.state.server = models.default
+    routers = [module.router(models) for module in (health, v1, v2)]
     for router in routers:
         app.include_router(router)
-    _add_middleware(app, server, [route for router in routers for route in router.routes])
+    _add_middleware(app, models, [route for router in routers for route in router.routes])
     _add_error_handlers(app)
     return app
 
 
-__all__ = ["ServeConfig", "Server", "create_app"]
+__all__ = ["Models", "ServeConfig", "Server", "create_app"]

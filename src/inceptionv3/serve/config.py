@@ -5,21 +5,26 @@ the ``serve`` extra."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS, PRECISIONS
 from ..decode import DECODE_MODES
+from ..errors import InputError
 from ..options import option
-from ..weights import DEFAULT_MODEL
+from ..weights import DEFAULT_MODEL, ZOO
 
 
 @dataclass
 class ServeConfig:
     """Everything the app needs; ``--host``, ``--port`` and the process's other flags are the command's."""
 
-    model: str | None = option(help=f"zoo name (default {DEFAULT_MODEL} unless --weights)")
-    weights: str | None = option(help="checkpoint file; with --model, loaded into that zoo entry")
+    model: list[str] | None = option(help=f"zoo name or checkpoint file (default {DEFAULT_MODEL} unless --weights); "
+                                     "repeat to serve several, each under /v2/models/NAME: its zoo name, the "
+                                     "file's stem, or NAME=MODEL")
+    weights: str | None = option(help="checkpoint file; with one --model, loaded into that zoo entry")
     backend: str = option("auto", help="auto (default): the fastest installed; eager: exact arithmetic",
                           choices=BACKENDS)
     precision: str = option("fp32", help="fp32, bf16 or int8, as for predict", choices=PRECISIONS)
@@ -38,15 +43,54 @@ class ServeConfig:
     api_key: str | None = option(help="require 'Authorization: Bearer KEY' (several keys: comma-separated, one per "
                                  "client); prefer setting INCEPTIONV3_API_KEY, "
                                  "since command lines show in ps")
-    name: str = option("inceptionv3", help="the model's name in the v2 protocol")
+    name: str = option("inceptionv3", help="the model's name in the v2 protocol, when it serves one")
     explain_max_passes: int = option(64, help="most network passes one explanation may cost (422 above): 1 for "
                                      "gradcam and its kin, 2049 for scorecam and ablationcam at Mixed_7c")
     max_concurrency: int | None = option(help="with --api-key: most requests in flight per key (429 above), so "
                                          "that one client cannot take the whole queue")
     access_log: bool = option(False, help="one JSON line per request on stderr: time, request id, method, route, "
                               "status, milliseconds, client (never a body or a key)")
+    grpc_port: int | None = option(help="also speak the v2 protocol over gRPC on this port (the grpc extra), to the "
+                                   "same model threads")
     ready_before_start: bool = False
     """Finish the warm-up before the app starts (behind a proxy that routes to a replica once it has started)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):  # ServeConfig(model="name"): one model
+            self.model = [self.model]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: its name in the v2 protocol and what ``Classifier`` loads."""
+
+    name: str
+    model: str | None
+    weights: str | None
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def model_specs(config: ServeConfig) -> list[ModelSpec]:
+    """The models ``--model`` names, each with its v2 name: one model is ``--name``; several are each ``NAME=`` where
+    given, else the zoo name or the file's stem. Names are checked here, before any weights load."""
+    given = config.model or [None]
+    if len(given) > 1 and config.weights:
+        raise InputError("--weights goes with one --model; to serve several files, give each as --model NAME=FILE")
+    specs = []
+    for item in given:
+        name, model = (item.split("=", 1) if item and "=" in item and not os.path.exists(item) else (None, item))
+        if name is None:
+            name = config.name if len(given) == 1 else model if model in ZOO else Path(model).stem
+        if not _NAME.fullmatch(name):
+            raise InputError(f"model name {name!r} must be 1 to 64 letters, digits, '.', '_' or '-' (it is a URL "
+                             "path segment)")
+        specs.append(ModelSpec(name, model or None, config.weights))
+    names = [s.name for s in specs]
+    if len(set(names)) < len(names):
+        raise InputError(f"two models share a name in {names}: give each --model NAME=MODEL")
+    return specs
 
 
 def config_dict(config: ServeConfig) -> dict[str, Any]:
@@ -60,4 +104,4 @@ def env_api_key() -> str | None:
     return os.environ.get("INCEPTIONV3_API_KEY") or None
 
 
-__all__ = ["ServeConfig", "config_dict", "env_api_key"]
+__all__ = ["ModelSpec", "ServeConfig", "config_dict", "env_api_key", "model_specs"]

@@ -49,7 +49,7 @@ class Observer:
 
 class Engine:
     def __init__(self, classifier: Classifier, *, max_batch: int = 8, max_delay_ms: float = 0.0,
-                 queue_size: int = 64, observer: Observer | None = None) -> None:
+                 queue_size: int = 64, observer: Observer | None = None, name: str = "model") -> None:
         self.classifier = classifier
         self.max_batch = max(1, max_batch)
         self.max_delay = max(0.0, max_delay_ms) / 1000
@@ -61,7 +61,7 @@ class Engine:
         self.failed: BaseException | None = None
         self.unhealthy: str | None = None
         """Why readiness is refused although the model runs (its output on the warm-up batch was not finite)."""
-        self._thread = threading.Thread(target=self._run, name="inceptionv3-model", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"inceptionv3-{name}", daemon=True)
 
     # -- the public side (any thread) --------------------------------------------------------------------------
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from .server import Server, error_response
-
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+from .server import OPEN_PATHS, Models, error_response
 
 
-def router(server: Server) -> APIRouter:
+def router(models: Models) -> APIRouter:
+    """Readiness is every model's: a process that serves two is ready when both are."""
     routes = APIRouter()
 
     @routes.get("/healthz")
@@ -21,10 +20,10 @@ def router(server: Server) -> APIRouter:
 
     @routes.get("/readyz")
     async def readyz() -> JSONResponse:
-        reason = server.not_ready()
+        reason = models.not_ready()
         if reason is None:
             return JSONResponse({"status": "ready"})
-        return error_response(503, reason, None if server.engine.ready.is_set() else {"Retry-After": "5"})
+        return error_response(503, reason, {"Retry-After": "5"} if models.starting() else None)
 
     @routes.get("/v2/health/live")
     async def live() -> dict:
@@ -32,13 +31,14 @@ def router(server: Server) -> APIRouter:
 
     @routes.get("/v2/health/ready")
     async def ready() -> JSONResponse:
-        ok = server.not_ready() is None
+        ok = models.not_ready() is None
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @routes.get("/metrics")
     async def metrics() -> Response:
-        server.metrics.queue_depth.set(server.engine.depth())
-        body, content_type = server.metrics.render()
+        for server in models.servers.values():
+            server.set_queue_depth()
+        body, content_type = models.metrics.render()
         return Response(body, media_type=content_type)
 
     return routes

@@ -1,4 +1,5 @@
-"""Prometheus metrics, in a registry of the app's own (two apps in one process never share counters)."""
+"""Prometheus metrics, in a registry of the app's own (two apps in one process never share counters). What one model
+does (its queue, batches, model time, decode errors) carries its v2 name as the label ``model``."""
 
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ class ServerMetrics:
         self.latency = Histogram("inceptionv3_request_seconds", "request latency, from arrival to answer",
                                  ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_wait = Histogram("inceptionv3_queue_wait_seconds", "time an image waited for the model thread",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
+                                    ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.inference = Histogram("inceptionv3_inference_seconds", "model time per batch (or explanation)",
-                                   buckets=_LATENCY_BUCKETS, registry=r)
+                                   ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("inceptionv3_batch_size", "images per model batch (batch fill: / max_batch)",
-                                    buckets=_BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("inceptionv3_queue_depth", "images waiting for the model thread", registry=r)
-        self.decode_errors = Counter("inceptionv3_decode_errors", "undecodable uploads by reason", ["reason"],
+                                    ["model"], buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("inceptionv3_queue_depth", "images waiting for the model thread", ["model"],
+                                 registry=r)
+        self.decode_errors = Counter("inceptionv3_decode_errors", "undecodable uploads by reason", ["model", "reason"],
                                      registry=r)
         self.model_info = Gauge("inceptionv3_model_info", "the served model (value 1)",
-                                ["model", "preset", "backend", "precision", "device"], registry=r)
+                                ["model", "weights", "preset", "backend", "precision", "device"], registry=r)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import re
 import time
+from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,7 +25,7 @@ from ..explain import DEFAULT_LAYER, METHODS, forward_passes
 from ..inference import Classifier, Prediction
 from ..version import __version__
 from ..weights import resolve_model
-from .config import ServeConfig
+from .config import ModelSpec, ServeConfig, model_specs
 from .engine import Engine, Job, NonFiniteOutput, Observer, QueueFullError
 from .metrics import ServerMetrics
 from .wire import ApiError, Upload, json_uploads, short
@@ -50,29 +53,37 @@ def _passes(model, method: str) -> int | None:
 class Server:
     """The state behind the routes: the classifier, the engine, the decode pool and the metrics."""
 
-    def __init__(self, config: ServeConfig, classifier: Classifier | None = None) -> None:
+    def __init__(self, config: ServeConfig, classifier: Classifier | None = None, spec: ModelSpec | None = None,
+                 metrics: ServerMetrics | None = None) -> None:
         self.config = config
+        spec = spec or model_specs(config)[0]
+        self.name = spec.name
         if classifier is None:
-            classifier = Classifier(config.model, config.weights or True, device=config.device, backend=config.backend,
+            classifier = Classifier(spec.model, spec.weights or True, device=config.device, backend=config.backend,
                                     precision=config.precision, expected_images=10_000, decode=config.decode)
         self.classifier = classifier
-        self.metrics = ServerMetrics()
+        self.metrics = metrics or ServerMetrics()
         #: What each method costs here (measured before the model thread starts, which then owns the model).
         self.explain_passes = {m: p for m in METHODS if (p := _passes(classifier.model, m)) is not None}
-        observer = Observer(queue_wait=self.metrics.queue_wait.observe, inference=self.metrics.inference.observe,
-                            batch_size=self.metrics.batch_size.observe)
+        m = self.metrics
+        observer = Observer(queue_wait=m.queue_wait.labels(model=self.name).observe,
+                            inference=m.inference.labels(model=self.name).observe,
+                            batch_size=m.batch_size.labels(model=self.name).observe)
         self.engine = Engine(classifier, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
-                             queue_size=config.queue_size, observer=observer)
+                             queue_size=config.queue_size, observer=observer, name=self.name)
         self.pool = ThreadPoolExecutor(max_workers=max(1, config.decode_workers),
-                                       thread_name_prefix="inceptionv3-decode")
+                                       thread_name_prefix=f"inceptionv3-decode-{self.name}")
         self.max_body = int(config.max_body_mb * 1024 * 1024)
         self.decoding = 0  # images in the decode pool or waiting for it (changed on the event loop only)
         self.explain_bytes = 0  # decoded photos queued for explanation (changed on the event loop only)
         info = getattr(classifier.model, "weights_info", None)
-        self.model_label = str((info.name or info.path) if info else resolve_model(config.model, config.weights).label)
-        self.metrics.model_info.labels(model=self.model_label, preset=classifier.preprocess.name,
-                                       backend=classifier.backend, precision=classifier.precision,
-                                       device=str(classifier.device)).set(1)
+        self.model_label = str((info.name or info.path) if info else resolve_model(spec.model, spec.weights).label)
+        m.model_info.labels(model=self.name, weights=self.model_label, preset=classifier.preprocess.name,
+                            backend=classifier.backend, precision=classifier.precision,
+                            device=str(classifier.device)).set(1)
+
+    def set_queue_depth(self) -> None:
+        self.metrics.queue_depth.labels(model=self.name).set(self.engine.depth())
 
     def not_ready(self) -> str | None:
         """Why the server cannot take images now (starting, failed, or unhealthy after a model error), or None."""
@@ -174,7 +185,7 @@ class Server:
         try:
             image = await asyncio.wait_for(asyncio.shield(decoding), self.config.timeout_s)
         except ImageLoadError as exc:
-            self.metrics.decode_errors.labels(reason=exc.kind).inc()
+            self.metrics.decode_errors.labels(model=self.name, reason=exc.kind).inc()
             raise ApiError(400, f"{upload.name}: {exc.reason}") from None
         except TimeoutError:  # a decoding thread cannot be stopped: it still holds its place in the backlog
             raise ApiError(504, f"{upload.name}: not decoded within --timeout-s {self.config.timeout_s:g}") from None
@@ -193,7 +204,7 @@ class Server:
         if kind == "explain":
             size = image.nbytes
             future.add_done_callback(lambda _: self._on_loop(loop, self._explained, size))
-        self.metrics.queue_depth.set(self.engine.depth())
+        self.set_queue_depth()
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -265,7 +276,7 @@ class Server:
     def card(self) -> dict[str, Any]:
         c = self.classifier
         return {
-            "name": self.config.name, "model": self.model_label, "version": __version__,
+            "name": self.name, "model": self.model_label, "version": __version__,
             "classes": list(c.class_names or ()), "num_classes": len(c.class_names or ()),
             "preset": c.preprocess.describe(), "crop": c.preprocess.crop, "backend": c.backend, "decode": c.decode,
             "precision": c.precision, "device": str(c.device), "ready": self.engine.ready.is_set(),
@@ -279,4 +290,91 @@ class Server:
                         else "explanations run on the eager fp32 model"}}
 
 
-__all__ = ["DEFAULT_TOPK", "MAX_EXPLAIN_QUEUE_BYTES", "Server", "error_response"]
+class Models:
+    """The models one process serves, by their v2 names, each a ``Server`` with its own model thread; the first is
+    the default of the v1 routes. The settings that are the process's (API keys, per-key concurrency, the access
+    log) are read from the first's config, which every model shares."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = {server.name: server for server in servers}
+        self.default = servers[0]
+        self.config = self.default.config
+        self.metrics = self.default.metrics
+        self.in_flight: Counter[str] = Counter()  # requests being answered, per API key (on the event loop only)
+
+    @classmethod
+    def build(cls, config: ServeConfig, classifiers: Classifier | Mapping[str, Classifier] | None = None) -> Models:
+        """One ``Server`` per ``--model`` (or per given classifier, by name), sharing one metrics registry."""
+        metrics = ServerMetrics()
+        if isinstance(classifiers, Mapping):
+            return cls([Server(config, c, ModelSpec(name, None, None), metrics) for name, c in classifiers.items()])
+        specs = model_specs(config)
+        if classifiers is not None:
+            return cls([Server(config, classifiers, specs[0], metrics)])
+        return cls([Server(config, None, spec, metrics) for spec in specs])
+
+    def get(self, name: str | None) -> Server:
+        """The model of that name (None: the default), or a 404 that lists the names."""
+        if name is None:
+            return self.default
+        server = self.servers.get(name)
+        if server is None:
+            raise ApiError(404, f"unknown model {short(name)}; this server has {', '.join(map(repr, self.servers))}")
+        return server
+
+    def not_ready(self) -> str | None:
+        """Why the process cannot take images for every model, or None (readiness is all of them)."""
+        for name, server in self.servers.items():
+            reason = server.not_ready()
+            if reason is not None:
+                return reason if len(self.servers) == 1 else f"{name}: {reason}"
+        return None
+
+    def starting(self) -> bool:
+        """Some model is still warming up (a 503 that will pass, so it carries Retry-After)."""
+        return any(not s.engine.ready.is_set() for s in self.servers.values())
+
+    def client_key(self, authorization: str, path: str | None = None) -> str | None:
+        """The key an ``Authorization`` value carries, if it is one of ``--api-key`` (comma-separated); "" where
+        none is needed (no keys set, or an open path); None when it is missing or wrong. Every key is compared in
+        constant time. REST and gRPC both ask here."""
+        api_keys = self.config.api_key
+        if not api_keys or path in OPEN_PATHS:
+            return ""
+        scheme, _, token = authorization.partition(" ")
+        given = token.strip().encode()
+        matched = None
+        for key in (k.strip() for k in api_keys.split(",") if k.strip()):
+            if hmac.compare_digest(given, key.encode()) and scheme.lower() == "bearer":
+                matched = key
+        return matched
+
+    def over_limit(self, key: str) -> str | None:
+        """Why a request of ``key`` must wait (429: its requests in flight are at ``--max-concurrency``), or None."""
+        limit = self.config.max_concurrency
+        if key and limit and self.in_flight[key] >= limit:
+            return (f"this key has {self.in_flight[key]} requests in flight, the most allowed "
+                    f"(--max-concurrency {limit})")
+        return None
+
+    def start(self) -> None:
+        for server in self.servers.values():
+            server.engine.start()
+
+    def settle(self, timeout: float) -> BaseException | None:
+        """Wait for every warm-up to end; the first failure, if any."""
+        for server in self.servers.values():
+            server.engine.settled.wait(timeout)
+        return next((s.engine.failed for s in self.servers.values() if s.engine.failed is not None), None)
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.engine.stop()
+            server.pool.shutdown(wait=True)
+
+
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+"""Paths that stay open when ``--api-key`` is set: the page and the probes (never ``/metrics``)."""
+
+
+__all__ = ["DEFAULT_TOPK", "MAX_EXPLAIN_QUEUE_BYTES", "OPEN_PATHS", "Models", "Server", "error_response"]

@@ -17,8 +17,8 @@ from PIL import Image
 
 from ..errors import InputError
 from ..explain import DEFAULT_LAYER, METHODS, Explanation, jet, resolve_target
-from .server import Server
-from .wire import ApiError, Upload
+from .server import Models, Server
+from .wire import ApiError, Upload, short
 
 PAGE_POLICY = ("default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
                "script-src 'unsafe-inline'; connect-src 'self'")
@@ -63,8 +63,15 @@ def _answer(uploads: list[Upload], outcomes: list, many: bool, body: Callable[[A
     return JSONResponse({"results": results})
 
 
-def router(server: Server) -> APIRouter:
+def router(models: Models) -> APIRouter:
+    """Each route serves the default model, or the one that ``?model=`` (or the JSON ``parameters.model``) names."""
     routes = APIRouter()
+
+    def pick(request: Request, parameters: dict[str, Any] | None = None) -> Server:
+        name = request.query_params.get("model", (parameters or {}).get("model"))
+        if name is not None and not isinstance(name, str):
+            raise ApiError(422, f"model must be a string, got {short(name)}")
+        return models.get(name)
     page = resources.files("inceptionv3.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     @routes.get("/", response_class=HTMLResponse)
@@ -72,12 +79,18 @@ def router(server: Server) -> APIRouter:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
 
     @routes.get("/v1/models")
-    async def models() -> dict:
-        return server.card()
+    async def default_card() -> dict:
+        """The default model's card, and the names of every model served (the page offers them)."""
+        return {**models.default.card(), "models": list(models.servers)}
+
+    @routes.get("/v1/models/{model}")
+    async def card(model: str) -> dict:
+        return {**models.get(model).card(), "models": list(models.servers)}
 
     @routes.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
-        uploads, parameters, many = await server.uploads(request)
+        uploads, parameters, many = await models.default.uploads(request)
+        server = pick(request, parameters)
         k = server.topk(request.query_params.get("topk", parameters.get("top_k", parameters.get("topk"))))
         outcomes = await asyncio.gather(*(server.run(u, "predict") for u in uploads), return_exceptions=True)
         return _answer(uploads, outcomes, many, lambda prediction: server.predictions(prediction, k))
@@ -85,7 +98,8 @@ def router(server: Server) -> APIRouter:
     @routes.post("/v1/features")
     async def features(request: Request) -> JSONResponse:
         """Feature vectors (the pooled 2048-d one by default), as ``inceptionv3 features --model`` computes them."""
-        uploads, parameters, many = await server.uploads(request)
+        uploads, parameters, many = await models.default.uploads(request)
+        server = pick(request, parameters)
         query = request.query_params
         taps, dtype = server.feature_request(query.get("taps", parameters.get("taps")),
                                              query.get("dtype", parameters.get("dtype")))
@@ -97,7 +111,8 @@ def router(server: Server) -> APIRouter:
 
     @routes.post("/v1/explain")
     async def explain(request: Request) -> JSONResponse:
-        uploads, parameters, many = await server.uploads(request)
+        uploads, parameters, many = await models.default.uploads(request)
+        server = pick(request, parameters)
         if many:
             raise ApiError(422, "explain takes one image per request")
         query = request.query_params
