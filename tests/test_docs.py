@@ -238,6 +238,10 @@ class _Server:
             argv[argv.index("--port") + 1] = str(self.port)
         else:
             argv += ["--port", str(self.port)]
+        self.grpc_port = None  # for the docs' 8001 or 8081
+        if "--grpc-port" in argv:
+            self.grpc_port = free_port()
+            argv[argv.index("--grpc-port") + 1] = str(self.grpc_port)
         self.log = root / f"serve-{self.port}.log"
         with open(self.log, "w") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "inceptionv3", *argv], cwd=root,
@@ -329,9 +333,11 @@ def run_python_block(code: str, root: Path, env: dict[str, str], page: Path) -> 
     """The snippet as a script in the reader's folder. The few names a snippet leaves to the reader (a list of
     paths, a model, a batch) are given here, each the plainest value of its kind."""
     code = re.sub(r"([\"'])/data/", r"\1data/", code)
-    server = _Server(["serve"], root, env) if "127.0.0.1:8000" in code else None  # a client snippet
+    grpc = ["--grpc-port", "8001"] if "127.0.0.1:8001" in code else []  # a gRPC client beside the REST one
+    server = _Server(["serve", *grpc], root, env) if "127.0.0.1:8000" in code else None  # a client snippet
     if server is not None:
         code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+        code = code.replace("127.0.0.1:8001", f"127.0.0.1:{server.grpc_port}")
     try:
         _exec(code, root, env, page)
     finally:
