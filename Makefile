@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 CPU_TORCH = $(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --disable-pip-version-check torch torchvision \
 	--index-url $(TORCH_INDEX))
 
-.PHONY: install test test-ray test-tf lint demo clean
+.PHONY: install test test-ray test-tf test-peers lint demo clean
 
 # --no-compile: pip would byte-compile every file of the test stack (torch alone is thousands), most of which is
 # never imported; Python compiles what is imported, when it is (a fifth of torch's install time here).
@@ -28,14 +28,20 @@ lint: $(STAMP)
 TF_MODULES := tensorflow tf_slim tf_keras litert_torch ai_edge_litert ai_edge_quantizer
 test: lint
 	@if $(BIN)/python -c "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))" \
-	    $(TF_MODULES); then marks="not ray"; \
-	else marks="not ray and not tf"; echo "make test: without the tf extras; make test-tf installs them and runs the rest"; fi; \
+	    $(TF_MODULES); then marks="not ray and not peers"; \
+	else marks="not ray and not peers and not tf"; echo "make test: without the tf extras; make test-tf installs them and runs the rest"; fi; \
 	$(BIN)/python -m pytest -m "$$marks"
 
 # Ray Serve (about a minute: a local cluster with two replicas); its extra is heavy, so it has its own target.
 test-ray: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	$(BIN)/python -m pytest -m ray
+
+# The serving peers (LitServe, BentoML, KServe) live in an environment of their own, benchmarks/.peers-venv (about
+# 1.7 GB, never the project's extras), which benchmarks/bench_peers.py builds: KServe's own gRPC client runs there.
+test-peers: $(STAMP)
+	test -f benchmarks/.peers-venv/versions.json || $(BIN)/python benchmarks/bench_peers.py --setup
+	$(BIN)/python -m pytest -m peers
 
 # TensorFlow's stack itself: TF-slim checkpoints written by TF-slim, Keras files written on the TensorFlow backend
 # and by tf-keras, the TF preprocessing, and the LiteRT export. Its extras are about 1.5 GB, so it has its own target.

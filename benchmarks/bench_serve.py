@@ -64,11 +64,15 @@ def rss_mib(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, weights: Path, backend: str, max_batch: int, queue_size: int) -> None:
+    def __init__(self, weights: Path, backend: str, max_batch: int, queue_size: int, models: int = 1) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # several models: the same weights under the names m0, m1, ... (each its own model and thread)
+        served = ["--weights", str(weights)] if models == 1 else [
+            arg for i in range(models) for arg in ("--model", f"m{i}={weights}")]
+        self.names = [None] if models == 1 else [f"m{i}" for i in range(models)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "inceptionv3", "serve", "--weights", str(weights), "--backend", backend,
+            [sys.executable, "-m", "inceptionv3", "serve", *served, "--backend", backend,
              "--port", str(self.port), "--max-batch", str(max_batch), "--queue-size", str(queue_size),
              "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
@@ -88,8 +92,8 @@ class Server:
         out = {}
         for name in ("inceptionv3_batch_size_sum", "inceptionv3_batch_size_count",
                      "inceptionv3_queue_wait_seconds_sum", "inceptionv3_queue_wait_seconds_count"):
-            match = re.search(rf"^{name} (\S+)$", text, re.M)
-            out[name] = float(match.group(1)) if match else 0.0
+            # summed over the models' series ({model="..."}): this benchmark serves one
+            out[name] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
         return out
 
     def stop(self) -> None:
@@ -97,11 +101,13 @@ class Server:
         self.process.wait(60)
 
 
-async def post_one(client: httpx.AsyncClient, image: bytes, latencies: list[float], codes: Counter) -> None:
+async def post_one(client: httpx.AsyncClient, image: bytes, latencies: list[float], codes: Counter,
+                   model: str | None = None) -> None:
     """One upload: its status code counted, its latency kept when it succeeded."""
     started = time.monotonic()
     try:
-        r = await client.post("/v1/predict", content=image, headers={"Content-Type": "image/jpeg"})
+        r = await client.post("/v1/predict" + (f"?model={model}" if model else ""), content=image,
+                              headers={"Content-Type": "image/jpeg"})
         codes[r.status_code] += 1
         if r.status_code == 200:
             latencies.append(time.monotonic() - started)
@@ -109,7 +115,8 @@ async def post_one(client: httpx.AsyncClient, image: bytes, latencies: list[floa
         codes[type(exc).__name__] += 1
 
 
-async def closed_loop(base: str, images: list[bytes], clients: int, seconds: float):
+async def closed_loop(base: str, images: list[bytes], clients: int, seconds: float, models=(None,)):
+    """Each client sends its next request when its last is answered; client w asks model w mod len(models)."""
     latencies, codes = [], Counter()
     end = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients + 4)
@@ -117,7 +124,7 @@ async def closed_loop(base: str, images: list[bytes], clients: int, seconds: flo
         async def one(worker: int) -> None:
             i = worker
             while time.monotonic() < end:
-                await post_one(client, images[i % len(images)], latencies, codes)
+                await post_one(client, images[i % len(images)], latencies, codes, models[worker % len(models)])
                 i += clients
 
         await asyncio.gather(*(one(w) for w in range(clients)))
@@ -165,6 +172,9 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--soak-s", type=float, default=0.0, help="soak at half capacity for this long (600: 10 min)")
     parser.add_argument("--skip-shed", action="store_true")
+    parser.add_argument("--models", type=int, default=1, help="serve this many models (the same weights under "
+                        "the names m0, m1, ...; clients spread over them) and report the RSS each adds")
+    parser.add_argument("--skip-ceiling", action="store_true", help="load levels only (of the ceiling: 0%%)")
     args = parser.parse_args()
     images = photos()
     from inceptionv3 import InceptionV3
@@ -178,18 +188,27 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs ({model}), torch {torch.__version__}, {len(images)} JPEG photos, mean "
           f"{mean_kib:.0f} KiB")
 
-    best = ceiling(weights, args.backend, images, args.max_batch, args.seconds / 2)
+    best = {0: float("inf")} if args.skip_ceiling else ceiling(weights, args.backend, images, args.max_batch,
+                                                                   args.seconds / 2)
     print("in-process ceiling (Classifier.predict, JPEG bytes, decode included): " +
           ", ".join(f"batch {b}: {v:.1f} img/s" for b, v in best.items()))
     top = max(best.values())
 
-    server = Server(weights, args.backend, args.max_batch, 64)
+    if args.models > 1:  # what each model adds: one model's server, then this one, both warmed up and idle
+        one = Server(weights, args.backend, args.max_batch, 64)
+        rss_one = rss_mib(one.process.pid)
+        one.stop()
+    server = Server(weights, args.backend, args.max_batch, 64, args.models)
+    if args.models > 1:
+        rss = rss_mib(server.process.pid)
+        print(f"RSS when ready: 1 model {rss_one:.0f} MiB, {args.models} models {rss:.0f} MiB "
+              f"(+{(rss - rss_one) / (args.models - 1):.0f} MiB per model)")
     try:
         capacity = 0.0
         for clients in (int(c) for c in args.levels.split(",")):
             before, cpu0, client0 = server.metrics(), cpu_seconds(server.process.pid), time.process_time()
             start = time.monotonic()
-            latencies, codes = asyncio.run(closed_loop(server.base, images, clients, args.seconds))
+            latencies, codes = asyncio.run(closed_loop(server.base, images, clients, args.seconds, server.names))
             wall = time.monotonic() - start
             after = server.metrics()
             batches = after["inceptionv3_batch_size_count"] - before["inceptionv3_batch_size_count"]

@@ -390,6 +390,58 @@ def test_grpc_refusals_are_status_codes_with_rests_messages(app, monkeypatch):
         client.close()
 
 
+PEERS_PYTHON = Path(__file__).resolve().parents[1] / "benchmarks" / ".peers-venv" / "bin" / "python"
+KSERVE_CLIENT = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+from kserve.protocol.infer_type import RequestedOutput
+
+async def main(url, paths):
+    photos = [open(p, "rb").read() for p in paths]
+    client = InferenceGRPCClient(url, timeout=60)
+    out = {"live": await client.is_server_live(), "ready": await client.is_server_ready(),
+           "model_ready": await client.is_model_ready("rolled")}
+    raw = InferInput("image", [len(photos)], "BYTES")
+    raw.set_data_from_numpy(np.array(photos, dtype=object), binary_data=True)   # raw_input_contents
+    listed = InferInput("image", [len(photos)], "BYTES", data=photos)           # contents.bytes_contents
+    for key, model, tensor in (("raw", "inceptionv3", raw), ("contents", "rolled", listed)):
+        response = await client.infer(InferRequest(model, [tensor], request_id=key, request_outputs=[
+            RequestedOutput("probabilities", {"classification": 3})]))
+        rows = response.outputs[0].as_numpy()
+        out[key] = {"id": response.id, "model": response.model_name,
+                    "ids": [[int(e.decode().split(":")[1]) for e in row] for row in rows]}
+    await client.close()
+    print(json.dumps(out))
+
+asyncio.run(main(sys.argv[1], sys.argv[2:]))
+"""
+
+
+@pytest.mark.peers
+def test_kserves_own_grpc_client_reads_both_input_forms_and_each_model(app, classifier, tmp_path):
+    """KServe's ``InferenceGRPCClient`` (from the peers' environment, where kserve lives: ``make test-peers``):
+    liveness and readiness, then the top 3 of two photos sent as raw contents to the first model and as
+    ``bytes_contents`` to the second, which answers with its rolled classes."""
+    assert PEERS_PYTHON.exists(), "the peers' environment is missing: make test-peers builds it"
+    photos = [_jpeg(i) for i in (4, 7)]
+    paths = []
+    for i, photo in enumerate(photos):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(photo)
+    done = subprocess.run([str(PEERS_PYTHON), "-c", KSERVE_CLIENT, f"127.0.0.1:{app.state.grpc_port}",
+                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    out = json.loads(done.stdout.splitlines()[-1])
+    expected = [[label for label, _ in _expected(classifier, photo, 3)] for photo in photos]
+    assert out["live"] and out["ready"] and out["model_ready"]
+    assert out["raw"] == {"id": "raw", "model": "inceptionv3", "ids": expected}
+    assert out["contents"] == {"id": "contents", "model": "rolled",
+                               "ids": [[(label + 1) % 1000 for label in row] for row in expected]}
+
+
 def test_grpc_health_and_reflection_with_grpcs_own_clients(app):
     """grpc.health.v1 (grpcio-health-checking's stub): SERVING for the server and each model, NOT_FOUND for a name
     it does not serve. Reflection (grpcio-reflection's client database) lists the services and gives the
@@ -872,6 +924,7 @@ def test_access_log_is_one_json_line_per_request_and_the_repository_lists_the_mo
     assert [(line["route"], line["status"]) for line in lines] == [
         ("/readyz", 200), ("/v2/repository/index", 401), ("/v2/repository/index", 200)]
     assert lines[2]["request_id"] == "req-42" and lines[2]["method"] == "POST" and lines[2]["ms"] >= 0
+    assert lines[2]["model"] == "birds"
     assert "secret-key" not in caplog.text and refused.status_code == 401
     assert index.json() == [{"name": "birds", "version": "1", "state": "READY"}]
 
