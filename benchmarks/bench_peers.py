@@ -8,7 +8,7 @@ same ``inceptionv3.Classifier``: one command, one table (markdown on stdout, JSO
 Environment. The peers never go into the project's .venv: the first run (or ``--setup``) builds
 ``benchmarks/.peers-venv`` (git-ignored, never committed: about 1.7 GB; 85 s here with pip's cache) with ``venv``:
 ``torch==2.13.0`` first (a CPU build; the run checks ``torch.version.cuda`` is None), then this repository's
-dependencies with its ``serve`` and ``openvino`` extras (read from pyproject.toml), ``httpx``, ``litserve``,
+dependencies with its ``serve``, ``grpc`` and ``openvino`` extras (read from pyproject.toml), ``httpx``, ``litserve``,
 ``bentoml`` and ``kserve`` in one resolve (``pip check`` must pass), and a ``.pth`` file that puts ``src/`` on the
 path (no editable install, so nothing is written into the work tree). ``versions.json`` in it records the versions
 and the setup time. The script then runs itself, the four servers and the in-process reference with that
@@ -79,7 +79,7 @@ HOME = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-peers-home"  # outside th
 TORCH = "torch==2.13.0"  # on this machine a local CPU wheel; a plain `torch` would pull a CUDA build of several GB
 PEER_PACKAGES = ["litserve", "bentoml", "kserve"]
 RECORDED = ["torch", "openvino", "numpy", "fastapi", "uvicorn", "starlette", "pydantic", "httpx", *PEER_PACKAGES]
-ALL_PEERS = ("inceptionv3", "litserve", "bentoml", "kserve")
+ALL_PEERS = ("inceptionv3", "litserve", "bentoml", "kserve", "inceptionv3-grpc", "kserve-grpc")
 
 
 # -- the environment -------------------------------------------------------------------------------------------------
@@ -105,7 +105,8 @@ def setup() -> dict:
     run(pip + [TORCH])
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    run(pip + project["dependencies"] + extras["serve"] + extras["openvino"] + ["httpx"] + PEER_PACKAGES)
+    ours = [d for d in extras["serve"] + extras["grpc"] + extras["openvino"] if not d.startswith("inceptionv3[")]
+    run(pip + project["dependencies"] + ours + ["httpx"] + PEER_PACKAGES)
     site = subprocess.run([venv_python(), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     (Path(site) / "inceptionv3-src.pth").write_text(f"{REPO / 'src'}\n")
@@ -230,13 +231,15 @@ class Peer:
     body: object  # jpeg bytes -> (body bytes, content type)
     top5: object  # parsed JSON answer -> [(class id, label, score)]
     delays: object  # the --delays list -> the settings this peer runs under (a list of labels)
+    grpc: bool = False  # the load goes to the v2 gRPC ModelInfer (readiness is still asked over HTTP)
 
     def command(self, weights: Path, backend: str, port: int, max_batch: int, delay: str) -> list[str]:
         python = str(venv_python())
-        if self.name == "inceptionv3":
+        if self.name.startswith("inceptionv3"):
+            grpc = ["--grpc-port", str(port + 1)] if self.grpc else []
             return [python, "-m", "inceptionv3", "serve", "--weights", str(weights), "--backend", backend,
                     "--decode", "fast", "--max-batch", str(max_batch), "--max-delay-ms", delay, "--host",
-                    "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+                    "127.0.0.1", "--port", str(port), "--log-level", "warning", *grpc]
         if self.name == "bentoml":
             return [str(VENV / "bin" / "bentoml"), "serve", "serve_bentoml:InceptionV3", "--working-dir", str(PEERS),
                     "--host", "127.0.0.1", "--port", str(port)]
@@ -249,6 +252,34 @@ def _json(document: object) -> tuple[bytes, str]:
 
 def _top(items: list[dict]) -> list[tuple[int, str, float]]:
     return [(int(p["class_id"]), p["label"], float(p["score"])) for p in items]
+
+
+def _infer_request(jpeg: bytes) -> tuple[bytes, str]:
+    """A v2 ``ModelInferRequest`` (serialized once): one BYTES image as raw contents, Triton's classification 5."""
+    from inceptionv3.serve import protos
+
+    request = protos.message("inference.ModelInferRequest")(model_name="inceptionv3")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(len(jpeg).to_bytes(4, "little") + jpeg)
+    request.outputs.add(name="probabilities").parameters["classification"].int64_param = 5
+    return request.SerializeToString(), "grpc"
+
+
+def _grpc_top(response) -> list[tuple[int, str, float]]:
+    """The first image's top 5 from a ``ModelInferResponse``: BYTES "score:index:label", raw or in contents."""
+    if response.raw_output_contents:
+        raw, items, offset = response.raw_output_contents[0], [], 0
+        while offset < len(raw):
+            length = int.from_bytes(raw[offset:offset + 4], "little")
+            items.append(raw[offset + 4:offset + 4 + length])
+            offset += 4 + length
+    else:
+        items = list(response.outputs[0].contents.bytes_contents)
+    out = []
+    for item in items[:5]:
+        score, label, name = item.decode().split(":", 2)
+        out.append((int(label), name, float(score)))
+    return out
 
 
 PEER_TABLE = {
@@ -265,6 +296,11 @@ PEER_TABLE = {
                    'v1 JSON {"instances": [{"image": {"b64": b64}}]}',
                    lambda jpeg: _json({"instances": [{"image": {"b64": b64(jpeg)}}]}),
                    lambda r: _top(r["predictions"][0]), lambda delays: ["none"]),
+    # the v2 protocol over gRPC: the same ModelInferRequest bytes to both
+    "inceptionv3-grpc": Peer("inceptionv3-grpc", None, "ModelInfer", "/readyz", "gRPC v2, raw BYTES",
+                             _infer_request, _grpc_top, lambda delays: [f"{d} ms" for d in delays], grpc=True),
+    "kserve-grpc": Peer("kserve-grpc", "serve_kserve.py", "ModelInfer", "/v1/models/inceptionv3",
+                        "gRPC v2, raw BYTES", _infer_request, _grpc_top, lambda delays: ["none"], grpc=True),
 }
 
 
@@ -278,6 +314,7 @@ class Running:
     sampler: Sampler
     cold_start_s: float = 0.0
     bodies: list[tuple[bytes, str]] = field(default_factory=list)
+    grpc_target: str | None = None
 
     def pids(self) -> list[int]:
         return tree(self.process.pid)
@@ -298,13 +335,27 @@ class Running:
             pass
 
 
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start(peer: Peer, batching: str, args, weights: Path, workdir: Path, env: dict[str, str]) -> Running:
     import httpx
     from bench_serve import free_port
 
     port = free_port()
+    while peer.grpc and not _free(port + 1):  # gRPC on the next port
+        port = free_port()
     delay = batching.removesuffix(" ms") if batching.endswith(" ms") else "0"
     env = {**env, "BENCH_WEIGHTS": str(weights), "BENCH_BACKEND": args.backend, "BENCH_PORT": str(port),
+           "BENCH_GRPC_PORT": str(port + 1) if peer.grpc else "",
            "BENCH_MAX_BATCH": str(args.max_batch), "BENCH_DELAY_MS": delay}
     log = workdir / f"{peer.name}-{batching.replace(' ', '')}.log"
     with open(log, "wb") as out:
@@ -314,7 +365,8 @@ def start(peer: Peer, batching: str, args, weights: Path, workdir: Path, env: di
                                    start_new_session=True)  # the CPUs: this process's, which it inherits
     sampler = Sampler(process.pid)
     sampler.start()
-    running = Running(peer, batching, process, f"http://127.0.0.1:{port}", log, sampler)
+    running = Running(peer, batching, process, f"http://127.0.0.1:{port}", log, sampler,
+                      grpc_target=f"127.0.0.1:{port + 1}" if peer.grpc else None)
     deadline = started + args.start_timeout
     while time.monotonic() < deadline:
         try:
@@ -333,48 +385,86 @@ def start(peer: Peer, batching: str, args, weights: Path, workdir: Path, env: di
 
 # -- load ------------------------------------------------------------------------------------------------------------
 
-async def post_one(client, route: str, body: tuple[bytes, str], latencies: list[float], codes: Counter) -> None:
-    import httpx
+class Sender:
+    """One client connection pool for a server: ``post`` sends a prebuilt body and gives (status, answer), the
+    answer parsed only when asked (the load does not pay for parsing). HTTP through httpx; gRPC through grpc.aio
+    with the bytes already serialized, to ``inference.GRPCInferenceService/ModelInfer``."""
 
+    def __init__(self, server: Running, connections: int) -> None:
+        self.server = server
+        if server.peer.grpc:
+            import grpc
+
+            from inceptionv3.serve import protos
+
+            self.grpc = grpc
+            self.channel = grpc.aio.insecure_channel(server.grpc_target)
+            self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                                 request_serializer=lambda body: body,
+                                                 response_deserializer=protos.message(
+                                                     "inference.ModelInferResponse").FromString)
+        else:
+            import httpx
+
+            self.client = httpx.AsyncClient(base_url=server.base, timeout=60,
+                                            limits=httpx.Limits(max_connections=connections))
+
+    async def post(self, body: tuple[bytes, str], parse: bool = False):
+        if self.server.peer.grpc:
+            try:
+                return 200, await self.call(body[0], timeout=60)
+            except self.grpc.aio.AioRpcError as exc:
+                return exc.code().name, exc.details()
+        import httpx
+
+        try:
+            r = await self.client.post(self.server.peer.route, content=body[0], headers={"Content-Type": body[1]})
+        except httpx.HTTPError as exc:
+            return type(exc).__name__, None
+        return r.status_code, (r.json() if parse and r.status_code == 200 else r.text[:200] if parse else None)
+
+    async def close(self) -> None:
+        await (self.channel.close() if self.server.peer.grpc else self.client.aclose())
+
+
+async def post_one(sender: Sender, body: tuple[bytes, str], latencies: list[float], codes: Counter) -> None:
     started = time.monotonic()
-    try:
-        r = await client.post(route, content=body[0], headers={"Content-Type": body[1]})
-        codes[r.status_code] += 1
-        if r.status_code == 200:
-            latencies.append(time.monotonic() - started)
-    except httpx.HTTPError as exc:
-        codes[type(exc).__name__] += 1
+    status, _ = await sender.post(body)
+    codes[status] += 1
+    if status == 200:
+        latencies.append(time.monotonic() - started)
 
 
 async def closed_loop(server: Running, clients: int, seconds: float):
-    import httpx
-
     latencies, codes = [], Counter()
     end = time.monotonic() + seconds
-    async with httpx.AsyncClient(base_url=server.base, timeout=60,
-                                 limits=httpx.Limits(max_connections=clients + 4)) as client:
-        async def one(worker: int) -> None:
-            i = worker
-            while time.monotonic() < end:
-                await post_one(client, server.peer.route, server.bodies[i % len(server.bodies)], latencies, codes)
-                i += clients
+    sender = Sender(server, clients + 4)
 
+    async def one(worker: int) -> None:
+        i = worker
+        while time.monotonic() < end:
+            await post_one(sender, server.bodies[i % len(server.bodies)], latencies, codes)
+            i += clients
+
+    try:
         await asyncio.gather(*(one(w) for w in range(clients)))
+    finally:
+        await sender.close()
     return latencies, codes
 
 
 async def open_loop(server: Running, rate: float, seconds: float):
-    import httpx
-
     latencies, codes = [], Counter()
-    async with httpx.AsyncClient(base_url=server.base, timeout=60,
-                                 limits=httpx.Limits(max_connections=512)) as client:
+    sender = Sender(server, 512)
+    try:
         tasks, start_at = [], time.monotonic()
         for i in range(int(rate * seconds)):
             await asyncio.sleep(max(0.0, start_at + i / rate - time.monotonic()))
             body = server.bodies[i % len(server.bodies)]
-            tasks.append(asyncio.create_task(post_one(client, server.peer.route, body, latencies, codes)))
+            tasks.append(asyncio.create_task(post_one(sender, body, latencies, codes)))
         await asyncio.gather(*tasks)
+    finally:
+        await sender.close()
     return latencies, codes
 
 
@@ -394,19 +484,24 @@ def measure(server: Running, label: str, load) -> dict:
 
 def check_top5(server: Running, names: list[str], reference: list[list[tuple[int, str, float]]]) -> list[str]:
     """One request at a time; the differences from the in-process top 5, one line each (empty: all agree)."""
-    import httpx
 
-    problems = []
-    with httpx.Client(base_url=server.base, timeout=60) as client:
-        for name, body, expected in zip(names, server.bodies, reference, strict=True):
-            r = client.post(server.peer.route, content=body[0], headers={"Content-Type": body[1]})
-            if r.status_code != 200:
-                problems.append(f"{name}: HTTP {r.status_code}: {r.text[:200]}")
-                continue
-            got = server.peer.top5(r.json())
-            if [g[0] for g in got] != [e[0] for e in expected]:
-                problems.append(f"{name}: top-5 ids {[g[0] for g in got]}, in-process {[e[0] for e in expected]}")
-    return problems
+    async def check() -> list[str]:
+        problems = []
+        sender = Sender(server, 4)
+        try:
+            for name, body, expected in zip(names, server.bodies, reference, strict=True):
+                status, answer = await sender.post(body, parse=True)
+                if status != 200:
+                    problems.append(f"{name}: {status}: {answer}")
+                    continue
+                got = server.peer.top5(answer)
+                if [g[0] for g in got] != [e[0] for e in expected]:
+                    problems.append(f"{name}: top-5 ids {[g[0] for g in got]}, in-process {[e[0] for e in expected]}")
+        finally:
+            await sender.close()
+        return problems
+
+    return asyncio.run(check())
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
