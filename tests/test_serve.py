@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -322,6 +323,9 @@ def test_grpc_answers_as_rest_does_for_the_same_bytes_with_tritonclient(app, cla
                         "data": [base64.b64encode(p).decode() for p in photos]}],
             "outputs": [{"name": "probabilities"}, {"name": "features"}]}).json()["outputs"]
         assert np.abs(probabilities - np.array(rest[0]["data"]).reshape(2, 1000)).max() <= 1e-5
+        for row, photo in zip(probabilities, photos, strict=True):
+            best = _expected(classifier, photo, 1)[0]  # the in-process Classifier, batch of one
+            assert int(row.argmax()) == best[0] and float(row.max()) == pytest.approx(best[1], abs=1e-5)
         features = result.as_numpy("features")
         assert features.dtype == np.float16
         assert np.abs(features - np.array(rest[1]["data"]).reshape(2, 2048)).max() <= 1e-2
@@ -374,11 +378,20 @@ def test_grpc_refusals_are_status_codes_with_rests_messages(app, monkeypatch):
             patch.setattr(models.servers["rolled"], "decode", lambda *a: (time.sleep(0.5), slow(*a))[1])
             assert code(client.infer, "rolled", [image([_jpeg(0)])], client_timeout=0.2)[0] == \
                 "StatusCode.DEADLINE_EXCEEDED"
+            # on the server: the call ended at the deadline (cancelled by grpc, or timed out by the server's own
+            # wait on the deadline, whichever came first), was counted so, and its place in flight was freed
+            deadline, ended = time.monotonic() + 10, re.compile(
+                r'code="(CANCELLED|DEADLINE_EXCEEDED)",endpoint="grpc:/inference.GRPCInferenceService/ModelInfer"')
+            while not ended.search(httpx.get(f"{app.state.base}/metrics", timeout=TIMEOUT).text):
+                assert time.monotonic() < deadline, "the server did not see the call end at its deadline"
+                time.sleep(0.05)
+            assert sum(models.in_flight.values()) == 0
         with monkeypatch.context() as patch:
             patch.setattr(models.config, "api_key", "k1,k2")
             patch.setattr(models.config, "max_concurrency", 1)
             assert code(client.get_model_metadata, "inceptionv3")[0] == "StatusCode.UNAUTHENTICATED"
-            assert client.is_server_ready() and client.is_model_ready("inceptionv3")  # the probes stay open
+            assert code(client.is_model_ready, "inceptionv3")[0] == "StatusCode.UNAUTHENTICATED"  # as REST's
+            assert client.is_server_live() and client.is_server_ready()  # the probes stay open
             assert client.get_model_metadata("inceptionv3", headers={"authorization": "Bearer k2"}).name == \
                 "inceptionv3"
             patch.setitem(models.in_flight, "k1", 1)
@@ -536,6 +549,8 @@ def test_model_names_come_from_the_zoo_the_file_or_name_equals(tmp_path):
     specs = model_specs(ServeConfig(model=["inception_v3.tv_in1k", str(tmp_path / "mine.pth"), "b=other.pth"]))
     assert [(s.name, s.model) for s in specs] == [("inception_v3.tv_in1k", "inception_v3.tv_in1k"),
                                                   ("mine", str(tmp_path / "mine.pth")), ("b", "other.pth")]
+    assert [(s.name, s.model) for s in model_specs(ServeConfig(model=["runs/lr=0.1/best.pt"]))] == [
+        ("inceptionv3", "runs/lr=0.1/best.pt")]  # a path with '=' in a folder's name is a path
     for config, words in ((ServeConfig(model=["a.pth", "x/a.pth"]), "share a name"),
                           (ServeConfig(model=["a/b=c.pth", "d.pth"]), "must be 1 to 64"),
                           (ServeConfig(model=["a.pth", "b.pth"], weights="w.pth"), "--weights goes with one")):
@@ -1011,3 +1026,38 @@ def test_a_method_that_cannot_run_at_the_default_layer_is_left_out_not_made_infi
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                torch.nn.Linear(4, 10))
     assert _passes(tiny, "scorecam") is None and _passes(tiny, "gradcam") == 1
+
+
+def test_a_batch_waits_for_images_still_decoding_but_never_for_nothing():
+    """The model thread's batching: a lone image runs at once (nothing is decoding: no wait, whatever
+    FILL_WAIT_S); while other images are still being decoded it waits for them, up to FILL_WAIT_S, so that the
+    batch fills instead of running one image at a time under load."""
+    from types import SimpleNamespace
+
+    from inceptionv3.serve.engine import FILL_WAIT_S, Engine, Job
+
+    batches = []
+    fake = SimpleNamespace(preprocess=SimpleNamespace(crop=8), scores=lambda x: torch.zeros(len(x), 2),
+                           predict_views=lambda views, batch_size: batches.append(len(views)) or [None] * len(views))
+    decoding = {"n": 0}
+    engine = Engine(fake, max_batch=4, incoming=lambda: decoding["n"])
+    engine.start()
+    try:
+        assert engine.ready.wait(10)
+        started = time.monotonic()
+        engine.submit(Job("predict", np.zeros(1))).result(10)
+        assert batches == [1] and time.monotonic() - started < FILL_WAIT_S
+        decoding["n"] = 1  # a second image is being decoded while the first is queued
+        first = engine.submit(Job("predict", np.zeros(1)))
+        time.sleep(FILL_WAIT_S / 4)
+        decoding["n"] = 0
+        second = engine.submit(Job("predict", np.zeros(1)))
+        first.result(10), second.result(10)
+        assert batches == [1, 2]
+        decoding["n"] = 1  # decoding that never ends: the wait is bounded
+        started = time.monotonic()
+        engine.submit(Job("predict", np.zeros(1))).result(10)
+        assert batches == [1, 2, 1] and FILL_WAIT_S <= time.monotonic() - started < FILL_WAIT_S + 1.0
+    finally:
+        decoding["n"] = 0
+        engine.stop()

@@ -64,17 +64,20 @@ def _lifespan(models: Models, app: FastAPI, grpc_host: str):
         if models.config.grpc_port is not None:
             from .grpc_v2 import start_grpc
 
-            grpc_server, app.state.grpc_port = await start_grpc(models, models.config.grpc_port, grpc_host)
+            grpc_server = await start_grpc(models, models.config.grpc_port, grpc_host)
+            app.state.grpc_port = grpc_server.port
         yield
-        if grpc_server is not None:
-            await grpc_server.stop(grace=5)
+        if grpc_server is not None:  # after REST has drained: its calls in flight get up to --timeout-s
+            await grpc_server.stop(grace=models.config.timeout_s)
         models.stop()
     return lifespan
 
 
 def _model_of(request: Request, models: Models) -> str:
-    """The metrics label of a request's model: the path's ``{model}`` or ``?model=``, once known to be served."""
-    name = request.scope.get("path_params", {}).get("model") or request.query_params.get("model")
+    """The access log's model: the one a route picked (``request.state.model``), else the path's ``{model}`` or
+    ``?model=`` once known to be served, else the default."""
+    name = getattr(request.state, "model", None) or request.scope.get("path_params", {}).get("model") or \
+        request.query_params.get("model")
     return name if name in models.servers else models.default.name
 
 

@@ -80,7 +80,8 @@ def model_specs(config: ServeConfig) -> list[ModelSpec]:
         raise InputError("--weights goes with one --model; to serve several files, give each as --model NAME=FILE")
     specs = []
     for item in given:
-        name, model = (item.split("=", 1) if item and "=" in item and not os.path.exists(item) else (None, item))
+        head, equals, rest = (item or "").partition("=")
+        name, model = (head, rest) if equals and _NAME.fullmatch(head) and not os.path.exists(item) else (None, item)
         if name is None:
             name = config.name if len(given) == 1 else model if model in ZOO else Path(model).stem
         if not _NAME.fullmatch(name):

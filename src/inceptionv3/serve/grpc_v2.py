@@ -12,8 +12,10 @@ the same message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import protos, v2
 from .server import Models
-from .wire import ApiError
+from .wire import ApiError, short
 
 logger = logging.getLogger("inceptionv3")
 access_logger = logging.getLogger("inceptionv3.access")
@@ -37,7 +39,8 @@ CODES = {400: _C.INVALID_ARGUMENT, 401: _C.UNAUTHENTICATED, 404: _C.NOT_FOUND, 4
          500: _C.INTERNAL, 503: _C.UNAVAILABLE, 504: _C.DEADLINE_EXCEEDED}
 """The gRPC code of each REST status the server answers with (the message is the same)."""
 
-_OPEN = frozenset({"ServerLive", "ServerReady", "ModelReady", "Check"})  # probes: open, as /v2/health/* are
+_OPEN = frozenset({"ServerLive", "ServerReady", "Check"})  # the probes: open, as /v2/health/* are over REST
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # REST's rule for X-Request-ID
 
 
 def _parameter(value) -> Any:
@@ -79,6 +82,8 @@ class Service:
 
     def __init__(self, models: Models) -> None:
         self.models = models
+        self.stopping = asyncio.Event()
+        """Set when the server begins to stop: health answers NOT_SERVING and every Watch stream ends."""
         m = protos.message
         self.live = m("inference.ServerLiveResponse")
         self.ready = m("inference.ServerReadyResponse")
@@ -118,7 +123,7 @@ class Service:
         remaining = context.time_remaining()  # the client's deadline, when it is shorter than the server's
         try:
             tensors = await asyncio.wait_for(v2.infer(server, images, chosen), remaining)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError from 3.11; its own class on 3.10
             raise ApiError(504, f"no result within the call's deadline ({remaining:.3g} s)") from None
         response = self.infer_response(model_name=server.name, model_version="1", id=request.id)
         for tensor in tensors:
@@ -135,7 +140,10 @@ class Service:
     # -- grpc.health.v1.Health -----------------------------------------------------------------------------------
 
     def _status(self, service: str) -> int:
-        """SERVING when every model is ready ("" or the inference service), or the named model is."""
+        """SERVING when every model is ready ("" or the inference service), or the named model is; NOT_SERVING
+        once the server is stopping."""
+        if self.stopping.is_set():
+            return 2 if service in ("", protos.INFERENCE_SERVICE) or service in self.models.servers else 3
         if service in ("", protos.INFERENCE_SERVICE):
             return 1 if self.models.not_ready() is None else 2
         server = self.models.servers.get(service)
@@ -148,14 +156,18 @@ class Service:
         return self.health(status=status)
 
     async def Watch(self, request, context):  # noqa: N802
-        """The status now, then each change (checked every half second) until the client leaves."""
+        """The status now, then each change (checked every half second) until the client leaves or the server
+        stops (its last answer then is NOT_SERVING)."""
         last = None
         while True:
             status = self._status(request.service)
             if status != last:
                 yield self.health(status=status)
                 last = status
-            await asyncio.sleep(0.5)
+            if self.stopping.is_set():
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.5)
 
 
 def _guarded(models: Models, method: str, handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -183,7 +195,7 @@ def _guarded(models: Models, method: str, handler: Callable[..., Awaitable[Any]]
             code = status.name
             await context.abort(status, exc.message)
         except grpc.aio.AbortError:  # the handler answered with its own code
-            code = "ABORTED"
+            code = getattr(context.code(), "name", "ABORTED") if hasattr(context, "code") else "ABORTED"
             raise
         except asyncio.CancelledError:  # the client left, or its deadline passed
             code = "CANCELLED"
@@ -197,22 +209,26 @@ def _guarded(models: Models, method: str, handler: Callable[..., Awaitable[Any]]
             models.metrics.requests.labels(endpoint=route, code=code).inc()
             models.metrics.latency.labels(endpoint=route).observe(time.monotonic() - started)
             if models.config.access_log:
-                peer = context.peer() if hasattr(context, "peer") else None
-                request_id = metadata.get("x-request-id") or getattr(request, "id", "") or None
+                given = metadata.get("x-request-id") or getattr(request, "id", "") or ""
+                model = getattr(request, "model_name", None) or getattr(request, "name", None) or ""
                 access_logger.info(json.dumps({
-                    "time": round(time.time(), 3), "request_id": request_id, "method": "POST", "route": route,
-                    "model": getattr(request, "model_name", None) or getattr(request, "name", None), "status": code,
-                    "ms": round((time.monotonic() - started) * 1000, 2), "client": peer}))
+                    "time": round(time.time(), 3), "request_id": given if _REQUEST_ID.fullmatch(given) else None,
+                    "method": "POST", "route": route,
+                    "model": model if model in models.servers else models.default.name if not model else short(model),
+                    "status": code, "ms": round((time.monotonic() - started) * 1000, 2), "client": context.peer()}))
     return call
 
 
 async def start_grpc(models: Models, port: int, host: str = "127.0.0.1"):
-    """The gRPC server on ``host:port`` (0: a free port) and the port it got, started on the running event loop.
-    Messages over ``--max-body-mb`` are refused by gRPC itself (RESOURCE_EXHAUSTED)."""
+    """The gRPC server on ``host:port`` (0: a free port), started on the running event loop. Messages over
+    ``--max-body-mb`` are refused by gRPC itself (RESOURCE_EXHAUSTED), and so are calls beyond 4 x ``--queue-size``
+    at once."""
     service = Service(models)
     limit = int(models.config.max_body_mb * 1024 * 1024)
+    # no SO_REUSEPORT: a second server on the same port must fail to start, not silently take half the calls
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+                                      ("grpc.max_send_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+                             maximum_concurrent_rpcs=4 * models.config.queue_size)
     for name, methods, streaming in ((protos.INFERENCE_SERVICE, protos.INFERENCE_METHODS, ()),
                                      (protos.HEALTH_SERVICE, protos.HEALTH_METHODS, ("Watch",))):
         package = name.rpartition(".")[0]
@@ -232,7 +248,19 @@ async def start_grpc(models: Models, port: int, host: str = "127.0.0.1"):
                                          reflection.SERVICE_NAME), server, pool=protos.POOL)
     port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    return server, port
+    return GrpcServer(server, service, port)
 
 
-__all__ = ["CODES", "Service", "start_grpc"]
+class GrpcServer:
+    """The running gRPC server, its port, and how it stops: health turns NOT_SERVING and Watch streams end, then
+    calls in flight get up to ``timeout_s`` to finish."""
+
+    def __init__(self, server, service: Service, port: int) -> None:
+        self.server, self.service, self.port = server, service, port
+
+    async def stop(self, grace: float) -> None:
+        self.service.stopping.set()
+        await self.server.stop(grace=grace)
+
+
+__all__ = ["CODES", "GrpcServer", "Service", "start_grpc"]

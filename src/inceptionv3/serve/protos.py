@@ -2,7 +2,7 @@
 its ``grpc_predict_v2.proto`` and Triton's repository index, field for field) and the standard health service
 (``grpc.health.v1.Health``). They are built into a descriptor pool of their own at import, so there is no
 generated code to keep in step with the installed protobuf, and no clash with a client's copy of the same names
-in the default pool (tritonclient's). ``tests/test_serve_grpc.py`` checks every field against tritonclient's.
+in the default pool (tritonclient's). ``tests/test_serve.py`` checks every field against tritonclient's.
 """
 
 from __future__ import annotations

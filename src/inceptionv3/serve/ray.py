@@ -46,6 +46,9 @@ def run(config: ServeConfig, replicas: int, host: str, port: int, address: str |
         raise InputError("--ray needs the ray extra: pip install -e '.[ray]' in the clone") from None
     if replicas < 1:
         raise InputError(f"--replicas must be at least 1, got {replicas}")
+    if config.grpc_port is not None:
+        raise InputError("--grpc-port is not served through --ray: Ray's proxy routes HTTP only; run one "
+                         "inceptionv3 serve --grpc-port per machine instead")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         ray.init(address=address)

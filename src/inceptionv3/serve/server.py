@@ -70,7 +70,8 @@ class Server:
                             inference=m.inference.labels(model=self.name).observe,
                             batch_size=m.batch_size.labels(model=self.name).observe)
         self.engine = Engine(classifier, max_batch=config.max_batch, max_delay_ms=config.max_delay_ms,
-                             queue_size=config.queue_size, observer=observer, name=self.name)
+                             queue_size=config.queue_size, observer=observer, name=self.name,
+                             incoming=lambda: self.decoding)
         self.pool = ThreadPoolExecutor(max_workers=max(1, config.decode_workers),
                                        thread_name_prefix=f"inceptionv3-decode-{self.name}")
         self.max_body = int(config.max_body_mb * 1024 * 1024)
@@ -115,7 +116,7 @@ class Server:
 
         try:
             await asyncio.wait_for(read(), self.config.timeout_s)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError from 3.11; its own class on 3.10
             raise ApiError(408, f"the request body did not arrive within --timeout-s {self.config.timeout_s:g} "
                            f"({size:,} bytes came)", {"Connection": "close"}) from None
         data = b"".join(chunks)
@@ -187,7 +188,7 @@ class Server:
         except ImageLoadError as exc:
             self.metrics.decode_errors.labels(model=self.name, reason=exc.kind).inc()
             raise ApiError(400, f"{upload.name}: {exc.reason}") from None
-        except TimeoutError:  # a decoding thread cannot be stopped: it still holds its place in the backlog
+        except asyncio.TimeoutError:  # a decoding thread cannot be stopped: it still holds its place in the backlog
             raise ApiError(504, f"{upload.name}: not decoded within --timeout-s {self.config.timeout_s:g}") from None
         if kind == "explain":  # a whole decoded photo waits for each: bound them in bytes, not in count
             if self.explain_bytes + image.nbytes > MAX_EXPLAIN_QUEUE_BYTES:
@@ -207,7 +208,7 @@ class Server:
         self.set_queue_depth()
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
+        except asyncio.TimeoutError:
             future.cancel()
             raise ApiError(504, f"no result within --timeout-s {self.config.timeout_s:g}") from None
         except NonFiniteOutput as exc:

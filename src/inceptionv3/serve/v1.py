@@ -71,7 +71,9 @@ def router(models: Models) -> APIRouter:
         name = request.query_params.get("model", (parameters or {}).get("model"))
         if name is not None and not isinstance(name, str):
             raise ApiError(422, f"model must be a string, got {short(name)}")
-        return models.get(name)
+        server = models.get(name)
+        request.state.model = server.name  # for the access log
+        return server
     page = resources.files("inceptionv3.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     @routes.get("/", response_class=HTMLResponse)
