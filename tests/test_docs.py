@@ -165,7 +165,10 @@ def reader(tmp_path_factory, trained_like_checkpoint):
     _seed_cache(home, "inception_v3.tv_in1k", lambda dest: _torchvision_layout(trained_like_checkpoint, dest))
     _seed_cache(home, FID_MODEL, lambda dest: _fid_layout(dest))
     env = {"INCEPTIONV3_HOME": str(home), "INCEPTIONV3_OFFLINE": "1", "TORCH_HOME": str(root / ".torch")}
-    return root, env
+    yield root, env
+    while _OTHER_TERMINAL:  # the reader's other terminal: SIGTERM drains it, and it exits 0
+        server = _OTHER_TERMINAL.pop()
+        assert server.stop() == 0, server.log.read_text()
 
 
 def _keras_layout(dest: Path) -> None:
@@ -232,7 +235,7 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
 class _Server:
     """``inceptionv3 serve`` as the reader starts it in another terminal: its own process, stopped by SIGTERM."""
 
-    def __init__(self, argv: list[str], root: Path, env: dict[str, str]):
+    def __init__(self, argv: list[str], root: Path, env: dict[str, str], wait: bool = True):
         self.port = free_port()  # for the docs' 8000 or 8080
         if "--port" in argv:
             argv[argv.index("--port") + 1] = str(self.port)
@@ -243,15 +246,21 @@ class _Server:
             self.grpc_port = free_port()
             argv[argv.index("--grpc-port") + 1] = str(self.grpc_port)
         self.log = root / f"serve-{self.port}.log"
+        self.argv = argv
         with open(self.log, "w") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "inceptionv3", *argv], cwd=root,
                                             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> _Server:
         try:
             wait_ready(f"http://127.0.0.1:{self.port}", deadline_s=120)
         except AssertionError:
             self.stop()
-            raise AssertionError(f"`inceptionv3 {shlex.join(argv)}` did not become ready:\n"
+            raise AssertionError(f"`inceptionv3 {shlex.join(self.argv)}` did not become ready:\n"
                                  f"{self.log.read_text()}") from None
+        return self
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -300,9 +309,11 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
             if argv[0] == "pip":
                 _pip(argv)
                 continue
-            if argv[:2] == ["inceptionv3", "serve"]:
-                servers.append(_Server(_reader_paths(argv[1:]), root, line_env))
+            if argv[:2] == ["inceptionv3", "serve"]:  # started now; ready is awaited before the next command
+                servers.append(_Server(_reader_paths(argv[1:]), root, line_env, wait=False))
                 continue
+            for server in servers:
+                server.wait_ready()
             if argv[0] == "inceptionv3":
                 with _inside(root, line_env):
                     code_, output = _run_cli(_reader_paths(argv[1:]))
@@ -313,9 +324,9 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
                     assert code_ == 0, f"`{line}` exited {code_}:\n{output}"
                 continue
             if "curl" in argv:
-                if not servers:  # the page's first block started it, in the reader's other terminal
-                    servers.append(_Server(["serve"], root, env))
-                done = subprocess.run(["bash", "-c", line.replace("127.0.0.1:8000", f"127.0.0.1:{servers[-1].port}")],
+                # the page's first block started it, in the reader's other terminal
+                server = servers[-1] if servers else _other_terminal(root, env)
+                done = subprocess.run(["bash", "-c", line.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],
                                       cwd=root, env={**os.environ, **env}, capture_output=True, text=True,
                                       timeout=120)
                 assert done.returncode == 0 and '"error"' not in done.stdout, (line, done.stdout, done.stderr)
@@ -323,6 +334,8 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
                 continue
             raise AssertionError(f"`{line}`: the docs tests do not know how to run this; mark the block with "
                                  "<!-- not run by the docs tests: REASON -->")
+        for server in servers:  # a block that only starts servers: each must become ready
+            server.wait_ready()
     finally:
         statuses = [server.stop() for server in servers]  # every one stopped before any is judged
         for server, status in zip(servers, statuses, strict=True):
@@ -333,16 +346,23 @@ def run_python_block(code: str, root: Path, env: dict[str, str], page: Path) -> 
     """The snippet as a script in the reader's folder. The few names a snippet leaves to the reader (a list of
     paths, a model, a batch) are given here, each the plainest value of its kind."""
     code = re.sub(r"([\"'])/data/", r"\1data/", code)
-    grpc = ["--grpc-port", "8001"] if "127.0.0.1:8001" in code else []  # a gRPC client beside the REST one
-    server = _Server(["serve", *grpc], root, env) if "127.0.0.1:8000" in code else None  # a client snippet
-    if server is not None:
+    if "127.0.0.1:8000" in code:  # a client snippet, against the server in the reader's other terminal
+        server = _other_terminal(root, env)
         code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
         code = code.replace("127.0.0.1:8001", f"127.0.0.1:{server.grpc_port}")
-    try:
-        _exec(code, root, env, page)
-    finally:
-        if server is not None:
-            assert server.stop() == 0, server.log.read_text()
+    _exec(code, root, env, page)
+
+
+_OTHER_TERMINAL: list[_Server] = []
+
+
+def _other_terminal(root: Path, env: dict[str, str]) -> _Server:
+    """``inceptionv3 serve --grpc-port 8001`` as the reader leaves it running in another terminal while reading:
+    started for the first block that calls it, shared by the later ones, stopped (and its exit checked) at the end
+    of the session by the ``reader`` fixture."""
+    if not _OTHER_TERMINAL:
+        _OTHER_TERMINAL.append(_Server(["serve", "--grpc-port", "8001"], root, env))
+    return _OTHER_TERMINAL[0]
 
 
 _PAGES: dict[Path, dict] = {}

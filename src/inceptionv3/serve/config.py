@@ -30,8 +30,8 @@ class ServeConfig:
     precision: str = option("fp32", help="fp32, bf16 or int8, as for predict", choices=PRECISIONS)
     device: str | None = option(help="cuda, mps or cpu (default: the best available)")
     max_batch: int = option(8, help="most images the model thread runs together")
-    max_delay_ms: float = option(0.0, help="how long the model thread waits to fill a batch (0: take what is "
-                                 "queued; raise on GPUs)")
+    max_delay_ms: float = option(0.0, help="how long the model thread waits for images not yet arrived to fill a "
+                                 "batch (0: take what is queued or being decoded; raise on GPUs)")
     queue_size: int = option(64, help="images waiting for the model, or to be decoded, beyond which requests get 503")
     decode_workers: int = option(2, help="decoding threads")
     decode: str = option("auto", help="exact, fast (large JPEGs at a reduced DCT scale) or auto (exact on eager "
