@@ -295,6 +295,19 @@ def _page_folder(root: Path, page: Path) -> Path:
     return folder
 
 
+def _is_default_server(args: list[str]) -> bool:
+    """``inceptionv3 serve`` with nothing but where it listens: the same server as the reader's other terminal (a
+    reader cannot run two on port 8000), so the docs tests start it once for every page."""
+    rest, i = [], 0
+    while i < len(args):
+        if args[i] in ("--port", "--host", "--grpc-port"):
+            i += 2
+            continue
+        rest.append(args[i])
+        i += 1
+    return not rest
+
+
 def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
     servers: list[_Server] = []
     try:
@@ -309,8 +322,11 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
             if argv[0] == "pip":
                 _pip(argv)
                 continue
-            if argv[:2] == ["inceptionv3", "serve"]:  # started now; ready is awaited before the next command
-                servers.append(_Server(_reader_paths(argv[1:]), root, line_env, wait=False))
+            if argv[:2] == ["inceptionv3", "serve"]:
+                if _is_default_server(argv[2:]) and line_env == env:  # the one running in the other terminal
+                    _other_terminal(root, env)
+                else:  # started now; ready is awaited before the next command
+                    servers.append(_Server(_reader_paths(argv[1:]), root, line_env, wait=False))
                 continue
             for server in servers:
                 server.wait_ready()
@@ -324,7 +340,7 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
                     assert code_ == 0, f"`{line}` exited {code_}:\n{output}"
                 continue
             if "curl" in argv:
-                # the page's first block started it, in the reader's other terminal
+                # this block's server, else the one the reader started in the other terminal
                 server = servers[-1] if servers else _other_terminal(root, env)
                 done = subprocess.run(["bash", "-c", line.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")],
                                       cwd=root, env={**os.environ, **env}, capture_output=True, text=True,

@@ -21,7 +21,7 @@ def test_keras_weights_have_an_extra_for_h5py_and_extras_do_not_repeat_each_othe
             name = re.split(r"[<>=\[;]", requirement)[0].strip()
             assert name not in owners or name == "inceptionv3", f"{name} is in both [{owners[name]}] and [{extra}]"
             owners[name] = extra
-    assert "inceptionv3[keras,onnx,int8,serve,explain]" in extras["test"]
+    assert "inceptionv3[keras,onnx,int8,serve,grpc,explain]" in extras["test"]
 
 
 def test_the_version_lives_in_one_place():
