@@ -242,7 +242,10 @@ def test_cli_default_is_auto_sized_by_the_run(trained_like_checkpoint, shared_ho
     assert labels == [[row.split(",")[0], row.split(",")[1]] for row in exact] and len(labels) == len(photos) + 1
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+# The export cache's key (backends.cache.cached_export: the weights' hash, the format, the shape) is one function for
+# every exported format, so the two tests of what it must notice run on ONNX Runtime, the cheaper export to build;
+# OpenVINO's exports go through the same cache in the real-pixels, bf16 and CLI tests above.
+@pytest.mark.parametrize("backend", ["onnxruntime"])
 def test_scores_follow_an_edit_made_after_loading(model_and_batch, backend):
     model, batch = model_and_batch
     before = Classifier(model, backend=backend).scores(batch[:2])
@@ -253,7 +256,7 @@ def test_scores_follow_an_edit_made_after_loading(model_and_batch, backend):
     assert torch.allclose(after, torch.full_like(after, 1 / 1000), atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime"])
 def test_a_reheaded_model_gets_its_own_export(model_and_batch, backend):
     model, batch = model_and_batch
     Classifier(model, backend=backend).scores(batch[:1])  # the 1000-class export is now cached
