@@ -250,11 +250,11 @@ def test_features_are_the_features_commands_for_the_same_bytes(server, trained_l
                                 params={"dtype": "int8"})
     for i, row in enumerate(both):
         for tap in ("2048", "768"):
-            assert np.abs(np.array(row["features"][tap]) - expected[tap][i]).max() <= 1e-5, tap
+            assert np.abs(np.array(row["features"][tap]) - expected[tap][i]).max() <= 1e-6, tap
     assert half["dtype"] == "float16" and half["features"]["2048"] == expected["2048"][0].astype(np.float16).tolist()
     features, probabilities = v2["outputs"][1], v2["outputs"][0]
     assert features["name"] == "features" and features["shape"] == [2, 2048] and probabilities["shape"] == [2, 2]
-    assert np.abs(np.array(features["data"]).reshape(2, 2048) - expected["2048"]).max() <= 1e-5
+    assert np.abs(np.array(features["data"]).reshape(2, 2048) - expected["2048"]).max() <= 1e-6
     assert bad_tap.status_code == bad_dtype.status_code == 422 and "taps must be some of 64, 192" in bad_tap.text
 
 
