@@ -8,8 +8,9 @@ same ``inceptionv3.Classifier``: one command, one table (markdown on stdout, JSO
 Environment. The peers never go into the project's .venv: the first run (or ``--setup``) builds
 ``benchmarks/.peers-venv`` (git-ignored, never committed: about 1.7 GB; 85 s here with pip's cache) with ``venv``:
 ``torch==2.13.0`` first (a CPU build; the run checks ``torch.version.cuda`` is None), then this repository's
-dependencies with its ``serve``, ``grpc`` and ``openvino`` extras (read from pyproject.toml), ``httpx``, ``litserve``,
-``bentoml`` and ``kserve`` in one resolve (``pip check`` must pass), and a ``.pth`` file that puts ``src/`` on the
+dependencies with its ``serve`` and ``openvino`` extras (read from pyproject.toml), ``httpx``, ``litserve``,
+``bentoml`` and ``kserve`` in one resolve, then its ``grpc`` extra held to the grpcio and protobuf that resolve chose
+(``pip check`` must pass), and a ``.pth`` file that puts ``src/`` on the
 path (no editable install, so nothing is written into the work tree). ``versions.json`` in it records the versions
 and the setup time. The script then runs itself, the four servers and the in-process reference with that
 environment's Python, so torch, OpenVINO and every shared library are the same for all. HOME points at
@@ -105,8 +106,15 @@ def setup() -> dict:
     run(pip + [TORCH])
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    ours = [d for d in extras["serve"] + extras["grpc"] + extras["openvino"] if not d.startswith("inceptionv3[")]
+    ours = [d for d in extras["serve"] + extras["openvino"] if not d.startswith("inceptionv3[")]
     run(pip + project["dependencies"] + ours + ["httpx"] + PEER_PACKAGES)
+    # Our grpc extra second, held to the grpcio and protobuf that the peers chose: resolved together with them,
+    # pip backtracks through grpcio-reflection's releases for many minutes (kserve holds protobuf below 7).
+    held = subprocess.run([venv_python(), "-c", "import importlib.metadata as m; "
+                           "print(m.version('grpcio'), m.version('protobuf'))"],
+                          check=True, capture_output=True, text=True).stdout.split()
+    grpc_extra = [d for d in extras["grpc"] if not d.startswith(("inceptionv3[", "grpcio>", "protobuf"))]
+    run(pip + grpc_extra + [f"grpcio=={held[0]}", f"protobuf=={held[1]}"])
     site = subprocess.run([venv_python(), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
     (Path(site) / "inceptionv3-src.pth").write_text(f"{REPO / 'src'}\n")
