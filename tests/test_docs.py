@@ -309,7 +309,8 @@ def _is_default_server(args: list[str]) -> bool:
 
 
 def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
-    servers: list[_Server] = []
+    servers: list[_Server] = []  # this block's own, stopped at its end
+    servers_shared: list[_Server] = []  # the other terminal's, stopped at the session's end
     try:
         for line in _commands(code):
             argv = shlex.split(line, comments=True)
@@ -324,11 +325,11 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
                 continue
             if argv[:2] == ["inceptionv3", "serve"]:
                 if _is_default_server(argv[2:]) and line_env == env:  # the one running in the other terminal
-                    _other_terminal(root, env)
+                    servers_shared.append(_other_terminal(root, env, wait=False))
                 else:  # started now; ready is awaited before the next command
                     servers.append(_Server(_reader_paths(argv[1:]), root, line_env, wait=False))
                 continue
-            for server in servers:
+            for server in servers + servers_shared:
                 server.wait_ready()
             if argv[0] == "inceptionv3":
                 with _inside(root, line_env):
@@ -350,7 +351,7 @@ def run_shell_block(code: str, root: Path, env: dict[str, str]) -> None:
                 continue
             raise AssertionError(f"`{line}`: the docs tests do not know how to run this; mark the block with "
                                  "<!-- not run by the docs tests: REASON -->")
-        for server in servers:  # a block that only starts servers: each must become ready
+        for server in servers + servers_shared:  # a block that only starts servers: each must become ready
             server.wait_ready()
     finally:
         statuses = [server.stop() for server in servers]  # every one stopped before any is judged
@@ -372,13 +373,13 @@ def run_python_block(code: str, root: Path, env: dict[str, str], page: Path) -> 
 _OTHER_TERMINAL: list[_Server] = []
 
 
-def _other_terminal(root: Path, env: dict[str, str]) -> _Server:
+def _other_terminal(root: Path, env: dict[str, str], wait: bool = True) -> _Server:
     """``inceptionv3 serve --grpc-port 8001`` as the reader leaves it running in another terminal while reading:
     started for the first block that calls it, shared by the later ones, stopped (and its exit checked) at the end
     of the session by the ``reader`` fixture."""
     if not _OTHER_TERMINAL:
-        _OTHER_TERMINAL.append(_Server(["serve", "--grpc-port", "8001"], root, env))
-    return _OTHER_TERMINAL[0]
+        _OTHER_TERMINAL.append(_Server(["serve", "--grpc-port", "8001"], root, env, wait=False))
+    return _OTHER_TERMINAL[0].wait_ready() if wait else _OTHER_TERMINAL[0]
 
 
 _PAGES: dict[Path, dict] = {}
