@@ -10,10 +10,8 @@ fetches URLs: images come in the request body only.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
 import socket
 import time
 import uuid
@@ -31,11 +29,10 @@ from ..inference import Classifier
 from ..version import __version__
 from . import health, v1, v2
 from .config import ServeConfig
-from .server import Models, Server, error_response
+from .server import REQUEST_ID, Models, Server, error_response, log_access
 from .wire import ApiError
 
 logger = logging.getLogger("inceptionv3")
-access_logger = logging.getLogger("inceptionv3.access")
 
 def _route_template(routes: list[BaseRoute], scope: dict) -> str:
     """The metrics label of a request: its route's template (``/v2/models/{model}/infer``), or ``unmatched``, so that
@@ -90,7 +87,7 @@ def _add_middleware(app: FastAPI, models: Models, routes: list[BaseRoute]) -> No
     async def around(request: Request, call_next):
         started = time.monotonic()
         given = request.headers.get("x-request-id", "")
-        request_id = given if re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", given) else uuid.uuid4().hex
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         endpoint = _route_template(routes, request.scope)
         key = models.client_key(request.headers.get("authorization", ""), request.url.path)
         if key is None:
@@ -113,11 +110,8 @@ def _add_middleware(app: FastAPI, models: Models, routes: list[BaseRoute]) -> No
         response.headers["X-Served-By"] = served_by
         models.metrics.requests.labels(endpoint=endpoint, code=str(response.status_code)).inc()
         if config.access_log:
-            access_logger.info(json.dumps({
-                "time": round(time.time(), 3), "request_id": request_id, "method": request.method, "route": endpoint,
-                "model": _model_of(request, models), "status": response.status_code,
-                "ms": round((time.monotonic() - started) * 1000, 2),
-                "client": request.client.host if request.client else None}))
+            log_access(request_id, request.method, endpoint, _model_of(request, models), response.status_code, started,
+                       request.client.host if request.client else None)
         return response
 
 

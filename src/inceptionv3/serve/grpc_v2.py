@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -26,11 +24,10 @@ import numpy as np
 from grpc_reflection.v1alpha import reflection
 
 from . import protos, v2
-from .server import Models
+from .server import REQUEST_ID, Models, log_access
 from .wire import ApiError, short
 
 logger = logging.getLogger("inceptionv3")
-access_logger = logging.getLogger("inceptionv3.access")
 
 
 _C = grpc.StatusCode
@@ -40,7 +37,6 @@ CODES = {400: _C.INVALID_ARGUMENT, 401: _C.UNAUTHENTICATED, 404: _C.NOT_FOUND, 4
 """The gRPC code of each REST status the server answers with (the message is the same)."""
 
 _OPEN = frozenset({"ServerLive", "ServerReady", "Check"})  # the probes: open, as /v2/health/* are over REST
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # REST's rule for X-Request-ID
 
 
 def _parameter(value) -> Any:
@@ -211,11 +207,9 @@ def _guarded(models: Models, method: str, handler: Callable[..., Awaitable[Any]]
             if models.config.access_log:
                 given = metadata.get("x-request-id") or getattr(request, "id", "") or ""
                 model = getattr(request, "model_name", None) or getattr(request, "name", None) or ""
-                access_logger.info(json.dumps({
-                    "time": round(time.time(), 3), "request_id": given if _REQUEST_ID.fullmatch(given) else None,
-                    "method": "POST", "route": route,
-                    "model": model if model in models.servers else models.default.name if not model else short(model),
-                    "status": code, "ms": round((time.monotonic() - started) * 1000, 2), "client": context.peer()}))
+                log_access(given if REQUEST_ID.fullmatch(given) else None, "POST", route,
+                           model if model in models.servers else models.default.name if not model else short(model),
+                           code, started, context.peer())
     return call
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
+import logging
 import re
 import time
 from collections import Counter
@@ -374,8 +376,23 @@ class Models:
             server.pool.shutdown(wait=True)
 
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""A client's request id that is echoed and logged; any other is replaced (REST) or dropped (gRPC)."""
+
+access_logger = logging.getLogger("inceptionv3.access")
+
+
+def log_access(request_id: str | None, method: str, route: str, model: str, status, started: float,
+               client: str | None) -> None:
+    """One ``--access-log`` line, the same for REST and gRPC: never a body or a key."""
+    access_logger.info(json.dumps({
+        "time": round(time.time(), 3), "request_id": request_id, "method": method, "route": route, "model": model,
+        "status": status, "ms": round((time.monotonic() - started) * 1000, 2), "client": client}))
+
+
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 """Paths that stay open when ``--api-key`` is set: the page and the probes (never ``/metrics``)."""
 
 
-__all__ = ["DEFAULT_TOPK", "MAX_EXPLAIN_QUEUE_BYTES", "OPEN_PATHS", "Models", "Server", "error_response"]
+__all__ = ["DEFAULT_TOPK", "MAX_EXPLAIN_QUEUE_BYTES", "OPEN_PATHS", "REQUEST_ID", "Models", "Server",
+           "error_response", "log_access"]
